@@ -1,0 +1,254 @@
+//! A configurable mock HTTP upstream: every path answers JSON naming the server,
+//! after a set latency, failing with a set probability; `/health` can be turned
+//! unhealthy and everything can be changed live through `/_mock/config`.
+//!
+//! Tests and hybrid-lb's demo start it in-process with [`MockServer::start`];
+//! the `mock-backend` binary runs one from the command line.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// How the server behaves; changeable at run time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Behaviour {
+    /// Probability in [0, 1] that a request answers 500.
+    pub error_rate: f64,
+    /// Delay before every answer.
+    pub latency_ms: u64,
+    /// Uniform spread around `latency_ms`: the delay is latency ± jitter.
+    pub jitter_ms: u64,
+    /// Whether `GET /health` answers 200 (else 503).
+    pub healthy: bool,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            error_rate: 0.0,
+            latency_ms: 0,
+            jitter_ms: 0,
+            healthy: true,
+        }
+    }
+}
+
+/// A partial change, as posted to `/_mock/config`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BehaviourPatch {
+    pub error_rate: Option<f64>,
+    pub latency_ms: Option<u64>,
+    pub jitter_ms: Option<u64>,
+    pub healthy: Option<bool>,
+}
+
+impl Behaviour {
+    /// Applies `patch`, or says what is wrong with it and changes nothing.
+    pub fn apply(&mut self, patch: &BehaviourPatch) -> Result<(), String> {
+        if let Some(r) = patch.error_rate {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!("error_rate must be between 0 and 1, got {r}"));
+            }
+        }
+        if let Some(r) = patch.error_rate {
+            self.error_rate = r;
+        }
+        if let Some(v) = patch.latency_ms {
+            self.latency_ms = v;
+        }
+        if let Some(v) = patch.jitter_ms {
+            self.jitter_ms = v;
+        }
+        if let Some(v) = patch.healthy {
+            self.healthy = v;
+        }
+        Ok(())
+    }
+
+    fn delay(&self) -> Duration {
+        let base = self.latency_ms as i64;
+        let j = self.jitter_ms as i64;
+        let ms = if j > 0 {
+            base + rand::rng().random_range(-j..=j)
+        } else {
+            base
+        };
+        Duration::from_millis(ms.max(0) as u64)
+    }
+}
+
+struct Shared {
+    name: String,
+    port: u16,
+    behaviour: RwLock<Behaviour>,
+}
+
+type AppState = Arc<Shared>;
+
+/// A running mock server. Dropping it, or [`MockServer::kill`], closes the
+/// listener and every open connection at once, like a crashed process.
+pub struct MockServer {
+    addr: SocketAddr,
+    shared: AppState,
+    task: JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Binds `addr` (port 0 for an ephemeral port) and serves in the background
+    /// on the current Tokio runtime.
+    pub async fn start(
+        addr: SocketAddr,
+        name: &str,
+        behaviour: Behaviour,
+    ) -> std::io::Result<MockServer> {
+        let listener = TcpListener::bind(addr).await?;
+        Self::from_listener(listener, name, behaviour)
+    }
+
+    /// Serves on an already bound listener.
+    pub fn from_listener(
+        listener: TcpListener,
+        name: &str,
+        behaviour: Behaviour,
+    ) -> std::io::Result<MockServer> {
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            port: addr.port(),
+            behaviour: RwLock::new(behaviour),
+        });
+        let task = tokio::spawn(serve(listener, router(shared.clone())));
+        Ok(MockServer { addr, shared, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn behaviour(&self) -> Behaviour {
+        read(&self.shared).clone()
+    }
+
+    /// Changes the behaviour, as `POST /_mock/config` would.
+    pub fn set(&self, patch: &BehaviourPatch) -> Result<(), String> {
+        write(&self.shared).apply(patch)
+    }
+
+    /// Closes the listener and all connections now.
+    pub fn kill(self) {}
+
+    /// Runs until the server fails (it does not stop on its own).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn read(s: &Shared) -> std::sync::RwLockReadGuard<'_, Behaviour> {
+    s.behaviour.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(s: &Shared) -> std::sync::RwLockWriteGuard<'_, Behaviour> {
+    s.behaviour.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Accept loop. Connections live in a JoinSet owned by this task, so aborting the
+/// task closes them all.
+async fn serve(listener: TcpListener, app: Router) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let svc = TowerToHyperService::new(app.clone());
+                conns.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/_mock/config", get(show_config).post(change_config))
+        .fallback(answer)
+        .with_state(state)
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let healthy = read(&s).healthy;
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "server": s.name,
+        "status": if healthy { "ok" } else { "unhealthy" },
+    });
+    (status, [("x-backend", s.name.clone())], Json(body)).into_response()
+}
+
+async fn show_config(State(s): State<AppState>) -> Json<Behaviour> {
+    Json(read(&s).clone())
+}
+
+async fn change_config(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let patch: BehaviourPatch = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad config: {e}\n")).into_response(),
+    };
+    let mut b = write(&s);
+    match b.apply(&patch) {
+        Ok(()) => Json(b.clone()).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("bad config: {e}\n")).into_response(),
+    }
+}
+
+async fn answer(State(s): State<AppState>, req: Request) -> Response {
+    let (delay, fail) = {
+        let b = read(&s);
+        (b.delay(), rand::rng().random_bool(b.error_rate))
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let status = if fail {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    let body = serde_json::json!({
+        "server": s.name,
+        "port": s.port,
+        "path": req.uri().path(),
+    });
+    (status, [("x-backend", s.name.clone())], Json(body)).into_response()
+}

@@ -1,0 +1,177 @@
+use super::*;
+
+const GOOD: &str = r#"version: 1
+threads: 1
+lb:
+  listen: ["127.0.0.1:8080"]
+  algorithm: weighted
+  upstreams:
+    - { name: s1, addr: "127.0.0.1:9001", weight: 5 }
+    - name: s2
+      addr: "127.0.0.1:9002"
+      weight: 3
+  timeouts: { connect: 500ms, read: 10s }
+dashboard:
+  listen: "127.0.0.1:5000"
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match Config::parse(text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+fn one_error(text: &str) -> String {
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    e[0].clone()
+}
+
+#[test]
+fn accepts_a_good_file_and_fills_defaults() {
+    let (c, server) = Config::parse(GOOD).unwrap();
+    assert_eq!(server.threads, 1);
+    assert_eq!(c.lb.algorithm, Algorithm::Weighted);
+    assert_eq!(c.lb.upstreams.len(), 2);
+    assert_eq!(c.lb.upstreams[1].weight, 3);
+    assert_eq!(c.lb.timeouts.connect, Duration::from_millis(500));
+    assert_eq!(c.lb.retries, 1);
+    assert_eq!(c.lb.health_check.path, "/health");
+    assert_eq!(c.lb.health_check.interval, Duration::from_secs(5));
+    assert_eq!(c.lb.circuit_breaker.fail_threshold, 3);
+    assert_eq!(c.lb.circuit_breaker.failure_status, [500, 502, 503, 504]);
+    assert_eq!(c.lb.sticky.mode, StickyMode::Off);
+    assert_eq!(c.lb.sticky.max_age, Duration::from_secs(3600));
+    assert_eq!(c.dashboard.admin_token, None);
+    assert!(c.demo.is_none());
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let text = include_str!("../../conf/lb.yaml");
+    let (c, _) = Config::parse(text).unwrap();
+    assert!(c.demo.is_some());
+}
+
+#[test]
+fn zero_weight_names_key_and_line() {
+    let text = GOOD.replace("weight: 3", "weight: 0");
+    assert_eq!(
+        one_error(&text),
+        "lb.upstreams[1].weight: must be at least 1 (line 10)"
+    );
+}
+
+#[test]
+fn negative_weight_is_refused() {
+    let text = GOOD.replace("weight: 5", "weight: -2");
+    assert_eq!(
+        one_error(&text),
+        "lb.upstreams[0].weight: must be at least 1 (line 7)"
+    );
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let text = GOOD.replace("name: s2", "name: s1");
+    assert_eq!(
+        one_error(&text),
+        "lb.upstreams[1].name: duplicate upstream name `s1` (line 8)"
+    );
+}
+
+#[test]
+fn empty_upstream_list_is_refused() {
+    let text = "lb:\n  upstreams: []\n";
+    assert_eq!(
+        one_error(text),
+        "lb.upstreams: needs at least one upstream (line 2)"
+    );
+}
+
+#[test]
+fn bad_address_is_refused() {
+    let text = GOOD.replace("127.0.0.1:9002", "127.0.0.1");
+    let e = one_error(&text);
+    assert!(
+        e.starts_with("lb.upstreams[1].addr: `127.0.0.1` is not an address"),
+        "{e}"
+    );
+    assert!(e.ends_with("(line 9)"), "{e}");
+}
+
+#[test]
+fn unknown_algorithm_is_refused_with_its_line() {
+    let text = GOOD.replace("algorithm: weighted", "algorithm: fastest");
+    let e = one_error(&text);
+    assert!(
+        e.starts_with("lb.algorithm: unknown variant `fastest`"),
+        "{e}"
+    );
+    assert!(e.ends_with("(line 5)"), "{e}");
+}
+
+#[test]
+fn unknown_key_in_our_section_is_refused() {
+    let text = GOOD.replace("timeouts: {", "timeout: {");
+    let e = one_error(&text);
+    assert!(e.starts_with("lb: unknown field `timeout`"), "{e}");
+    assert!(e.ends_with("(line 11)"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_key_is_refused() {
+    let text = format!("{GOOD}dashbaord:\n  listen: x\n");
+    assert_eq!(
+        one_error(&text),
+        "dashbaord: unknown key (ours are lb, dashboard, demo; the rest are Pingora's server keys) (line 14)"
+    );
+}
+
+#[test]
+fn bad_duration_is_refused() {
+    let text = GOOD.replace("read: 10s", "read: 10 parsecs");
+    let e = one_error(&text);
+    assert!(
+        e.starts_with("lb.timeouts.read: `10 parsecs` is not a duration"),
+        "{e}"
+    );
+    assert!(e.ends_with("(line 11)"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_key_and_line() {
+    let text = GOOD.replace("weight: 3", "weight: heavy");
+    let e = one_error(&text);
+    assert!(e.starts_with("lb.upstreams[1].weight: invalid type"), "{e}");
+    assert!(e.ends_with("(line 10)"), "{e}");
+}
+
+#[test]
+fn several_problems_are_all_reported_in_file_order() {
+    let text = GOOD
+        .replace("weight: 3", "weight: 0")
+        .replace("name: s2", "name: s1")
+        .replace("connect: 500ms", "connect: soon");
+    let e = errors(&text);
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e[0].contains("line 8"), "{e:?}");
+    assert!(e[1].contains("line 10"), "{e:?}");
+    assert!(e[2].contains("line 11"), "{e:?}");
+}
+
+#[test]
+fn pingora_keys_are_checked_too() {
+    let text = GOOD.replace("threads: 1", "threads: many");
+    let e = one_error(&text);
+    assert!(e.starts_with("threads: invalid type"), "{e}");
+    assert!(e.ends_with("(line 2)"), "{e}");
+}
+
+#[test]
+fn yaml_syntax_error_names_the_line() {
+    let text = GOOD.replace("  algorithm: weighted", "  algorithm: [weighted");
+    let e = errors(&text).join("\n");
+    assert!(e.contains("line"), "{e}");
+}

@@ -1,0 +1,48 @@
+//! hybrid-lb: an HTTP load balancer on Pingora that spreads traffic by weight and
+//! measured response time, with a live dashboard sidecar in the same process.
+//!
+//! [`add_services`] wires the proxy, the dashboard and the demo upstreams into a
+//! Pingora [`Server`]; `main.rs` only parses flags and the config.
+
+pub mod balancer;
+pub mod config;
+pub mod dashboard;
+pub mod demo;
+pub mod proxy;
+pub mod state;
+
+use std::sync::Arc;
+
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+
+use crate::config::Config;
+use crate::state::SharedState;
+
+/// Adds every service of hybrid-lb to `server` and returns the shared state.
+pub fn add_services(server: &mut Server, config: Config) -> Arc<SharedState> {
+    let state = Arc::new(SharedState::new(config));
+
+    let mut proxy = http_proxy_service_with_name(
+        &server.configuration,
+        proxy::Proxy::new(state.clone()),
+        "hybrid-lb proxy",
+    );
+    for addr in &state.config.lb.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    server.add_service(background_service(
+        "dashboard",
+        dashboard::DashboardService::new(state.clone()),
+    ));
+    if let Some(demo) = &state.config.demo {
+        server.add_service(background_service(
+            "demo upstreams",
+            demo::DemoService::new(demo.clone()),
+        ));
+    }
+    state
+}

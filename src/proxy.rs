@@ -1,0 +1,212 @@
+//! The Pingora `ProxyHttp` implementation. Each phase delegates to the modules
+//! that own the decision:
+//!
+//! ```text
+//! request ─► upstream_peer ──── balancer.select(not yet tried) ──► none: 503
+//!               │
+//!               ├─ connect fails ─► fail_to_connect: retry on another upstream
+//!               ▼                   while `lb.retries` allows
+//!            upstream_request_filter: X-Forwarded-For / -Proto
+//!               ▼
+//!            upstream_response_filter: remember the upstream's status
+//!               ▼
+//!            logging: per-upstream counters
+//! ```
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::ErrorSource;
+
+use crate::state::SharedState;
+
+/// The proxy service's logic; one instance serves every request.
+pub struct Proxy {
+    state: Arc<SharedState>,
+}
+
+impl Proxy {
+    pub fn new(state: Arc<SharedState>) -> Self {
+        Proxy { state }
+    }
+}
+
+/// Per-request context.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    /// Upstreams tried so far, in order; the last is the current one.
+    tried: Vec<usize>,
+    /// Set when the last attempt failed to connect, so the final error is a 503.
+    connect_failed: bool,
+    /// True when no upstream could be chosen at all.
+    no_upstream: bool,
+    /// Status of the upstream's final response header, once received.
+    upstream_status: Option<u16>,
+}
+
+impl RequestCtx {
+    fn current(&self) -> Option<usize> {
+        self.tried.last().copied()
+    }
+}
+
+/// Body of the 503 sent when no upstream can take the request.
+const NO_UPSTREAM_BODY: &str = "503 Service Unavailable: no upstream available\n";
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::default()
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let tried = &ctx.tried;
+        let Some(id) = self.state.balancer.select(|id| !tried.contains(&id)) else {
+            ctx.no_upstream = true;
+            return Error::e_explain(HTTPStatus(503), "no upstream available");
+        };
+        ctx.tried.push(id);
+        ctx.connect_failed = false;
+        let upstream = &self.state.upstreams[id];
+        let timeouts = &self.state.config.lb.timeouts;
+        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        peer.options.connection_timeout = Some(timeouts.connect);
+        peer.options.read_timeout = Some(timeouts.read);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.connect_failed = true;
+        let attempts = ctx.tried.len();
+        let untried_left = attempts < self.state.upstreams.len();
+        if attempts <= self.state.config.lb.retries && untried_left {
+            if let Some(id) = ctx.current() {
+                self.state.upstreams[id]
+                    .stats
+                    .retries_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        if let Some(ip) = client_ip {
+            let mut chain: Vec<&str> = upstream_request
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            chain.push(&ip);
+            let value = chain.join(", ");
+            upstream_request.insert_header("x-forwarded-for", value)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if !upstream_response.status.is_informational() {
+            ctx.upstream_status = Some(upstream_response.status.as_u16());
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let code = if ctx.no_upstream || ctx.connect_failed {
+            503
+        } else {
+            match e.etype() {
+                HTTPStatus(code) => *code,
+                ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
+                _ => match e.esource() {
+                    ErrorSource::Upstream => 502,
+                    ErrorSource::Downstream => match e.etype() {
+                        WriteError | ReadError | ConnectionClosed => 0,
+                        _ => 400,
+                    },
+                    ErrorSource::Internal | ErrorSource::Unset => 500,
+                },
+            }
+        };
+        if code == 503 {
+            let _ = write_unavailable(session).await;
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let Some(id) = ctx.current() else { return };
+        if ctx.connect_failed {
+            return;
+        }
+        let stats = &self.state.upstreams[id].stats;
+        stats.requests_total.fetch_add(1, Ordering::Relaxed);
+        let failed = match ctx.upstream_status {
+            Some(status) => status >= 500,
+            None => e.is_some(),
+        };
+        if failed {
+            stats.errors_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A short plain-text 503 with `Retry-After`, sent at once.
+async fn write_unavailable(session: &mut Session) -> Result<()> {
+    let body = Bytes::from_static(NO_UPSTREAM_BODY.as_bytes());
+    let mut resp = ResponseHeader::build(503, Some(4))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("retry-after", "1")?;
+    resp.insert_header("cache-control", "no-store")?;
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, body)
+        .await
+}

@@ -1,0 +1,192 @@
+//! Helpers for end-to-end tests: mock upstreams on ephemeral ports and the real
+//! `hybrid-lb` binary started with a generated config.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mock_backend::{Behaviour, MockServer};
+
+/// How long anything in a test may take to become true.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `cond` until it holds or `DEADLINE` passes.
+pub async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port nothing listens on (bound once, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// An address that refuses connections.
+pub fn refused_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Starts a mock upstream on an ephemeral port.
+pub async fn mock(name: &str) -> MockServer {
+    mock_with(name, Behaviour::default()).await
+}
+
+pub async fn mock_with(name: &str, behaviour: Behaviour) -> MockServer {
+    MockServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), name, behaviour)
+        .await
+        .expect("mock upstream")
+}
+
+/// `(name, addr, weight)` rendered as the `lb.upstreams` list.
+pub fn upstreams_yaml(upstreams: &[(&str, SocketAddr, u32)]) -> String {
+    upstreams
+        .iter()
+        .map(|(n, a, w)| format!("    - {{ name: {n}, addr: \"{a}\", weight: {w} }}\n"))
+        .collect()
+}
+
+/// A full config file: test-friendly Pingora keys, the given `lb:` body lines
+/// (indented two spaces) and a dashboard on `dashboard`.
+pub fn config_yaml(proxy: u16, dashboard: u16, lb_body: &str) -> String {
+    format!(
+        "version: 1\nthreads: 1\nwork_stealing: false\ngrace_period_seconds: 1\n\
+         graceful_shutdown_timeout_seconds: 1\n\
+         pid_file: /tmp/hybrid-lb-test-{proxy}.pid\n\
+         upgrade_sock: /tmp/hybrid-lb-test-{proxy}.sock\n\
+         lb:\n  listen: [\"127.0.0.1:{proxy}\"]\n{lb_body}\
+         dashboard:\n  listen: \"127.0.0.1:{dashboard}\"\n"
+    )
+}
+
+/// A running `hybrid-lb` process, killed on drop.
+pub struct Lb {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub dashboard: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hybrid-lb"))
+}
+
+/// Runs `hybrid-lb -t -c` on `yaml`.
+pub fn check_config(yaml: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.yaml");
+    fs::write(&path, yaml).unwrap();
+    Command::new(binary())
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run hybrid-lb -t")
+}
+
+impl Lb {
+    /// Starts hybrid-lb with `lb_body` as its `lb:` section and waits until the
+    /// proxy accepts connections and the dashboard answers.
+    pub async fn start(lb_body: &str) -> Lb {
+        let proxy = free_port();
+        let dashboard = free_port();
+        let yaml = config_yaml(proxy, dashboard, lb_body);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lb.yaml");
+        fs::write(&path, &yaml).unwrap();
+        let log = fs::File::create(dir.path().join("lb.log")).unwrap();
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start hybrid-lb");
+        let mut lb = Lb {
+            child,
+            proxy: SocketAddr::from(([127, 0, 0, 1], proxy)),
+            dashboard: SocketAddr::from(([127, 0, 0, 1], dashboard)),
+            dir,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = lb.child.try_wait() {
+                panic!("hybrid-lb exited with {status}:\n{}", lb.log());
+            }
+            let up = TcpStream::connect(lb.proxy).is_ok()
+                && reqwest::get(lb.url_dashboard("/api/state"))
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+            if up {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "hybrid-lb did not start:\n{}",
+                lb.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        lb
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn url_dashboard(&self, path: &str) -> String {
+        format!("http://{}{path}", self.dashboard)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("lb.log")).unwrap_or_default()
+    }
+
+    pub async fn state(&self) -> serde_json::Value {
+        reqwest::get(self.url_dashboard("/api/state"))
+            .await
+            .expect("GET /api/state")
+            .json()
+            .await
+            .expect("state is JSON")
+    }
+
+    /// The `upstreams[]` entry named `name` in `/api/state`.
+    pub async fn upstream_state(&self, name: &str) -> serde_json::Value {
+        let state = self.state().await;
+        state["upstreams"]
+            .as_array()
+            .and_then(|a| a.iter().find(|u| u["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no upstream {name} in {state}"))
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The upstream that answered, from the mock's `X-Backend` header.
+pub fn backend_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}

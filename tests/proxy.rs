@@ -1,0 +1,198 @@
+//! End to end: the real binary in front of mock upstreams on real sockets.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use common::*;
+
+fn max_run(seq: &[String]) -> usize {
+    let mut best = 0;
+    let mut run = 0;
+    for (i, x) in seq.iter().enumerate() {
+        run = if i > 0 && &seq[i - 1] == x {
+            run + 1
+        } else {
+            1
+        };
+        best = best.max(run);
+    }
+    best
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_shares_follow_weights_smoothly() {
+    let (a, b, c) = (mock("a").await, mock("b").await, mock("c").await);
+    let body = format!(
+        "  algorithm: weighted\n  upstreams:\n{}",
+        upstreams_yaml(&[("a", a.addr(), 5), ("b", b.addr(), 3), ("c", c.addr(), 2)])
+    );
+    let lb = Lb::start(&body).await;
+    let client = reqwest::Client::new();
+    let mut seq = Vec::new();
+    for _ in 0..100 {
+        let resp = client.get(lb.url("/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        seq.push(backend_of(&resp));
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for s in &seq {
+        *counts.entry(s).or_default() += 1;
+    }
+    assert_eq!(counts.get("a"), Some(&50), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&30), "{counts:?}");
+    assert_eq!(counts.get("c"), Some(&20), "{counts:?}");
+    assert!(max_run(&seq) <= 2, "{seq:?}");
+
+    let state = lb.upstream_state("a").await;
+    assert_eq!(state["requests_total"], 50);
+    assert_eq!(state["base_weight"], 5);
+    assert_eq!(state["addr"], a.addr().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_ignores_weights() {
+    let (a, b) = (mock("a").await, mock("b").await);
+    let body = format!(
+        "  algorithm: round_robin\n  upstreams:\n{}",
+        upstreams_yaml(&[("a", a.addr(), 9), ("b", b.addr(), 1)])
+    );
+    let lb = Lb::start(&body).await;
+    let client = reqwest::Client::new();
+    let mut seq = Vec::new();
+    for _ in 0..10 {
+        seq.push(backend_of(&client.get(lb.url("/")).send().await.unwrap()));
+    }
+    assert_eq!(seq.iter().filter(|s| *s == "a").count(), 5, "{seq:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_retried_on_another_upstream() {
+    let (a, b) = (mock("a").await, mock("b").await);
+    let dead = refused_addr();
+    let body = format!(
+        "  algorithm: weighted\n  retries: 1\n  upstreams:\n{}",
+        upstreams_yaml(&[("dead", dead, 1), ("a", a.addr(), 1), ("b", b.addr(), 1)])
+    );
+    let lb = Lb::start(&body).await;
+    let client = reqwest::Client::new();
+    for i in 0..60 {
+        let resp = client.get(lb.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_ne!(backend_of(&resp), "");
+    }
+    let dead_state = lb.upstream_state("dead").await;
+    assert_eq!(dead_state["requests_total"], 0);
+    assert!(
+        dead_state["retries_total"].as_u64().unwrap() >= 20,
+        "{dead_state}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upstream_refusing_gives_a_503() {
+    let body = format!(
+        "  retries: 5\n  upstreams:\n{}",
+        upstreams_yaml(&[("x", refused_addr(), 1), ("y", refused_addr(), 1)])
+    );
+    let lb = Lb::start(&body).await;
+    let resp = reqwest::get(lb.url("/")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("no upstream available"), "{text}");
+    assert!(
+        !text.contains("127.0.0.1"),
+        "error body leaks an address: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_set_and_host_kept() {
+    async fn echo(headers: HeaderMap) -> Json<HashMap<String, String>> {
+        Json(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect(),
+        )
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, Router::new().fallback(get(echo))).await;
+    });
+    let body = format!("  upstreams:\n{}", upstreams_yaml(&[("echo", addr, 1)]));
+    let lb = Lb::start(&body).await;
+    let headers: HashMap<String, String> = reqwest::Client::new()
+        .get(lb.url("/"))
+        .header("host", "app.example")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(headers["host"], "app.example");
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+}
+
+/// 1-based line of the first line containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn check_flag_reports_key_and_line() {
+    let a = refused_addr();
+    let bad = config_yaml(
+        free_port(),
+        free_port(),
+        &format!(
+            "  upstreams:\n{}",
+            upstreams_yaml(&[("a", a, 1), ("b", a, 0)])
+        ),
+    );
+    let line = line_of(&bad, "weight: 0");
+    let out = check_config(&bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("lb.upstreams[1].weight: must be at least 1 (line {line})");
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    let good = bad.replace("weight: 0", "weight: 2");
+    let out = check_config(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_flag_refuses_unknown_keys_and_algorithms() {
+    let base = config_yaml(
+        free_port(),
+        free_port(),
+        &format!(
+            "  algorithm: fastest\n  upstreams:\n{}",
+            upstreams_yaml(&[("a", refused_addr(), 1)])
+        ),
+    );
+    let out = check_config(&base);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lb.algorithm: unknown variant `fastest`"),
+        "{stderr}"
+    );
+    let line = line_of(&base, "algorithm: fastest");
+    assert!(stderr.contains(&format!("(line {line})")), "{stderr}");
+}

@@ -5,6 +5,7 @@ use pingora::server::Server;
 
 use hybrid_lb::config::Config;
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

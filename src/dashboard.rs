@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use log::{error, info};
@@ -29,11 +31,22 @@ impl DashboardService {
 pub fn router(state: Arc<SharedState>) -> Router {
     Router::new()
         .route("/api/state", get(api_state))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 async fn api_state(State(state): State<Arc<SharedState>>) -> Json<Snapshot> {
     Json(state.snapshot())
+}
+
+async fn metrics(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
 }
 
 #[async_trait]

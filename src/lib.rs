@@ -5,9 +5,12 @@
 //! Pingora [`Server`]; `main.rs` only parses flags and the config.
 
 pub mod balancer;
+pub mod breaker;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
+pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod state;
 
@@ -21,7 +24,7 @@ use crate::config::Config;
 use crate::state::SharedState;
 
 /// Adds every service of hybrid-lb to `server` and returns the shared state.
-pub fn add_services(server: &mut Server, config: Config) -> Arc<SharedState> {
+pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<SharedState>> {
     let state = Arc::new(SharedState::new(config));
 
     let mut proxy = http_proxy_service_with_name(
@@ -35,6 +38,11 @@ pub fn add_services(server: &mut Server, config: Config) -> Arc<SharedState> {
     server.add_service(proxy);
 
     server.add_service(background_service(
+        "health checks",
+        health::service(state.clone())?,
+    ));
+
+    server.add_service(background_service(
         "dashboard",
         dashboard::DashboardService::new(state.clone()),
     ));
@@ -44,5 +52,5 @@ pub fn add_services(server: &mut Server, config: Config) -> Arc<SharedState> {
             demo::DemoService::new(demo.clone()),
         ));
     }
-    state
+    Ok(state)
 }

@@ -31,6 +31,9 @@ fn main() {
     }
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
-    hybrid_lb::add_services(&mut server, config);
+    if let Err(e) = hybrid_lb::add_services(&mut server, config) {
+        eprintln!("hybrid-lb: cannot start: {e}");
+        std::process::exit(1);
+    }
     server.run_forever();
 }

@@ -2,19 +2,20 @@
 //! that own the decision:
 //!
 //! ```text
-//! request ─► upstream_peer ──── balancer.select(not yet tried) ──► none: 503
-//!               │
-//!               ├─ connect fails ─► fail_to_connect: retry on another upstream
-//!               ▼                   while `lb.retries` allows
+//! request ─► upstream_peer ── balancer.select(eligible, not yet tried) ──► none: 503
+//!               │               (eligible = healthy, not drained, breaker admits)
+//!               ├─ connect fails ─► fail_to_connect: breaker failure, retry on
+//!               ▼                   another upstream while `lb.retries` allows
 //!            upstream_request_filter: X-Forwarded-For / -Proto
 //!               ▼
 //!            upstream_response_filter: remember the upstream's status
 //!               ▼
-//!            logging: per-upstream counters
+//!            logging: breaker outcome, counters, metrics
 //! ```
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::ErrorSource;
 
+use crate::breaker::Admission;
 use crate::state::SharedState;
 
 /// The proxy service's logic; one instance serves every request.
@@ -41,6 +43,10 @@ impl Proxy {
 pub struct RequestCtx {
     /// Upstreams tried so far, in order; the last is the current one.
     tried: Vec<usize>,
+    /// The breaker probe this request carries, if it was admitted as one.
+    probe: Option<Probe>,
+    /// When the current upstream was chosen.
+    picked_at: Option<Instant>,
     /// Set when the last attempt failed to connect, so the final error is a 503.
     connect_failed: bool,
     /// True when no upstream could be chosen at all.
@@ -52,6 +58,41 @@ pub struct RequestCtx {
 impl RequestCtx {
     fn current(&self) -> Option<usize> {
         self.tried.last().copied()
+    }
+}
+
+/// A half-open breaker's one probe. Dropped without a result (the client went
+/// away), it is given back so the next request can probe.
+#[derive(Debug)]
+struct Probe {
+    state: Arc<SharedState>,
+    id: usize,
+}
+
+impl Probe {
+    /// Records the probe's result and consumes it.
+    fn finish(self, ok: bool) {
+        self.state.record(self.id, ok, true, Instant::now());
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.state.release_probe(self.id);
+    }
+}
+
+impl Proxy {
+    /// Records the outcome of the attempt on upstream `id` for its breaker.
+    fn record(&self, ctx: &mut RequestCtx, id: usize, ok: bool) {
+        match ctx.probe.take() {
+            Some(p) if p.id == id => p.finish(ok),
+            other => {
+                ctx.probe = other;
+                self.state.record(id, ok, false, Instant::now());
+            }
+        }
     }
 }
 
@@ -71,15 +112,32 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
+        let now = Instant::now();
+        let state = &self.state;
         let tried = &ctx.tried;
-        let Some(id) = self.state.balancer.select(|id| !tried.contains(&id)) else {
+        let mut admission = Admission::Refused;
+        let picked = state.balancer.select(|id| {
+            if tried.contains(&id) {
+                return false;
+            }
+            admission = state.admit(id, now);
+            admission != Admission::Refused
+        });
+        let Some(id) = picked else {
             ctx.no_upstream = true;
             return Error::e_explain(HTTPStatus(503), "no upstream available");
         };
+        if admission == Admission::Probe {
+            ctx.probe = Some(Probe {
+                state: state.clone(),
+                id,
+            });
+        }
         ctx.tried.push(id);
+        ctx.picked_at = Some(now);
         ctx.connect_failed = false;
-        let upstream = &self.state.upstreams[id];
-        let timeouts = &self.state.config.lb.timeouts;
+        let upstream = &state.upstreams[id];
+        let timeouts = &state.config.lb.timeouts;
         let mut peer = HttpPeer::new(upstream.addr, false, String::new());
         peer.options.connection_timeout = Some(timeouts.connect);
         peer.options.read_timeout = Some(timeouts.read);
@@ -94,15 +152,21 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.connect_failed = true;
+        let Some(id) = ctx.current() else {
+            return e;
+        };
+        self.record(ctx, id, false);
+        let upstream = &self.state.upstreams[id];
+        upstream.stats.errors_total.fetch_add(1, Ordering::Relaxed);
         let attempts = ctx.tried.len();
         let untried_left = attempts < self.state.upstreams.len();
         if attempts <= self.state.config.lb.retries && untried_left {
-            if let Some(id) = ctx.current() {
-                self.state.upstreams[id]
-                    .stats
-                    .retries_total
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            upstream.stats.retries_total.fetch_add(1, Ordering::Relaxed);
+            self.state
+                .metrics
+                .retries_total
+                .with_label_values(&[&upstream.name])
+                .inc();
             e.set_retry(true);
         } else {
             e.set_retry(false);
@@ -153,6 +217,9 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
+        if ctx.no_upstream {
+            self.state.metrics.no_upstream_total.inc();
+        }
         let code = if ctx.no_upstream || ctx.connect_failed {
             503
         } else {
@@ -185,14 +252,47 @@ impl ProxyHttp for Proxy {
         if ctx.connect_failed {
             return;
         }
-        let stats = &self.state.upstreams[id].stats;
-        stats.requests_total.fetch_add(1, Ordering::Relaxed);
+        let upstream = &self.state.upstreams[id];
         let failed = match ctx.upstream_status {
-            Some(status) => status >= 500,
-            None => e.is_some(),
+            Some(status) => self
+                .state
+                .config
+                .lb
+                .circuit_breaker
+                .failure_status
+                .contains(&status),
+            // No response header: the upstream timed out or broke the connection,
+            // unless the client is the one that went away.
+            None => e.is_some_and(|e| e.esource() == &ErrorSource::Upstream),
         };
+        let answered = ctx.upstream_status.is_some() || failed;
+        if answered {
+            self.record(ctx, id, !failed);
+        }
+        // An unanswered probe is given back when the context drops.
+        if ctx.upstream_status.is_none() && !failed {
+            return;
+        }
+        upstream
+            .stats
+            .requests_total
+            .fetch_add(1, Ordering::Relaxed);
         if failed {
-            stats.errors_total.fetch_add(1, Ordering::Relaxed);
+            upstream.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+        }
+        let metrics = &self.state.metrics;
+        let code = ctx
+            .upstream_status
+            .map_or_else(|| "error".to_string(), |s| s.to_string());
+        metrics
+            .requests_total
+            .with_label_values(&[upstream.name.as_str(), code.as_str()])
+            .inc();
+        if let Some(t) = ctx.picked_at {
+            metrics
+                .request_duration_seconds
+                .with_label_values(&[&upstream.name])
+                .observe(t.elapsed().as_secs_f64());
         }
     }
 }

@@ -81,8 +81,10 @@ impl Balancer {
     }
 
     /// The next upstream in the cycle that `accept` takes (callers veto upstreams
-    /// already tried, or not eligible). None when no upstream is acceptable.
-    pub fn select(&self, accept: impl Fn(usize) -> bool) -> Option<usize> {
+    /// already tried, or not eligible). `accept` may have side effects (it can
+    /// take a breaker's probe), so the first upstream it accepts is the one
+    /// returned. None when no upstream is acceptable.
+    pub fn select(&self, mut accept: impl FnMut(usize) -> bool) -> Option<usize> {
         let table = self.table.load();
         let len = table.cycle.len();
         if len == 0 {
@@ -95,14 +97,12 @@ impl Balancer {
                 return Some(id);
             }
         }
-        // Most of the cycle is vetoed: take the heaviest acceptable upstream.
-        table
-            .weights
-            .iter()
-            .enumerate()
-            .filter(|(id, w)| **w > 0 && accept(*id))
-            .max_by_key(|(id, w)| (**w, std::cmp::Reverse(*id)))
-            .map(|(id, _)| id)
+        // Most of the cycle is vetoed: ask every upstream, heaviest first.
+        let mut rest: Vec<usize> = (0..table.weights.len())
+            .filter(|&id| table.weights[id] > 0)
+            .collect();
+        rest.sort_by_key(|&id| std::cmp::Reverse(table.weights[id]));
+        rest.into_iter().find(|&id| accept(id))
     }
 }
 

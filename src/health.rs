@@ -1,0 +1,85 @@
+//! Active health checks on pingora-load-balancing: its `HttpHealthCheck` probes
+//! every upstream and its `LoadBalancer` background loop runs the schedule. We
+//! configure both from `lb.health_check` and take each flip into the shared state.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::lb::discovery::Static;
+use pingora::lb::health_check::{HealthObserve, HttpHealthCheck};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::prelude::*;
+
+use crate::state::SharedState;
+
+/// Takes Pingora's health flips into the shared state (metric, event).
+struct Observer {
+    state: Arc<SharedState>,
+}
+
+#[async_trait]
+impl HealthObserve for Observer {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        let hc = &self.state.config.lb.health_check;
+        let detail = if healthy {
+            format!(
+                "GET {} passed {} times in a row",
+                hc.path, hc.healthy_threshold
+            )
+        } else {
+            format!(
+                "GET {} failed {} times in a row",
+                hc.path, hc.unhealthy_threshold
+            )
+        };
+        if let Some(addr) = target.addr.as_inet() {
+            self.state.set_health(*addr, healthy, &detail);
+        }
+    }
+}
+
+/// The health-check service: add it to the server as a background service.
+pub fn service(state: Arc<SharedState>) -> Result<LoadBalancer<RoundRobin>> {
+    let hc_conf = &state.config.lb.health_check;
+    let backends: BTreeSet<Backend> = state
+        .upstreams
+        .iter()
+        .map(|u| Backend::new(&u.addr.to_string()))
+        .collect::<Result<_>>()?;
+
+    let mut check = HttpHealthCheck::new("localhost", false);
+    let mut req = RequestHeader::build("GET", hc_conf.path.as_bytes(), None)?;
+    req.insert_header("Host", "localhost")?;
+    req.insert_header("User-Agent", "hybrid-lb-health-check")?;
+    check.req = req;
+    check.peer_template.options.connection_timeout = Some(hc_conf.timeout);
+    check.peer_template.options.read_timeout = Some(hc_conf.timeout);
+    check.peer_template.options.total_connection_timeout = Some(hc_conf.timeout);
+    check.consecutive_success = hc_conf.healthy_threshold;
+    check.consecutive_failure = hc_conf.unhealthy_threshold;
+    // Pingora passes only 200; like HAProxy, any 2xx or 3xx passes.
+    check.validator = Some(Box::new(|resp| {
+        let code = resp.status.as_u16();
+        if (200..400).contains(&code) {
+            Ok(())
+        } else {
+            Error::e_explain(
+                CustomCode("health check status", code),
+                "during http health check",
+            )
+        }
+    }));
+    check.health_changed_callback = Some(Box::new(Observer {
+        state: state.clone(),
+    }));
+
+    let mut backends = Backends::new(Static::new(backends));
+    backends.set_health_check(Box::new(check));
+    let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
+    lb.health_check_frequency = Some(hc_conf.interval);
+    lb.parallel_health_check = true;
+    Ok(lb)
+}

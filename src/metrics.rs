@@ -1,0 +1,124 @@
+//! Every Prometheus metric of hybrid-lb, defined once, in one registry shared by
+//! the proxy, the background tasks and the dashboard's `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The registry and its metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Responses from upstreams, by upstream and status code.
+    pub requests_total: IntCounterVec,
+    /// Time from choosing an upstream to the end of its response.
+    pub request_duration_seconds: HistogramVec,
+    /// Requests in progress per upstream.
+    pub upstream_inflight: IntGaugeVec,
+    /// 1 when active health checks pass, 0 when they fail.
+    pub upstream_up: IntGaugeVec,
+    /// 0 closed, 1 half-open, 2 open.
+    pub upstream_breaker_state: IntGaugeVec,
+    /// Selection weight by kind: `base` (the operator's) or `effective` (in force).
+    pub upstream_weight: IntGaugeVec,
+    /// Connect failures retried on another upstream, by the upstream that failed.
+    pub retries_total: IntCounterVec,
+    /// Requests answered 503 because no upstream was eligible.
+    pub no_upstream_total: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests_total = IntCounterVec::new(
+            Opts::new("hlb_requests_total", "Responses from upstreams"),
+            &["upstream", "code"],
+        )
+        .expect("metric");
+        let request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "hlb_request_duration_seconds",
+                "Upstream response time in seconds",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["upstream"],
+        )
+        .expect("metric");
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("metric")
+        };
+        let upstream_inflight = gauge(
+            "hlb_upstream_inflight",
+            "Requests in progress per upstream",
+            &["upstream"],
+        );
+        let upstream_up = gauge(
+            "hlb_upstream_up",
+            "1 when the upstream passes active health checks",
+            &["upstream"],
+        );
+        let upstream_breaker_state = gauge(
+            "hlb_upstream_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            &["upstream"],
+        );
+        let upstream_weight = gauge(
+            "hlb_upstream_weight",
+            "Selection weight: base (configured) or effective (in force)",
+            &["upstream", "kind"],
+        );
+        let retries_total = IntCounterVec::new(
+            Opts::new(
+                "hlb_retries_total",
+                "Connect failures retried on another upstream",
+            ),
+            &["upstream"],
+        )
+        .expect("metric");
+        let no_upstream_total = IntCounter::new(
+            "hlb_no_upstream_total",
+            "Requests answered 503 because no upstream was eligible",
+        )
+        .expect("metric");
+
+        for c in [
+            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration_seconds.clone()),
+            Box::new(upstream_inflight.clone()),
+            Box::new(upstream_up.clone()),
+            Box::new(upstream_breaker_state.clone()),
+            Box::new(upstream_weight.clone()),
+            Box::new(retries_total.clone()),
+            Box::new(no_upstream_total.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests_total,
+            request_duration_seconds,
+            upstream_inflight,
+            upstream_up,
+            upstream_breaker_state,
+            upstream_weight,
+            retries_total,
+            no_upstream_total,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,214 @@
+//! End to end: active health checks, the circuit breaker and the fast 503, with
+//! mock upstreams switched live.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mock_backend::BehaviourPatch;
+
+const HEALTH: &str = "  health_check: { path: /health, interval: 200ms, timeout: 500ms, healthy_threshold: 2, unhealthy_threshold: 2 }\n";
+
+async fn get_backend(client: &reqwest::Client, lb: &Lb) -> (u16, String) {
+    let resp = client.get(lb.url("/")).send().await.unwrap();
+    (resp.status().as_u16(), backend_of(&resp))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_check_takes_an_upstream_out_and_back() {
+    let (a, b) = (mock("a").await, mock("b").await);
+    let body = format!(
+        "  algorithm: weighted\n{HEALTH}  upstreams:\n{}",
+        upstreams_yaml(&[("a", a.addr(), 1), ("b", b.addr(), 1)])
+    );
+    let lb = Lb::start(&body).await;
+    let client = reqwest::Client::new();
+
+    b.set(&BehaviourPatch {
+        healthy: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    // Leaves the rotation within interval × threshold plus a margin.
+    let deadline = Duration::from_millis(200 * 2) + Duration::from_secs(3);
+    let mut last_b = started;
+    loop {
+        let (status, backend) = get_backend(&client, &lb).await;
+        assert_eq!(status, 200);
+        if backend == "b" {
+            last_b = Instant::now();
+        }
+        if lb.upstream_state("b").await["health"] == "down" {
+            break;
+        }
+        assert!(started.elapsed() < deadline, "b never marked down");
+    }
+    eprintln!(
+        "b left the rotation {:?} after its /health started failing",
+        last_b - started
+    );
+    for _ in 0..40 {
+        let (status, backend) = get_backend(&client, &lb).await;
+        assert_eq!((status, backend.as_str()), (200, "a"));
+    }
+
+    b.set(&BehaviourPatch {
+        healthy: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    wait_for("b back in rotation", || async {
+        get_backend(&client, &lb).await.1 == "b"
+    })
+    .await;
+    let state = lb.state().await;
+    let kinds: Vec<(&str, &str)> = state["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["detail"].as_str().unwrap()))
+        .collect();
+    assert!(
+        kinds[0].0 == "health" && kinds[0].1.starts_with("up"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds[1].0 == "health" && kinds[1].1.starts_with("down"),
+        "{kinds:?}"
+    );
+    let metrics = reqwest::get(lb.url_dashboard("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hlb_upstream_up{upstream=\"b\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_stops_traffic_to_a_failing_upstream_and_probes_it_back() {
+    let (a, b) = (mock("a").await, mock("b").await);
+    b.set(&BehaviourPatch {
+        error_rate: Some(1.0),
+        ..Default::default()
+    })
+    .unwrap();
+    let body = format!(
+        "  algorithm: weighted\n  circuit_breaker: {{ fail_threshold: 3, open_time: 500ms, max_open_time: 4s }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("a", a.addr(), 1), ("b", b.addr(), 1)])
+    );
+    let lb = Lb::start(&body).await;
+    let client = reqwest::Client::new();
+
+    // Two seconds of sequential traffic: b fails 3 times, opens, and is probed
+    // after 0.5 s and again after a further 1 s (the open time doubles).
+    let started = Instant::now();
+    let (mut to_b, mut total) = (0, 0);
+    while started.elapsed() < Duration::from_secs(2) {
+        let (status, backend) = get_backend(&client, &lb).await;
+        total += 1;
+        if backend == "b" {
+            to_b += 1;
+            assert_eq!(status, 500);
+        } else {
+            assert_eq!(status, 200);
+        }
+    }
+    eprintln!("{to_b} of {total} requests reached the failing upstream in 2 s");
+    assert!(total > 50, "too few requests to judge: {total}");
+    assert!((3..=6).contains(&to_b), "{to_b} requests reached b");
+    let state = lb.upstream_state("b").await;
+    assert_ne!(state["breaker"], "closed", "{state}");
+
+    // b recovers: a half-open probe succeeds and traffic returns.
+    b.set(&BehaviourPatch {
+        error_rate: Some(0.0),
+        ..Default::default()
+    })
+    .unwrap();
+    wait_for("b to take traffic again", || async {
+        get_backend(&client, &lb).await == (200, "b".to_string())
+    })
+    .await;
+    assert_eq!(lb.upstream_state("b").await["breaker"], "closed");
+    let events = lb.state().await["events"].clone();
+    let details: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "breaker")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert!(details[0].starts_with("half_open → closed"), "{details:?}");
+    assert!(
+        details.last().unwrap().starts_with("closed → open"),
+        "{details:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_upstream_costs_no_request() {
+    let (a, b, c) = (mock("a").await, mock("b").await, mock("c").await);
+    let body = format!(
+        "  algorithm: weighted\n  retries: 2\n{HEALTH}  upstreams:\n{}",
+        upstreams_yaml(&[("a", a.addr(), 1), ("b", b.addr(), 1), ("c", c.addr(), 1)])
+    );
+    let lb = Lb::start(&body).await;
+    let client = reqwest::Client::new();
+    for _ in 0..30 {
+        assert_eq!(get_backend(&client, &lb).await.0, 200);
+    }
+    b.kill();
+    for i in 0..150 {
+        let (status, backend) = get_backend(&client, &lb).await;
+        assert_eq!(status, 200, "request {i} after the kill");
+        assert_ne!(backend, "b");
+    }
+    wait_for("b removed", || async {
+        let s = lb.upstream_state("b").await;
+        s["health"] == "down" || s["breaker"] == "open"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upstream_down_gives_a_fast_503() {
+    let (a, b) = (mock("a").await, mock("b").await);
+    let body = format!(
+        "{HEALTH}  upstreams:\n{}",
+        upstreams_yaml(&[("a", a.addr(), 1), ("b", b.addr(), 1)])
+    );
+    let lb = Lb::start(&body).await;
+    for m in [&a, &b] {
+        m.set(&BehaviourPatch {
+            healthy: Some(false),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    wait_for("both down", || async {
+        let s = lb.state().await;
+        s["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["health"] == "down")
+    })
+    .await;
+    let resp = reqwest::get(lb.url("/")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert!(resp.text().await.unwrap().contains("no upstream available"));
+    let metrics = reqwest::get(lb.url_dashboard("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("hlb_no_upstream_total 1"), "{metrics}");
+}

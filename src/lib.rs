@@ -9,10 +9,12 @@ pub mod breaker;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
+pub mod ewma;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod state;
+pub mod weights;
 
 use std::sync::Arc;
 
@@ -42,6 +44,10 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
         health::service(state.clone())?,
     ));
 
+    server.add_service(background_service(
+        "weights",
+        weights::WeightsService::new(state.clone()),
+    ));
     server.add_service(background_service(
         "dashboard",
         dashboard::DashboardService::new(state.clone()),

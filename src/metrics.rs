@@ -2,8 +2,8 @@
 //! the proxy, the background tasks and the dashboard's `/metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The registry and its metrics.
@@ -21,7 +21,9 @@ pub struct Metrics {
     /// 0 closed, 1 half-open, 2 open.
     pub upstream_breaker_state: IntGaugeVec,
     /// Selection weight by kind: `base` (the operator's) or `effective` (in force).
-    pub upstream_weight: IntGaugeVec,
+    pub upstream_weight: GaugeVec,
+    /// Peak EWMA of response time, in seconds.
+    pub upstream_latency_ewma_seconds: GaugeVec,
     /// Connect failures retried on another upstream, by the upstream that failed.
     pub retries_total: IntCounterVec,
     /// Requests answered 503 because no upstream was eligible.
@@ -65,11 +67,22 @@ impl Metrics {
             "Circuit breaker state: 0 closed, 1 half-open, 2 open",
             &["upstream"],
         );
-        let upstream_weight = gauge(
-            "hlb_upstream_weight",
-            "Selection weight: base (configured) or effective (in force)",
+        let upstream_weight = GaugeVec::new(
+            Opts::new(
+                "hlb_upstream_weight",
+                "Selection weight: base (configured) or effective (in force)",
+            ),
             &["upstream", "kind"],
-        );
+        )
+        .expect("metric");
+        let upstream_latency_ewma_seconds = GaugeVec::new(
+            Opts::new(
+                "hlb_upstream_latency_ewma_seconds",
+                "Peak EWMA of upstream response time in seconds",
+            ),
+            &["upstream"],
+        )
+        .expect("metric");
         let retries_total = IntCounterVec::new(
             Opts::new(
                 "hlb_retries_total",
@@ -91,6 +104,7 @@ impl Metrics {
             Box::new(upstream_up.clone()),
             Box::new(upstream_breaker_state.clone()),
             Box::new(upstream_weight.clone()),
+            Box::new(upstream_latency_ewma_seconds.clone()),
             Box::new(retries_total.clone()),
             Box::new(no_upstream_total.clone()),
         ] {
@@ -104,6 +118,7 @@ impl Metrics {
             upstream_up,
             upstream_breaker_state,
             upstream_weight,
+            upstream_latency_ewma_seconds,
             retries_total,
             no_upstream_total,
         }

@@ -25,7 +25,7 @@ use pingora::proxy::FailToProxy;
 use pingora::ErrorSource;
 
 use crate::breaker::Admission;
-use crate::state::SharedState;
+use crate::state::{Inflight, SharedState};
 
 /// The proxy service's logic; one instance serves every request.
 pub struct Proxy {
@@ -47,6 +47,8 @@ pub struct RequestCtx {
     probe: Option<Probe>,
     /// When the current upstream was chosen.
     picked_at: Option<Instant>,
+    /// Counts this request in the current upstream's in-flight load.
+    inflight: Option<Inflight>,
     /// Set when the last attempt failed to connect, so the final error is a 503.
     connect_failed: bool,
     /// True when no upstream could be chosen at all.
@@ -84,6 +86,15 @@ impl Drop for Probe {
 }
 
 impl Proxy {
+    fn is_failure(&self, status: u16) -> bool {
+        self.state
+            .config
+            .lb
+            .circuit_breaker
+            .failure_status
+            .contains(&status)
+    }
+
     /// Records the outcome of the attempt on upstream `id` for its breaker.
     fn record(&self, ctx: &mut RequestCtx, id: usize, ok: bool) {
         match ctx.probe.take() {
@@ -116,13 +127,16 @@ impl ProxyHttp for Proxy {
         let state = &self.state;
         let tried = &ctx.tried;
         let mut admission = Admission::Refused;
-        let picked = state.balancer.select(|id| {
-            if tried.contains(&id) {
-                return false;
-            }
-            admission = state.admit(id, now);
-            admission != Admission::Refused
-        });
+        let picked = state.balancer.select(
+            |id| {
+                if tried.contains(&id) {
+                    return false;
+                }
+                admission = state.admit(id, now);
+                admission != Admission::Refused
+            },
+            |id| state.cost(id, now),
+        );
         let Some(id) = picked else {
             ctx.no_upstream = true;
             return Error::e_explain(HTTPStatus(503), "no upstream available");
@@ -135,6 +149,7 @@ impl ProxyHttp for Proxy {
         }
         ctx.tried.push(id);
         ctx.picked_at = Some(now);
+        ctx.inflight = Some(Inflight::new(state.clone(), id));
         ctx.connect_failed = false;
         let upstream = &state.upstreams[id];
         let timeouts = &state.config.lb.timeouts;
@@ -156,6 +171,10 @@ impl ProxyHttp for Proxy {
             return e;
         };
         self.record(ctx, id, false);
+        let now = Instant::now();
+        let elapsed = ctx.picked_at.map_or(0.0, |t| (now - t).as_secs_f64());
+        self.state.observe_latency(id, elapsed, true, now);
+        ctx.inflight = None;
         let upstream = &self.state.upstreams[id];
         upstream.stats.errors_total.fetch_add(1, Ordering::Relaxed);
         let attempts = ctx.tried.len();
@@ -205,8 +224,16 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if !upstream_response.status.is_informational() {
-            ctx.upstream_status = Some(upstream_response.status.as_u16());
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if let (Some(id), Some(t)) = (ctx.current(), ctx.picked_at) {
+            let now = Instant::now();
+            let failed = self.is_failure(status);
+            self.state
+                .observe_latency(id, (now - t).as_secs_f64(), failed, now);
         }
         Ok(())
     }
@@ -254,13 +281,7 @@ impl ProxyHttp for Proxy {
         }
         let upstream = &self.state.upstreams[id];
         let failed = match ctx.upstream_status {
-            Some(status) => self
-                .state
-                .config
-                .lb
-                .circuit_breaker
-                .failure_status
-                .contains(&status),
+            Some(status) => self.is_failure(status),
             // No response header: the upstream timed out or broke the connection,
             // unless the client is the one that went away.
             None => e.is_some_and(|e| e.esource() == &ErrorSource::Upstream),
@@ -268,6 +289,12 @@ impl ProxyHttp for Proxy {
         let answered = ctx.upstream_status.is_some() || failed;
         if answered {
             self.record(ctx, id, !failed);
+        }
+        if failed && ctx.upstream_status.is_none() {
+            // Timed out or broke before answering: a penalty latency sample.
+            let now = Instant::now();
+            let elapsed = ctx.picked_at.map_or(0.0, |t| (now - t).as_secs_f64());
+            self.state.observe_latency(id, elapsed, true, now);
         }
         // An unanswered probe is given back when the context drops.
         if ctx.upstream_status.is_none() && !failed {

@@ -4,15 +4,17 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::IntGauge;
 use serde::Serialize;
 
 use crate::balancer::Balancer;
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
-use crate::config::Config;
+use crate::config::{Algorithm, Config};
+use crate::ewma::Ewma;
 use crate::metrics::Metrics;
 
 /// Per-upstream counters, written by the proxy's logging phase.
@@ -42,6 +44,12 @@ pub struct Upstream {
     breaker: Mutex<Breaker>,
     /// The breaker's state, readable without the lock (`BreakerState` as u8).
     breaker_state: AtomicU8,
+    /// Peak EWMA of response time (time to response header).
+    ewma: Mutex<Ewma>,
+    /// Requests in progress, counted by [`Inflight`] guards.
+    inflight: AtomicI64,
+    /// `hlb_upstream_inflight` for this upstream, resolved once.
+    inflight_gauge: IntGauge,
     pub stats: UpstreamStats,
 }
 
@@ -52,6 +60,51 @@ impl Upstream {
 
     fn breaker(&self) -> MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ewma(&self) -> MutexGuard<'_, Ewma> {
+        self.ewma.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn inflight(&self) -> i64 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// The latency estimate in seconds, decayed since its last sample (P2C's
+    /// view), if any sample has been seen.
+    pub fn latency_estimate(&self, now: Instant) -> Option<f64> {
+        self.ewma().get_at(now)
+    }
+
+    /// The latency estimate as of its last sample, unless that is older than
+    /// `max_age` (the view `dynamic` and the dashboard use).
+    pub fn recent_latency(&self, now: Instant, max_age: Duration) -> Option<f64> {
+        self.ewma().recent(now, max_age)
+    }
+}
+
+/// Counts one request in progress on an upstream for as long as it lives, so
+/// that failed and cancelled requests are counted out too.
+#[derive(Debug)]
+pub struct Inflight {
+    state: Arc<SharedState>,
+    id: usize,
+}
+
+impl Inflight {
+    pub fn new(state: Arc<SharedState>, id: usize) -> Self {
+        let u = &state.upstreams[id];
+        u.inflight.fetch_add(1, Ordering::Relaxed);
+        u.inflight_gauge.inc();
+        Inflight { state, id }
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        let u = &self.state.upstreams[self.id];
+        u.inflight.fetch_sub(1, Ordering::Relaxed);
+        u.inflight_gauge.dec();
     }
 }
 
@@ -80,7 +133,14 @@ pub struct SharedState {
     pub metrics: Metrics,
     /// Newest last; bounded to [`EVENTS_KEPT`].
     events: Mutex<VecDeque<Event>>,
+    /// Latency estimate (f64 bits, seconds) assumed for upstreams without
+    /// samples: the mean of the others, so a new upstream is neither flooded nor
+    /// starved. Updated by the weights tick.
+    neutral_latency: AtomicU64,
 }
+
+/// Estimate assumed before any upstream has answered.
+const DEFAULT_LATENCY: f64 = 0.001;
 
 impl SharedState {
     pub fn new(config: Config) -> Self {
@@ -98,7 +158,7 @@ impl SharedState {
                 metrics
                     .upstream_weight
                     .with_label_values(&[u.name.as_str(), "base"])
-                    .set(u.weight as i64);
+                    .set(u.weight as f64);
                 Upstream {
                     name: u.name.clone(),
                     addr: u.addr,
@@ -107,6 +167,9 @@ impl SharedState {
                     drained: AtomicBool::new(false),
                     breaker: Mutex::new(Breaker::new(&config.lb.circuit_breaker)),
                     breaker_state: AtomicU8::new(BreakerState::Closed as u8),
+                    ewma: Mutex::new(Ewma::new(config.lb.dynamic_weights.half_life)),
+                    inflight: AtomicI64::new(0),
+                    inflight_gauge: metrics.upstream_inflight.with_label_values(&[&u.name]),
                     stats: UpstreamStats::default(),
                 }
             })
@@ -119,6 +182,7 @@ impl SharedState {
             balancer,
             metrics,
             events: Mutex::new(VecDeque::with_capacity(EVENTS_KEPT)),
+            neutral_latency: AtomicU64::new(DEFAULT_LATENCY.to_bits()),
         };
         state.publish_effective_weights();
         state
@@ -195,15 +259,107 @@ impl SharedState {
         }
     }
 
+    /// Records the response time (seconds, to the response header) of a request
+    /// to `id`; a failed request counts as a penalty sample.
+    pub fn observe_latency(&self, id: usize, seconds: f64, failed: bool, now: Instant) {
+        let mut ewma = self.upstreams[id].ewma();
+        if failed {
+            let cap = self.config.lb.timeouts.read.as_secs_f64();
+            ewma.add_penalty(seconds, cap, now);
+        } else if let Err(e) = ewma.add(seconds, now) {
+            log::debug!("upstream {}: {e}", self.upstreams[id].name);
+        }
+    }
+
+    /// The latency estimate used for selection: the EWMA, or the neutral value
+    /// for an upstream without samples.
+    fn latency_for_selection(&self, id: usize, now: Instant) -> f64 {
+        self.upstreams[id]
+            .latency_estimate(now)
+            .unwrap_or_else(|| f64::from_bits(self.neutral_latency.load(Ordering::Relaxed)))
+    }
+
+    /// P2C's cost of sending to `id` now: latency × (in-flight + 1) / weight.
+    pub fn cost(&self, id: usize, now: Instant) -> f64 {
+        let u = &self.upstreams[id];
+        let weight = u.base_weight.load(Ordering::Relaxed).max(1) as f64;
+        let load = (u.inflight().max(0) + 1) as f64;
+        self.latency_for_selection(id, now) * load / weight
+    }
+
+    /// Whether `id` could take traffic, ignoring a breaker that is due a probe:
+    /// the set over which the fastest latency is taken.
+    fn usable(&self, id: usize) -> bool {
+        let u = &self.upstreams[id];
+        u.healthy.load(Ordering::Relaxed)
+            && !u.drained.load(Ordering::Relaxed)
+            && u.breaker_state() == BreakerState::Closed
+    }
+
+    /// The weights tick: refreshes the neutral estimate and the latency metrics
+    /// and, for `dynamic`, recomputes effective weights as base × clamp(fastest
+    /// EWMA / own EWMA, min_factor, 1). Returns the latency factors by id.
+    pub fn refresh_weights(&self, now: Instant) -> Vec<f64> {
+        let max_age = self.latency_max_age();
+        let estimates: Vec<Option<f64>> = self
+            .upstreams
+            .iter()
+            .map(|u| u.recent_latency(now, max_age))
+            .collect();
+        let known: Vec<f64> = estimates.iter().flatten().copied().collect();
+        if !known.is_empty() {
+            let mean = known.iter().sum::<f64>() / known.len() as f64;
+            self.neutral_latency
+                .store(mean.max(1e-6).to_bits(), Ordering::Relaxed);
+        }
+        for (u, e) in self.upstreams.iter().zip(&estimates) {
+            if let Some(e) = e {
+                self.metrics
+                    .upstream_latency_ewma_seconds
+                    .with_label_values(&[&u.name])
+                    .set(*e);
+            }
+        }
+        let min_factor = self.config.lb.dynamic_weights.min_factor;
+        let fastest = (0..self.upstreams.len())
+            .filter(|&id| self.usable(id))
+            .filter_map(|id| estimates[id])
+            .fold(f64::INFINITY, f64::min);
+        let factors: Vec<f64> = estimates
+            .iter()
+            .map(|e| match e {
+                Some(own) if fastest.is_finite() && *own > 0.0 => {
+                    (fastest / own).clamp(min_factor, 1.0)
+                }
+                _ => 1.0,
+            })
+            .collect();
+        if self.balancer.algorithm() == Algorithm::Dynamic {
+            let effective: Vec<f64> = self
+                .upstreams
+                .iter()
+                .zip(&factors)
+                .map(|(u, f)| u.base_weight.load(Ordering::Relaxed) as f64 * f)
+                .collect();
+            self.balancer.set_effective_weights(&effective);
+        }
+        self.publish_effective_weights();
+        factors
+    }
+
+    /// Estimates older than this are forgotten by `dynamic`: ten half-lives.
+    fn latency_max_age(&self) -> Duration {
+        self.config.lb.dynamic_weights.half_life * 10
+    }
+
     /// Publishes the selection weights in force to the metrics.
     pub fn publish_effective_weights(&self) {
         let table = self.balancer.table();
         for (id, u) in self.upstreams.iter().enumerate() {
-            let w = table.weights.get(id).copied().unwrap_or(0);
             self.metrics
                 .upstream_weight
                 .with_label_values(&[u.name.as_str(), "effective"])
-                .set(w as i64);
+                .set(table.effective(id));
         }
     }
 
@@ -229,6 +385,8 @@ impl SharedState {
     /// The JSON snapshot served at `/api/state`.
     pub fn snapshot(&self) -> Snapshot {
         let table = self.balancer.table();
+        let now = Instant::now();
+        let max_age = self.latency_max_age();
         Snapshot {
             time: unix_time(),
             algorithm: self.balancer.algorithm().as_str(),
@@ -248,7 +406,13 @@ impl SharedState {
                     breaker: u.breaker_state().as_str(),
                     drained: u.drained.load(Ordering::Relaxed),
                     base_weight: u.base_weight.load(Ordering::Relaxed),
-                    effective_weight: table.weights.get(id).copied().unwrap_or(0),
+                    effective_weight: (table.effective(id) * 100.0).round() / 100.0,
+                    inflight: u.inflight().max(0),
+                    latency_ms: LatencySnapshot {
+                        ewma: u
+                            .recent_latency(now, max_age)
+                            .map(|s| (s * 1e5).round() / 100.0),
+                    },
                     requests_total: u.stats.requests_total.load(Ordering::Relaxed),
                     errors_total: u.stats.errors_total.load(Ordering::Relaxed),
                     retries_total: u.stats.retries_total.load(Ordering::Relaxed),
@@ -287,10 +451,19 @@ pub struct UpstreamSnapshot {
     pub breaker: &'static str,
     pub drained: bool,
     pub base_weight: u32,
-    pub effective_weight: u32,
+    /// Weight in force: base × latency factor for `dynamic`.
+    pub effective_weight: f64,
+    pub inflight: i64,
+    pub latency_ms: LatencySnapshot,
     pub requests_total: u64,
     pub errors_total: u64,
     pub retries_total: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LatencySnapshot {
+    /// Peak EWMA in milliseconds; null before the first sample.
+    pub ewma: Option<f64>,
 }
 
 #[cfg(test)]
@@ -340,6 +513,44 @@ mod tests {
             text.contains("hlb_upstream_breaker_state{upstream=\"a\"} 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn dynamic_factors_follow_latency_and_are_clamped() {
+        let text = "lb:\n  algorithm: dynamic\n  dynamic_weights: { min_factor: 0.05 }\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\", weight: 4 }\n    - { name: b, addr: \"127.0.0.1:2\", weight: 4 }\n    - { name: c, addr: \"127.0.0.1:3\", weight: 4 }\n    - { name: d, addr: \"127.0.0.1:4\", weight: 4 }\n";
+        let s = SharedState::new(Config::parse(text).unwrap().0);
+        let now = Instant::now();
+        s.observe_latency(0, 0.010, false, now);
+        s.observe_latency(1, 0.040, false, now);
+        s.observe_latency(2, 10.0, false, now);
+        let f = s.refresh_weights(now);
+        assert_eq!(f[0], 1.0);
+        assert!((f[1] - 0.25).abs() < 1e-9, "{f:?}");
+        assert_eq!(f[2], 0.05, "clamped to min_factor");
+        assert_eq!(f[3], 1.0, "no samples: neutral");
+        let table = s.balancer.table();
+        assert_eq!(table.effective(0), 4.0);
+        assert_eq!(table.effective(1), 1.0);
+        assert_eq!(table.effective(2), 0.2);
+        // The slow one recovers: its weight comes back.
+        let later = now + std::time::Duration::from_secs(60);
+        s.observe_latency(0, 0.010, false, later);
+        s.observe_latency(2, 0.010, false, later);
+        let f = s.refresh_weights(later);
+        assert!(f[2] > 0.9, "{f:?}");
+    }
+
+    #[test]
+    fn inflight_guards_count_out_on_drop() {
+        let s = Arc::new(state());
+        let g1 = Inflight::new(s.clone(), 0);
+        let g2 = Inflight::new(s.clone(), 0);
+        assert_eq!(s.upstreams[0].inflight(), 2);
+        drop(g1);
+        assert_eq!(s.upstreams[0].inflight(), 1);
+        assert!(s.cost(0, Instant::now()) > s.cost(1, Instant::now()));
+        drop(g2);
+        assert_eq!(s.upstreams[0].inflight(), 0);
     }
 
     #[test]

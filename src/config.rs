@@ -393,9 +393,16 @@ pub struct StickyConfig {
     pub mode: StickyMode,
     pub cookie_name: String,
     pub max_age: Duration,
+    /// From `lb.sticky.secret`, else `HLB_STICKY_SECRET` (read by [`Config::load`]).
     pub secret: Option<String>,
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
+
+/// Sticky secrets shorter than this are refused.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Environment variable that may hold the sticky secret.
+pub const SECRET_ENV: &str = "HLB_STICKY_SECRET";
 
 #[derive(Debug, Clone)]
 pub struct TimeoutsConfig {
@@ -489,7 +496,20 @@ impl Config {
     pub fn load(path: &str) -> Result<(Config, ServerConf), ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::single("", format!("cannot read {path}: {e}"), None))?;
-        Self::parse(&text)
+        let (mut config, server) = Self::parse(&text)?;
+        if config.lb.sticky.secret.is_none() {
+            if let Ok(secret) = std::env::var(SECRET_ENV) {
+                if secret.len() < MIN_SECRET_LEN {
+                    return Err(ConfigError::single(
+                        SECRET_ENV,
+                        format!("must be at least {MIN_SECRET_LEN} bytes"),
+                        None,
+                    ));
+                }
+                config.lb.sticky.secret = Some(secret);
+            }
+        }
+        Ok((config, server))
     }
 
     /// Parses and validates a whole config file's text.
@@ -668,12 +688,33 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
             "must be letters, digits, `_` or `-`",
         );
     }
+    if let Some(secret) = &s.secret {
+        if secret.len() < MIN_SECRET_LEN {
+            c.fail(
+                "lb.sticky.secret",
+                format!("must be at least {MIN_SECRET_LEN} bytes (a random string; `openssl rand -hex 32` makes one)"),
+            );
+        }
+    }
+    let mut trusted_proxies = Vec::new();
+    for (i, p) in s.trusted_proxies.iter().enumerate() {
+        let parsed = p
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => c.fail(
+                &format!("lb.sticky.trusted_proxies[{i}]"),
+                format!("`{p}` is not a CIDR or an IP address, e.g. 10.0.0.0/8"),
+            ),
+        }
+    }
     let sticky = StickyConfig {
         mode: s.mode,
         cookie_name: s.cookie_name,
         max_age: c.duration("lb.sticky.max_age", &s.max_age),
-        secret: s.secret.filter(|v| !v.is_empty()),
-        trusted_proxies: s.trusted_proxies,
+        secret: s.secret,
+        trusted_proxies,
     };
 
     let retries = c.at_least("lb.retries", raw.retries, 0) as usize;

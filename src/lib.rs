@@ -14,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod state;
+pub mod sticky;
 pub mod weights;
 
 use std::sync::Arc;

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub upstream_weight: GaugeVec,
     /// Peak EWMA of response time, in seconds.
     pub upstream_latency_ewma_seconds: GaugeVec,
+    /// Sticky routing outcomes: hit, new, moved, invalid.
+    pub sticky_total: IntCounterVec,
     /// Connect failures retried on another upstream, by the upstream that failed.
     pub retries_total: IntCounterVec,
     /// Requests answered 503 because no upstream was eligible.
@@ -83,6 +85,11 @@ impl Metrics {
             &["upstream"],
         )
         .expect("metric");
+        let sticky_total = IntCounterVec::new(
+            Opts::new("hlb_sticky_total", "Sticky routing outcomes"),
+            &["result"],
+        )
+        .expect("metric");
         let retries_total = IntCounterVec::new(
             Opts::new(
                 "hlb_retries_total",
@@ -105,6 +112,7 @@ impl Metrics {
             Box::new(upstream_breaker_state.clone()),
             Box::new(upstream_weight.clone()),
             Box::new(upstream_latency_ewma_seconds.clone()),
+            Box::new(sticky_total.clone()),
             Box::new(retries_total.clone()),
             Box::new(no_upstream_total.clone()),
         ] {
@@ -119,6 +127,7 @@ impl Metrics {
             upstream_breaker_state,
             upstream_weight,
             upstream_latency_ewma_seconds,
+            sticky_total,
             retries_total,
             no_upstream_total,
         }

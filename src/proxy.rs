@@ -25,7 +25,8 @@ use pingora::proxy::FailToProxy;
 use pingora::ErrorSource;
 
 use crate::breaker::Admission;
-use crate::state::{Inflight, SharedState};
+use crate::state::{Inflight, SharedState, Sticky};
+use crate::sticky::{self, Decision, StickyResult};
 
 /// The proxy service's logic; one instance serves every request.
 pub struct Proxy {
@@ -55,6 +56,10 @@ pub struct RequestCtx {
     no_upstream: bool,
     /// Status of the upstream's final response header, once received.
     upstream_status: Option<u16>,
+    /// Cookie mode: set a fresh sticky cookie on the response.
+    set_cookie: bool,
+    /// The first attempt went where the request's cookie said.
+    sticky_routed: bool,
 }
 
 impl RequestCtx {
@@ -86,6 +91,70 @@ impl Drop for Probe {
 }
 
 impl Proxy {
+    /// The sticky choice for a request's first attempt, if stickiness names an
+    /// eligible upstream; otherwise None, and normal balancing follows.
+    fn sticky_pick(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        now: Instant,
+        admission: &mut Admission,
+    ) -> Option<usize> {
+        let state = &self.state;
+        let mut accept = |id: usize| {
+            *admission = state.admit(id, now);
+            *admission != Admission::Refused
+        };
+        match &state.sticky {
+            Sticky::Off => None,
+            Sticky::Cookie(c) => {
+                let headers = session.req_header().headers.get_all("cookie");
+                let value = sticky::find_cookie(
+                    headers.iter().filter_map(|v| v.to_str().ok()),
+                    &state.config.lb.sticky.cookie_name,
+                );
+                let opened = value.map(|v| c.sealer.open(v, crate::state::unix_time() as u64));
+                match sticky::decide(opened, |k| c.lookup(k), accept) {
+                    Decision::Route(id) => {
+                        state.count_sticky(StickyResult::Hit);
+                        ctx.sticky_routed = true;
+                        Some(id)
+                    }
+                    Decision::Balance(result) => {
+                        state.count_sticky(result);
+                        ctx.set_cookie = true;
+                        None
+                    }
+                }
+            }
+            Sticky::Ip(hash) => {
+                let peer = session.client_addr().and_then(|a| a.as_inet())?.ip();
+                let xff: Vec<&str> = session
+                    .req_header()
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                let ip = sticky::client_ip(peer, &xff, &state.config.lb.sticky.trusted_proxies);
+                match hash.select(ip, &mut accept) {
+                    Some((id, own)) => {
+                        state.count_sticky(if own {
+                            StickyResult::Hit
+                        } else {
+                            StickyResult::Moved
+                        });
+                        Some(id)
+                    }
+                    None => {
+                        state.count_sticky(StickyResult::Moved);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
     fn is_failure(&self, status: u16) -> bool {
         self.state
             .config
@@ -120,23 +189,36 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let now = Instant::now();
         let state = &self.state;
-        let tried = &ctx.tried;
         let mut admission = Admission::Refused;
-        let picked = state.balancer.select(
-            |id| {
-                if tried.contains(&id) {
-                    return false;
-                }
-                admission = state.admit(id, now);
-                admission != Admission::Refused
-            },
-            |id| state.cost(id, now),
-        );
+        let sticky_pick = if ctx.tried.is_empty() {
+            self.sticky_pick(session, ctx, now, &mut admission)
+        } else {
+            if ctx.sticky_routed {
+                // The sticky upstream failed to connect: the session moves.
+                ctx.sticky_routed = false;
+                ctx.set_cookie = true;
+                state.count_sticky(StickyResult::Moved);
+            }
+            None
+        };
+        let tried = &ctx.tried;
+        let picked = sticky_pick.or_else(|| {
+            state.balancer.select(
+                |id| {
+                    if tried.contains(&id) {
+                        return false;
+                    }
+                    admission = state.admit(id, now);
+                    admission != Admission::Refused
+                },
+                |id| state.cost(id, now),
+            )
+        });
         let Some(id) = picked else {
             ctx.no_upstream = true;
             return Error::e_explain(HTTPStatus(503), "no upstream available");
@@ -235,6 +317,32 @@ impl ProxyHttp for Proxy {
             self.state
                 .observe_latency(id, (now - t).as_secs_f64(), failed, now);
         }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if !ctx.set_cookie || response.status.is_informational() {
+            return Ok(());
+        }
+        let (Sticky::Cookie(c), Some(id)) = (&self.state.sticky, ctx.current()) else {
+            return Ok(());
+        };
+        let conf = &self.state.config.lb.sticky;
+        let max_age = conf.max_age.as_secs();
+        let expiry = crate::state::unix_time() as u64 + max_age;
+        let value = c.sealer.seal(&c.keys[id], expiry);
+        response.append_header(
+            "set-cookie",
+            format!(
+                "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax",
+                conf.cookie_name
+            ),
+        )?;
         Ok(())
     }
 

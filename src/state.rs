@@ -13,9 +13,18 @@ use serde::Serialize;
 
 use crate::balancer::Balancer;
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
-use crate::config::{Algorithm, Config};
+use crate::config::{Algorithm, Config, StickyMode};
 use crate::ewma::Ewma;
 use crate::metrics::Metrics;
+use crate::sticky::{CookieSticky, IpHash, StickyResult};
+
+/// The stickiness in force.
+#[derive(Debug)]
+pub enum Sticky {
+    Off,
+    Cookie(CookieSticky),
+    Ip(IpHash),
+}
 
 /// Per-upstream counters, written by the proxy's logging phase.
 #[derive(Debug, Default)]
@@ -131,6 +140,9 @@ pub struct SharedState {
     pub upstreams: Vec<Upstream>,
     pub balancer: Balancer,
     pub metrics: Metrics,
+    pub sticky: Sticky,
+    /// Sticky outcomes by [`StickyResult`] (hit, new, moved, invalid).
+    sticky_counts: [AtomicU64; 4],
     /// Newest last; bounded to [`EVENTS_KEPT`].
     events: Mutex<VecDeque<Event>>,
     /// Latency estimate (f64 bits, seconds) assumed for upstreams without
@@ -176,11 +188,41 @@ impl SharedState {
             .collect();
         let weights: Vec<u32> = config.lb.upstreams.iter().map(|u| u.weight).collect();
         let balancer = Balancer::new(config.lb.algorithm, &weights);
+        let sticky = match config.lb.sticky.mode {
+            StickyMode::Off => Sticky::Off,
+            StickyMode::Cookie => {
+                let secret = match &config.lb.sticky.secret {
+                    Some(s) => s.as_bytes().to_vec(),
+                    None => {
+                        log::warn!(
+                            "sticky cookies: no lb.sticky.secret or {} set; using a random \
+                             secret, so sessions will not survive a reload or be shared \
+                             with other instances",
+                            crate::config::SECRET_ENV
+                        );
+                        rand::random::<[u8; 32]>().to_vec()
+                    }
+                };
+                let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                Sticky::Cookie(CookieSticky::new(&secret, &names))
+            }
+            StickyMode::Ip => {
+                let ring: Vec<(SocketAddr, u32)> = config
+                    .lb
+                    .upstreams
+                    .iter()
+                    .map(|u| (u.addr, u.weight))
+                    .collect();
+                Sticky::Ip(IpHash::new(&ring))
+            }
+        };
         let state = SharedState {
             config,
             upstreams,
             balancer,
             metrics,
+            sticky,
+            sticky_counts: Default::default(),
             events: Mutex::new(VecDeque::with_capacity(EVENTS_KEPT)),
             neutral_latency: AtomicU64::new(DEFAULT_LATENCY.to_bits()),
         };
@@ -363,6 +405,37 @@ impl SharedState {
         }
     }
 
+    /// Counts one sticky outcome.
+    pub fn count_sticky(&self, result: StickyResult) {
+        self.sticky_counts[result as usize].fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .sticky_total
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    fn sticky_snapshot(&self) -> StickySnapshot {
+        let n = |r: StickyResult| self.sticky_counts[r as usize].load(Ordering::Relaxed);
+        let (hit, new, moved, invalid) = (
+            n(StickyResult::Hit),
+            n(StickyResult::New),
+            n(StickyResult::Moved),
+            n(StickyResult::Invalid),
+        );
+        let total = hit + new + moved + invalid;
+        StickySnapshot {
+            hit,
+            new,
+            moved,
+            invalid,
+            hit_ratio: if total == 0 {
+                None
+            } else {
+                Some(hit as f64 / total as f64)
+            },
+        }
+    }
+
     pub fn push_event(&self, upstream: Option<&str>, kind: &'static str, detail: String) {
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if events.len() == EVENTS_KEPT {
@@ -391,6 +464,7 @@ impl SharedState {
             time: unix_time(),
             algorithm: self.balancer.algorithm().as_str(),
             sticky: self.config.lb.sticky.mode.as_str(),
+            sticky_stats: self.sticky_snapshot(),
             upstreams: self
                 .upstreams
                 .iter()
@@ -435,7 +509,9 @@ pub fn unix_time() -> f64 {
 pub struct Snapshot {
     pub time: f64,
     pub algorithm: &'static str,
+    /// `off`, `cookie` or `ip`.
     pub sticky: &'static str,
+    pub sticky_stats: StickySnapshot,
     pub upstreams: Vec<UpstreamSnapshot>,
     /// Newest first.
     pub events: Vec<Event>,
@@ -458,6 +534,16 @@ pub struct UpstreamSnapshot {
     pub requests_total: u64,
     pub errors_total: u64,
     pub retries_total: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StickySnapshot {
+    pub hit: u64,
+    pub new: u64,
+    pub moved: u64,
+    pub invalid: u64,
+    /// hit / all sticky decisions; null before the first.
+    pub hit_ratio: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]

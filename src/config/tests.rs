@@ -175,3 +175,31 @@ fn yaml_syntax_error_names_the_line() {
     let e = errors(&text).join("\n");
     assert!(e.contains("line"), "{e}");
 }
+
+#[test]
+fn short_secret_and_bad_cidr_are_refused() {
+    let text = GOOD.replace(
+        "  timeouts:",
+        "  sticky: { mode: cookie, secret: short, trusted_proxies: [\"10.0.0.0/8\", \"not-a-net\"] }\n  timeouts:",
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("lb.sticky.secret: must be at least 16 bytes"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("lb.sticky.trusted_proxies[1]: `not-a-net`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn unknown_sticky_mode_is_refused() {
+    let text = GOOD.replace("  timeouts:", "  sticky: { mode: sometimes }\n  timeouts:");
+    let e = one_error(&text);
+    assert!(
+        e.starts_with("lb.sticky.mode: unknown variant `sometimes`"),
+        "{e}"
+    );
+}

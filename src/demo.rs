@@ -11,14 +11,40 @@ use pingora::services::background::BackgroundService;
 
 use crate::config::DemoConfig;
 
-/// Runs the demo backends on 127.0.0.1 until the server shuts down.
+/// Runs the demo backends on 127.0.0.1, and the demo's own light traffic,
+/// until the server shuts down.
 pub struct DemoService {
     config: DemoConfig,
+    /// Where the demo traffic goes: the proxy's first listener.
+    proxy: SocketAddr,
 }
 
 impl DemoService {
-    pub fn new(config: DemoConfig) -> Self {
-        DemoService { config }
+    pub fn new(config: DemoConfig, proxy: SocketAddr) -> Self {
+        let proxy = if proxy.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], proxy.port()))
+        } else {
+            proxy
+        };
+        DemoService { config, proxy }
+    }
+}
+
+/// Sends `rps` requests per second to the proxy, over a mix of paths.
+async fn traffic(proxy: SocketAddr, rps: f64) {
+    const PATHS: [&str; 4] = ["/", "/api/items", "/api/items/42", "/static/app.css"];
+    let client = reqwest::Client::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / rps));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    for i in 0usize.. {
+        tick.tick().await;
+        let url = format!("http://{proxy}{}", PATHS[i % PATHS.len()]);
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Ok(resp) = client.get(url).send().await {
+                let _ = resp.bytes().await;
+            }
+        });
     }
 }
 
@@ -42,7 +68,15 @@ impl BackgroundService for DemoService {
                 Err(e) => error!("demo upstream {}: cannot listen on {addr}: {e}", b.name),
             }
         }
+        let load = self
+            .config
+            .traffic_rps
+            .filter(|r| *r > 0.0)
+            .map(|rps| tokio::spawn(traffic(self.proxy, rps)));
         let _ = shutdown.changed().await;
+        if let Some(l) = load {
+            l.abort();
+        }
         drop(servers);
     }
 }

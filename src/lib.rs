@@ -56,7 +56,7 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     if let Some(demo) = &state.config.demo {
         server.add_service(background_service(
             "demo upstreams",
-            demo::DemoService::new(demo.clone()),
+            demo::DemoService::new(demo.clone(), state.config.lb.listen[0]),
         ));
     }
     Ok(state)

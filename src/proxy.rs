@@ -424,10 +424,7 @@ impl ProxyHttp for Proxy {
             .with_label_values(&[upstream.name.as_str(), code.as_str()])
             .inc();
         if let Some(t) = ctx.picked_at {
-            metrics
-                .request_duration_seconds
-                .with_label_values(&[&upstream.name])
-                .observe(t.elapsed().as_secs_f64());
+            upstream.duration.observe(t.elapsed().as_secs_f64());
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, O
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus::IntGauge;
+use prometheus::{Histogram, IntGauge};
 use serde::Serialize;
 
 use crate::balancer::Balancer;
@@ -59,6 +59,8 @@ pub struct Upstream {
     inflight: AtomicI64,
     /// `hlb_upstream_inflight` for this upstream, resolved once.
     inflight_gauge: IntGauge,
+    /// `hlb_request_duration_seconds` for this upstream, resolved once.
+    pub duration: Histogram,
     pub stats: UpstreamStats,
 }
 
@@ -182,6 +184,9 @@ impl SharedState {
                     ewma: Mutex::new(Ewma::new(config.lb.dynamic_weights.half_life)),
                     inflight: AtomicI64::new(0),
                     inflight_gauge: metrics.upstream_inflight.with_label_values(&[&u.name]),
+                    duration: metrics
+                        .request_duration_seconds
+                        .with_label_values(&[&u.name]),
                     stats: UpstreamStats::default(),
                 }
             })
@@ -405,6 +410,95 @@ impl SharedState {
         }
     }
 
+    /// The id of the upstream called `name`.
+    pub fn upstream_id(&self, name: &str) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.name == name)
+    }
+
+    /// Sets an upstream's base weight and puts the new weights in force.
+    pub fn set_base_weight(&self, id: usize, weight: u32) {
+        let u = &self.upstreams[id];
+        u.base_weight.store(weight, Ordering::Relaxed);
+        self.metrics
+            .upstream_weight
+            .with_label_values(&[u.name.as_str(), "base"])
+            .set(weight as f64);
+        if self.balancer.algorithm() == Algorithm::Dynamic {
+            self.refresh_weights(Instant::now());
+        } else {
+            let base: Vec<u32> = self
+                .upstreams
+                .iter()
+                .map(|u| u.base_weight.load(Ordering::Relaxed))
+                .collect();
+            self.balancer.set_weights(&base);
+            self.publish_effective_weights();
+        }
+    }
+
+    /// Why upstream `id` gets the traffic it gets, in a sentence for the dashboard.
+    fn reason(&self, id: usize, table: &crate::balancer::Table, now: Instant) -> String {
+        let u = &self.upstreams[id];
+        if u.drained.load(Ordering::Relaxed) {
+            return "drained by the operator: takes no new requests".into();
+        }
+        if !u.healthy.load(Ordering::Relaxed) {
+            return format!(
+                "out of rotation: GET {} is failing",
+                self.config.lb.health_check.path
+            );
+        }
+        match u.breaker_state() {
+            BreakerState::Open => {
+                let wait = u
+                    .breaker()
+                    .open_until()
+                    .map(|t| t.saturating_duration_since(now).as_secs_f64())
+                    .unwrap_or(0.0);
+                return format!(
+                    "out of rotation: circuit breaker open after failures; next probe in {wait:.1} s"
+                );
+            }
+            BreakerState::HalfOpen => {
+                return "probing: one request at a time tests whether it has recovered".into();
+            }
+            BreakerState::Closed => {}
+        }
+        let base = u.base_weight.load(Ordering::Relaxed);
+        match self.balancer.algorithm() {
+            Algorithm::RoundRobin => "equal turns with every eligible upstream".into(),
+            Algorithm::Weighted => {
+                let total: u32 = table.weights.iter().sum();
+                let share = table.weights[id] as f64 * 100.0 / total.max(1) as f64;
+                format!("weight {base}: {share:.0}% of requests")
+            }
+            Algorithm::Dynamic => {
+                let factor = table.effective(id) / base.max(1) as f64;
+                let max_age = self.latency_max_age();
+                match u.recent_latency(now, max_age) {
+                    Some(own) => {
+                        let fastest = (0..self.upstreams.len())
+                            .filter(|&i| self.usable(i))
+                            .filter_map(|i| self.upstreams[i].recent_latency(now, max_age))
+                            .fold(f64::INFINITY, f64::min);
+                        format!(
+                            "weight {base} × latency factor {factor:.2} (fastest {:.1} ms / own {:.1} ms, at least {}) = {:.2}",
+                            fastest * 1e3,
+                            own * 1e3,
+                            self.config.lb.dynamic_weights.min_factor,
+                            table.effective(id)
+                        )
+                    }
+                    None => format!("weight {base}: no latency samples yet, full weight"),
+                }
+            }
+            Algorithm::P2c => format!(
+                "chosen per request when cheaper: latency × (in-flight + 1) / weight = {:.2} ms",
+                self.cost(id, now) * 1e3
+            ),
+        }
+    }
+
     /// Counts one sticky outcome.
     pub fn count_sticky(&self, result: StickyResult) {
         self.sticky_counts[result as usize].fetch_add(1, Ordering::Relaxed);
@@ -480,13 +574,23 @@ impl SharedState {
                     breaker: u.breaker_state().as_str(),
                     drained: u.drained.load(Ordering::Relaxed),
                     base_weight: u.base_weight.load(Ordering::Relaxed),
-                    effective_weight: (table.effective(id) * 100.0).round() / 100.0,
+                    effective_weight: if self.usable(id) {
+                        (table.effective(id) * 100.0).round() / 100.0
+                    } else {
+                        0.0
+                    },
                     inflight: u.inflight().max(0),
+                    rps: 0.0,
+                    error_rate: 0.0,
                     latency_ms: LatencySnapshot {
                         ewma: u
                             .recent_latency(now, max_age)
                             .map(|s| (s * 1e5).round() / 100.0),
+                        p50: None,
+                        p95: None,
+                        p99: None,
                     },
+                    reason: self.reason(id, &table, now),
                     requests_total: u.stats.requests_total.load(Ordering::Relaxed),
                     errors_total: u.stats.errors_total.load(Ordering::Relaxed),
                     retries_total: u.stats.retries_total.load(Ordering::Relaxed),
@@ -505,7 +609,7 @@ pub fn unix_time() -> f64 {
         .unwrap_or(0.0)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub time: f64,
     pub algorithm: &'static str,
@@ -517,7 +621,7 @@ pub struct Snapshot {
     pub events: Vec<Event>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct UpstreamSnapshot {
     pub name: String,
     pub addr: String,
@@ -527,16 +631,23 @@ pub struct UpstreamSnapshot {
     pub breaker: &'static str,
     pub drained: bool,
     pub base_weight: u32,
-    /// Weight in force: base × latency factor for `dynamic`.
+    /// Weight in force: base × latency factor for `dynamic`; 0 while out of
+    /// rotation (down, breaker open, drained).
     pub effective_weight: f64,
     pub inflight: i64,
+    /// Responses per second over the last few seconds (filled by the dashboard).
+    pub rps: f64,
+    /// Share of those responses that were failures.
+    pub error_rate: f64,
     pub latency_ms: LatencySnapshot,
+    /// Why this upstream gets the traffic it gets.
+    pub reason: String,
     pub requests_total: u64,
     pub errors_total: u64,
     pub retries_total: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StickySnapshot {
     pub hit: u64,
     pub new: u64,
@@ -546,10 +657,14 @@ pub struct StickySnapshot {
     pub hit_ratio: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LatencySnapshot {
     /// Peak EWMA in milliseconds; null before the first sample.
     pub ewma: Option<f64>,
+    /// Percentiles over the last few seconds, from the duration histogram.
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
 }
 
 #[cfg(test)]

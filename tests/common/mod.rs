@@ -62,13 +62,18 @@ pub fn upstreams_yaml(upstreams: &[(&str, SocketAddr, u32)]) -> String {
 /// A full config file: test-friendly Pingora keys, the given `lb:` body lines
 /// (indented two spaces) and a dashboard on `dashboard`.
 pub fn config_yaml(proxy: u16, dashboard: u16, lb_body: &str) -> String {
+    config_yaml_with(proxy, dashboard, lb_body, "")
+}
+
+/// [`config_yaml`] with extra `dashboard:` lines (indented two spaces).
+pub fn config_yaml_with(proxy: u16, dashboard: u16, lb_body: &str, dashboard_body: &str) -> String {
     format!(
         "version: 1\nthreads: 1\nwork_stealing: false\ngrace_period_seconds: 1\n\
          graceful_shutdown_timeout_seconds: 1\n\
          pid_file: /tmp/hybrid-lb-test-{proxy}.pid\n\
          upgrade_sock: /tmp/hybrid-lb-test-{proxy}.sock\n\
          lb:\n  listen: [\"127.0.0.1:{proxy}\"]\n{lb_body}\
-         dashboard:\n  listen: \"127.0.0.1:{dashboard}\"\n"
+         dashboard:\n  listen: \"127.0.0.1:{dashboard}\"\n{dashboard_body}"
     )
 }
 
@@ -101,9 +106,14 @@ impl Lb {
     /// Starts hybrid-lb with `lb_body` as its `lb:` section and waits until the
     /// proxy accepts connections and the dashboard answers.
     pub async fn start(lb_body: &str) -> Lb {
+        Self::start_with(lb_body, "").await
+    }
+
+    /// [`Lb::start`] with extra `dashboard:` lines.
+    pub async fn start_with(lb_body: &str, dashboard_body: &str) -> Lb {
         let proxy = free_port();
         let dashboard = free_port();
-        let yaml = config_yaml(proxy, dashboard, lb_body);
+        let yaml = config_yaml_with(proxy, dashboard, lb_body, dashboard_body);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lb.yaml");
         fs::write(&path, &yaml).unwrap();

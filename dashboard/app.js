@@ -1,0 +1,248 @@
+// hybrid-lb dashboard: history first, then one snapshot per second over SSE.
+"use strict";
+
+const KEEP = 300; // points per series: five minutes at one per second
+const COLORS = ["#0b62c4", "#c2410c", "#15803d", "#7c3aed", "#be123c", "#0e7490", "#a16207", "#4b5563"];
+const charts = {};
+const rows = new Map();
+let token = sessionStorage.getItem("hlb-token") || "";
+
+const $ = (sel) => document.querySelector(sel);
+const fmt = (v, digits = 1) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+const clock = (t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false });
+const color = (i) => COLORS[i % COLORS.length];
+
+function makeChart(id, yTitle) {
+  return new Chart(document.getElementById(id), {
+    type: "line",
+    data: { datasets: [] },
+    options: {
+      animation: false,
+      maintainAspectRatio: false,
+      parsing: false,
+      normalized: true,
+      spanGaps: true,
+      elements: { point: { radius: 0 }, line: { borderWidth: 2 } },
+      interaction: { mode: "nearest", axis: "x", intersect: false },
+      scales: {
+        x: { type: "linear", ticks: { callback: (v) => clock(v), maxTicksLimit: 6 } },
+        y: { beginAtZero: true, title: { display: !!yTitle, text: yTitle } },
+      },
+      plugins: { legend: { labels: { boxWidth: 12 } } },
+    },
+  });
+}
+
+// Each chart: which series to draw per upstream.
+const SERIES = {
+  latency: [
+    { key: "ewma", label: (n) => `${n} EWMA` },
+    { key: "p95", label: (n) => `${n} p95`, dash: [4, 3] },
+  ],
+  weights: [
+    { key: "effective_weight", label: (n) => `${n} effective` },
+    { key: "base_weight", label: (n) => `${n} base`, dash: [4, 3] },
+  ],
+  rps: [{ key: "rps", label: (n) => n }],
+  inflight: [{ key: "inflight", label: (n) => n }],
+  errors: [{ key: "error_rate", label: (n) => n, scale: 100 }],
+};
+
+function dataset(chart, series, upstream, index) {
+  const label = series.label(upstream);
+  let ds = chart.data.datasets.find((d) => d.label === label);
+  if (!ds) {
+    ds = { label, data: [], borderColor: color(index), backgroundColor: color(index), borderDash: series.dash || [] };
+    chart.data.datasets.push(ds);
+  }
+  return ds;
+}
+
+// A point is { time, upstreams: [{ name, ewma, p95, base_weight, effective_weight, inflight, rps, error_rate }] }.
+let lastTime = 0;
+
+function addPoint(point) {
+  if (point.time <= lastTime) return; // the stream starts with the latest point again
+  lastTime = point.time;
+  point.upstreams.forEach((u, i) => {
+    for (const [name, list] of Object.entries(SERIES)) {
+      for (const s of list) {
+        const ds = dataset(charts[name], s, u.name, i);
+        const v = u[s.key];
+        ds.data.push({ x: point.time, y: v === null || v === undefined ? null : v * (s.scale || 1) });
+        if (ds.data.length > KEEP) ds.data.shift();
+      }
+    }
+  });
+}
+
+function toPoint(snapshot) {
+  return {
+    time: snapshot.time,
+    upstreams: snapshot.upstreams.map((u) => ({
+      name: u.name,
+      ewma: u.latency_ms.ewma,
+      p95: u.latency_ms.p95,
+      base_weight: u.base_weight,
+      effective_weight: u.effective_weight,
+      inflight: u.inflight,
+      rps: u.rps,
+      error_rate: u.error_rate,
+    })),
+  };
+}
+
+function badge(cls, text) {
+  const b = document.createElement("span");
+  b.className = `badge ${cls}`;
+  b.textContent = text;
+  return b;
+}
+
+function row(u) {
+  let r = rows.get(u.name);
+  if (r) return r;
+  const tr = document.createElement("tr");
+  tr.dataset.upstream = u.name;
+  tr.innerHTML = `
+    <td><div class="name"></div><div class="addr"></div></td>
+    <td class="status"></td>
+    <td class="num weight"></td>
+    <td class="num inflight"></td>
+    <td class="num rps"></td>
+    <td class="num errors"></td>
+    <td class="num latency"></td>
+    <td class="why"></td>
+    <td class="admin">
+      <button type="button" class="drain">Drain</button>
+      <button type="button" class="enable">Enable</button>
+      <input type="number" min="1" max="10000" class="weight-input" aria-label="new weight">
+      <button type="button" class="set-weight">Set weight</button>
+    </td>`;
+  tr.querySelector(".name").textContent = u.name;
+  tr.querySelector(".addr").textContent = u.addr;
+  tr.querySelector(".drain").addEventListener("click", () => admin(u.name, "POST", "drain"));
+  tr.querySelector(".enable").addEventListener("click", () => admin(u.name, "POST", "enable"));
+  tr.querySelector(".set-weight").addEventListener("click", () => {
+    const w = Number(tr.querySelector(".weight-input").value);
+    admin(u.name, "PUT", "weight", { weight: w });
+  });
+  $("#upstreams tbody").appendChild(tr);
+  rows.set(u.name, tr);
+  return tr;
+}
+
+function render(s) {
+  $("#algorithm").textContent = s.algorithm;
+  const ratio = s.sticky_stats && s.sticky_stats.hit_ratio;
+  $("#sticky").textContent = s.sticky === "off" ? "off" : `${s.sticky}${ratio == null ? "" : ` · ${(ratio * 100).toFixed(0)}% hits`}`;
+  let rps = 0, errs = 0;
+  for (const u of s.upstreams) {
+    rps += u.rps;
+    errs += u.rps * u.error_rate;
+    const tr = row(u);
+    const out = u.health !== "up" || u.breaker === "open" || u.drained;
+    tr.classList.toggle("out", out);
+    const status = tr.querySelector(".status");
+    status.replaceChildren(
+      badge(u.health === "up" ? "up" : "down", u.health === "up" ? "UP" : "DOWN"),
+      badge(u.breaker, `breaker ${u.breaker.replace("_", "-")}`),
+      ...(u.drained ? [badge("drained", "DRAINED")] : []),
+    );
+    tr.querySelector(".weight").textContent = `${u.base_weight} → ${fmt(u.effective_weight, 2)}`;
+    tr.querySelector(".inflight").textContent = u.inflight;
+    tr.querySelector(".rps").textContent = fmt(u.rps);
+    tr.querySelector(".errors").textContent = `${fmt(u.error_rate * 100)}%`;
+    tr.querySelector(".latency").textContent = `${fmt(u.latency_ms.ewma)} · ${fmt(u.latency_ms.p95)}`;
+    tr.querySelector(".why").textContent = u.reason;
+    tr.querySelector(".drain").disabled = u.drained;
+    tr.querySelector(".enable").disabled = !u.drained;
+  }
+  $("#total-rps").textContent = fmt(rps);
+  $("#total-errors").textContent = rps > 0 ? `${fmt((errs / rps) * 100, 2)}%` : "0%";
+  renderEvents(s.events);
+}
+
+function renderEvents(events) {
+  const list = $("#events");
+  const items = events.slice(0, 100).map((e) => {
+    const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.textContent = clock(e.time);
+    const kind = document.createElement("span");
+    kind.className = `kind ${e.kind}`;
+    kind.textContent = e.kind;
+    const who = document.createElement("span");
+    who.textContent = e.upstream || "";
+    const detail = document.createElement("span");
+    detail.textContent = e.detail;
+    li.append(time, kind, who, detail);
+    return li;
+  });
+  if (items.length === 0) {
+    const li = document.createElement("li");
+    li.textContent = "No events yet: health flips, breaker transitions and admin actions appear here.";
+    items.push(li);
+  }
+  list.replaceChildren(...items);
+}
+
+async function admin(name, method, action, body) {
+  const status = $("#admin-status");
+  try {
+    const resp = await fetch(`/api/upstreams/${encodeURIComponent(name)}/${action}`, {
+      method,
+      headers: { Authorization: `Bearer ${token}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    status.textContent = resp.ok ? `${name}: ${action} done` : `${name}: ${resp.status} ${(await resp.text()).trim()}`;
+    status.className = resp.ok ? "ok" : "error";
+  } catch (e) {
+    status.textContent = `${name}: ${e}`;
+  }
+}
+
+function connect() {
+  const live = $("#live");
+  const source = new EventSource("/api/stream");
+  source.addEventListener("snapshot", (ev) => {
+    const s = JSON.parse(ev.data);
+    render(s);
+    addPoint(toPoint(s));
+    for (const c of Object.values(charts)) c.update("none");
+    live.textContent = "live";
+    live.className = "badge live";
+  });
+  source.onerror = () => {
+    live.textContent = "reconnecting…";
+    live.className = "badge off";
+  };
+}
+
+async function start() {
+  charts.latency = makeChart("chart-latency", "ms");
+  charts.weights = makeChart("chart-weights", "weight");
+  charts.rps = makeChart("chart-rps", "req/s");
+  charts.inflight = makeChart("chart-inflight", "requests");
+  charts.errors = makeChart("chart-errors", "%");
+
+  $("#token").value = token;
+  document.body.classList.toggle("admin-on", token !== "");
+  $("#token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    token = $("#token").value.trim();
+    sessionStorage.setItem("hlb-token", token);
+    document.body.classList.toggle("admin-on", token !== "");
+  });
+
+  const [history, state] = await Promise.all([
+    fetch("/api/history").then((r) => r.json()),
+    fetch("/api/state").then((r) => r.json()),
+  ]);
+  history.forEach(addPoint);
+  render(state);
+  for (const c of Object.values(charts)) c.update("none");
+  connect();
+}
+
+start();

@@ -13,21 +13,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::Stream;
 use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use log::{error, info};
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream as Connection;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::core::Metric;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
@@ -74,7 +78,7 @@ struct HistoryUpstream {
 }
 
 /// What the ticker publishes and the handlers read.
-struct Hub {
+pub struct Hub {
     /// The latest snapshot as JSON, shared by every stream viewer.
     latest: watch::Sender<Arc<str>>,
     derived: Mutex<Vec<Derived>>,
@@ -173,7 +177,7 @@ fn fill(snapshot: &mut Snapshot, derived: &[Derived]) {
 }
 
 impl Hub {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Hub {
             latest: watch::channel(Arc::from("{}")).0,
             derived: Mutex::new(Vec::new()),
@@ -191,7 +195,7 @@ impl Hub {
         s
     }
 
-    /// Runs one snapshot per second until the server stops.
+    /// Runs one snapshot per second, forever.
     async fn tick(self: Arc<Self>, state: Arc<SharedState>) {
         let n = state.upstreams.len();
         let mut windows: Vec<VecDeque<Sample>> = (0..n).map(|_| VecDeque::new()).collect();
@@ -253,14 +257,74 @@ impl Hub {
     }
 }
 
-/// Serves the sidecar on `dashboard.listen` until the server shuts down.
-pub struct DashboardService {
-    state: Arc<SharedState>,
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
-impl DashboardService {
-    pub fn new(state: Arc<SharedState>) -> Self {
-        DashboardService { state }
+/// Computes the snapshots: a Pingora background service.
+pub struct TickerService {
+    state: Arc<SharedState>,
+    hub: Arc<Hub>,
+}
+
+impl TickerService {
+    pub fn new(state: Arc<SharedState>, hub: Arc<Hub>) -> Self {
+        TickerService { state, hub }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for TickerService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = self.hub.clone().tick(self.state.clone()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// The sidecar as a Pingora service, so that its listening socket is one Pingora
+/// hands to the new process on a graceful upgrade, like the proxy's.
+pub struct DashboardApp {
+    router: Router,
+}
+
+impl DashboardApp {
+    pub fn new(state: Arc<SharedState>, hub: Arc<Hub>) -> Self {
+        DashboardApp {
+            router: router(App { state, hub }),
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for DashboardApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        io: Connection,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Connection> {
+        let peer = io
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()))
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let app = self.router.clone().layer(Extension(ConnectInfo(peer)));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+        tokio::pin!(conn);
+        let mut shutdown = shutdown.clone();
+        if !*shutdown.borrow() {
+            tokio::select! {
+                _ = conn.as_mut() => return None,
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Finish the request in progress, then close.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+        None
     }
 }
 
@@ -289,7 +353,24 @@ fn router(app: App) -> Router {
         .route("/api/upstreams/{name}/drain", post(drain))
         .route("/api/upstreams/{name}/enable", post(enable))
         .route("/api/upstreams/{name}/weight", put(set_weight))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            close_when_draining,
+        ))
         .with_state(app)
+}
+
+/// While the process hands over to a new one, every answer asks the client to
+/// close its connection, so keep-alive clients move to the new process cleanly.
+async fn close_when_draining(State(app): State<App>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if app.state.is_draining() {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 fn page(body: &'static str, content_type: &'static str) -> Response {
@@ -316,9 +397,21 @@ async fn api_history(State(app): State<App>) -> Response {
 async fn api_stream(
     State(app): State<App>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    // Streams end when the process starts handing over, so that viewers
+    // reconnect (after `retry`) to the process that takes over.
+    let mut draining = app.state.draining_watch();
+    let ended = async move {
+        let _ = draining.wait_for(|d| *d).await;
+    };
     let stream = WatchStream::new(app.hub.latest.subscribe())
         .filter(|json| std::future::ready(json.len() > 2))
-        .map(|json| Ok(SseEvent::default().event("snapshot").data(&*json)));
+        .map(|json| {
+            Ok(SseEvent::default()
+                .event("snapshot")
+                .retry(Duration::from_secs(1))
+                .data(&*json))
+        })
+        .take_until(ended);
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -483,40 +576,6 @@ async fn set_weight(
         format!("weight {old} → {weight} by {}", peer.ip()),
     );
     upstream_json(&app, id)
-}
-
-#[async_trait]
-impl BackgroundService for DashboardService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let addr = self.state.config.dashboard.listen;
-        let listener = match TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                error!("dashboard: cannot listen on {addr}: {e}");
-                return;
-            }
-        };
-        info!("dashboard listening on http://{addr}/");
-        let hub = Arc::new(Hub::new());
-        let ticker = tokio::spawn(hub.clone().tick(self.state.clone()));
-        let app = router(App {
-            state: self.state.clone(),
-            hub,
-        });
-        let stop = async move {
-            let _ = shutdown.changed().await;
-        };
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop)
-        .await;
-        if let Err(e) = served {
-            error!("dashboard: {e}");
-        }
-        ticker.abort();
-    }
 }
 
 #[cfg(test)]

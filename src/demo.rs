@@ -60,7 +60,7 @@ impl BackgroundService for DemoService {
                 jitter_ms: b.jitter_ms,
                 healthy: b.healthy,
             };
-            match MockServer::start(addr, &b.name, behaviour).await {
+            match MockServer::start_shared(addr, &b.name, behaviour).await {
                 Ok(s) => {
                     info!("demo upstream {} listening on {addr}", b.name);
                     servers.push(s);

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod ewma;
 pub mod health;
+pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
 pub mod state;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use crate::config::Config;
 use crate::state::SharedState;
@@ -49,9 +51,22 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
         "weights",
         weights::WeightsService::new(state.clone()),
     ));
+    // The dashboard is a Pingora service so its socket is handed over on upgrade.
+    let hub = Arc::new(dashboard::Hub::new());
+    let mut sidecar = Service::new(
+        "dashboard".to_string(),
+        dashboard::DashboardApp::new(state.clone(), hub.clone()),
+    );
+    sidecar.threads = Some(1);
+    sidecar.add_tcp(&state.config.dashboard.listen.to_string());
+    server.add_service(sidecar);
     server.add_service(background_service(
-        "dashboard",
-        dashboard::DashboardService::new(state.clone()),
+        "dashboard ticker",
+        dashboard::TickerService::new(state.clone(), hub),
+    ));
+    server.add_service(background_service(
+        "lifecycle",
+        lifecycle::LifecycleService::new(state.clone(), server.watch_execution_phase()),
     ));
     if let Some(demo) = &state.config.demo {
         server.add_service(background_service(

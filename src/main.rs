@@ -29,11 +29,21 @@ fn main() {
     if opt.test {
         println!("hybrid-lb: {path} is valid");
     }
+    let upgrade = opt.upgrade;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
-    if let Err(e) = hybrid_lb::add_services(&mut server, config) {
-        eprintln!("hybrid-lb: cannot start: {e}");
-        std::process::exit(1);
-    }
+    let state = match hybrid_lb::add_services(&mut server, config) {
+        Ok(state) => state,
+        Err(e) => {
+            eprintln!("hybrid-lb: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    let how = if upgrade {
+        "took over the listening sockets from the previous process"
+    } else {
+        "started"
+    };
+    state.push_event(None, "reload", format!("{how} with {path}"));
     server.run_forever();
 }

@@ -322,10 +322,16 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if self.state.is_draining() {
+            // Handing over: the client should open its next connection to the
+            // process that takes over.
+            session.set_keepalive(None);
+            response.insert_header("connection", "close")?;
+        }
         if !ctx.set_cookie || response.status.is_informational() {
             return Ok(());
         }

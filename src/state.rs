@@ -147,6 +147,11 @@ pub struct SharedState {
     sticky_counts: [AtomicU64; 4],
     /// Newest last; bounded to [`EVENTS_KEPT`].
     events: Mutex<VecDeque<Event>>,
+    /// Set when the process starts handing over or stopping: answers then ask
+    /// clients to close their connections. Atomic for the request path, a watch
+    /// for tasks that wait on it.
+    draining: AtomicBool,
+    draining_watch: tokio::sync::watch::Sender<bool>,
     /// Latency estimate (f64 bits, seconds) assumed for upstreams without
     /// samples: the mean of the others, so a new upstream is neither flooded nor
     /// starved. Updated by the weights tick.
@@ -230,6 +235,8 @@ impl SharedState {
             sticky_counts: Default::default(),
             events: Mutex::new(VecDeque::with_capacity(EVENTS_KEPT)),
             neutral_latency: AtomicU64::new(DEFAULT_LATENCY.to_bits()),
+            draining: AtomicBool::new(false),
+            draining_watch: tokio::sync::watch::channel(false).0,
         };
         state.publish_effective_weights();
         state
@@ -408,6 +415,20 @@ impl SharedState {
                 .with_label_values(&[u.name.as_str(), "effective"])
                 .set(table.effective(id));
         }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Marks the process as handing over or stopping.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.draining_watch.send_replace(true);
+    }
+
+    pub fn draining_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.draining_watch.subscribe()
     }
 
     /// The id of the upstream called `name`.

@@ -262,6 +262,7 @@ async fn admin_api_answers() {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|e| e["kind"] == "admin")
         .map(|e| e["detail"].as_str().unwrap())
         .collect();
     assert_eq!(

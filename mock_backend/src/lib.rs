@@ -118,6 +118,26 @@ impl MockServer {
         Self::from_listener(listener, name, behaviour)
     }
 
+    /// Like [`MockServer::start`], but binds with `SO_REUSEPORT`, so that a second
+    /// process can bind the same port while this one still runs (as during a
+    /// graceful upgrade of a process that embeds mock servers).
+    pub async fn start_shared(
+        addr: SocketAddr,
+        name: &str,
+        behaviour: Behaviour,
+    ) -> std::io::Result<MockServer> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        Self::from_listener(socket.listen(1024)?, name, behaviour)
+    }
+
     /// Serves on an already bound listener.
     pub fn from_listener(
         listener: TcpListener,

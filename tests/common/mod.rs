@@ -114,9 +114,14 @@ impl Lb {
         let proxy = free_port();
         let dashboard = free_port();
         let yaml = config_yaml_with(proxy, dashboard, lb_body, dashboard_body);
+        Self::launch(&yaml, proxy, dashboard).await
+    }
+
+    /// Starts hybrid-lb on a whole config file listening on `proxy` and `dashboard`.
+    pub async fn launch(yaml: &str, proxy: u16, dashboard: u16) -> Lb {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lb.yaml");
-        fs::write(&path, &yaml).unwrap();
+        fs::write(&path, yaml).unwrap();
         let log = fs::File::create(dir.path().join("lb.log")).unwrap();
         let child = Command::new(binary())
             .arg("-c")
@@ -152,6 +157,31 @@ impl Lb {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         lb
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`"TERM"`, `"QUIT"`, …) to the process.
+    pub fn signal(&self, name: &str) {
+        signal(self.child.id(), name);
+    }
+
+    /// Waits for the process to exit, up to `DEADLINE`.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "hybrid-lb did not exit:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -190,6 +220,16 @@ impl Drop for Lb {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends signal `name` to process `pid` with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 /// The upstream that answered, from the mock's `X-Backend` header.

@@ -1,0 +1,257 @@
+//! End to end: zero-downtime reload through Pingora's upgrade (`-u`, then SIGQUIT
+//! to the old process), a refused bad config, and a graceful stop.
+
+mod common;
+
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Kills a process started by the test when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A client loop until `stop`: `fresh` opens a new connection per request.
+fn client(
+    url: String,
+    fresh: bool,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if fresh {
+            builder = builder.pool_max_idle_per_host(0);
+        }
+        let client = builder.build().unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            tally.sent.fetch_add(1, Ordering::Relaxed);
+            match client.get(&url).send().await {
+                Ok(r) if r.status() == 200 => {
+                    let _ = r.bytes().await;
+                }
+                Ok(r) => {
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("{url}: status {}", r.status());
+                }
+                Err(e) => {
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("{url}: {e:?}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_loses_no_request_and_applies_new_weights() {
+    let (a, b) = (mock("a").await, mock("b").await);
+    let (proxy, dashboard) = (free_port(), free_port());
+    let v1 = config_yaml(
+        proxy,
+        dashboard,
+        &format!(
+            "  algorithm: weighted\n  upstreams:\n{}",
+            upstreams_yaml(&[("a", a.addr(), 1), ("b", b.addr(), 1)])
+        ),
+    );
+    let mut old = Lb::launch(&v1, proxy, dashboard).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let proxy_tally = Arc::new(Tally::default());
+    let dash_tally = Arc::new(Tally::default());
+    let mut tasks = Vec::new();
+    for fresh in [false, false, true, true] {
+        tasks.push(client(
+            old.url("/"),
+            fresh,
+            stop.clone(),
+            proxy_tally.clone(),
+        ));
+    }
+    for fresh in [false, true] {
+        tasks.push(client(
+            old.url_dashboard("/api/state"),
+            fresh,
+            stop.clone(),
+            dash_tally.clone(),
+        ));
+    }
+    wait_for("traffic", || async {
+        proxy_tally.sent.load(Ordering::Relaxed) > 200
+    })
+    .await;
+
+    // The new config: b's weight triples.
+    let v2 = v1.replace(
+        &format!("name: b, addr: \"{}\", weight: 1", b.addr()),
+        &format!("name: b, addr: \"{}\", weight: 3", b.addr()),
+    );
+    assert_ne!(v1, v2);
+    let v2_path = old.dir.path().join("v2.yaml");
+    fs::write(&v2_path, &v2).unwrap();
+    let new_log = fs::File::create(old.dir.path().join("new.log")).unwrap();
+    let new = Guard(
+        Command::new(binary())
+            .arg("-u")
+            .arg("-c")
+            .arg(&v2_path)
+            .stdout(Stdio::null())
+            .stderr(new_log)
+            .spawn()
+            .unwrap(),
+    );
+    // The new process waits on the upgrade socket for the old one's listeners.
+    let sock = format!("/tmp/hybrid-lb-test-{proxy}.sock");
+    wait_for("the new process's upgrade socket", || async {
+        std::path::Path::new(&sock).exists()
+    })
+    .await;
+    let reload_at = Instant::now();
+    old.signal("QUIT");
+    let status = old.wait_exit().await;
+    eprintln!(
+        "old process exited ({status}) {:?} after SIGQUIT",
+        reload_at.elapsed()
+    );
+    // Keep the load on the new process a moment longer.
+    let after = proxy_tally.sent.load(Ordering::Relaxed);
+    wait_for("traffic after the reload", || async {
+        proxy_tally.sent.load(Ordering::Relaxed) > after + 200
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (sent, failed) = (
+        proxy_tally.sent.load(Ordering::Relaxed),
+        proxy_tally.failed.load(Ordering::Relaxed),
+    );
+    let (dsent, dfailed) = (
+        dash_tally.sent.load(Ordering::Relaxed),
+        dash_tally.failed.load(Ordering::Relaxed),
+    );
+    eprintln!("across the reload: proxy {sent} requests, {failed} failed; dashboard {dsent} requests, {dfailed} failed");
+    assert_eq!(
+        failed,
+        0,
+        "proxy requests failed across the reload:\n{}",
+        old.log()
+    );
+    assert_eq!(dfailed, 0, "dashboard requests failed across the reload");
+
+    // The new process serves, with the new weights.
+    let state = old.state().await;
+    assert_eq!(state["upstreams"][1]["base_weight"], 3, "{state}");
+    assert!(
+        state["events"].as_array().unwrap().iter().any(
+            |e| e["kind"] == "reload" && e["detail"].as_str().unwrap().starts_with("took over")
+        ),
+        "{state}"
+    );
+    let client = reqwest::Client::new();
+    let mut to_b = 0;
+    for _ in 0..40 {
+        let resp = client.get(old.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        if backend_of(&resp) == "b" {
+            to_b += 1;
+        }
+    }
+    assert_eq!(to_b, 30);
+    drop(new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_new_config_never_takes_over() {
+    let a = mock("a").await;
+    let (proxy, dashboard) = (free_port(), free_port());
+    let good = config_yaml(
+        proxy,
+        dashboard,
+        &format!("  upstreams:\n{}", upstreams_yaml(&[("a", a.addr(), 1)])),
+    );
+    let old = Lb::launch(&good, proxy, dashboard).await;
+    let bad = good.replace("weight: 1", "weight: 0");
+    let bad_path = old.dir.path().join("bad.yaml");
+    fs::write(&bad_path, &bad).unwrap();
+    let out = Command::new(binary())
+        .arg("-u")
+        .arg("-c")
+        .arg(&bad_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = bad.lines().position(|l| l.contains("weight: 0")).unwrap() + 1;
+    assert!(
+        stderr.contains(&format!(
+            "lb.upstreams[0].weight: must be at least 1 (line {line})"
+        )),
+        "{stderr}"
+    );
+    // The old process was not touched.
+    for _ in 0..20 {
+        assert_eq!(reqwest::get(old.url("/")).await.unwrap().status(), 200);
+    }
+    assert_eq!(old.state().await["upstreams"][0]["base_weight"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_request_finish() {
+    let slow = mock_with(
+        "slow",
+        mock_backend::Behaviour {
+            latency_ms: 2000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (proxy, dashboard) = (free_port(), free_port());
+    let yaml = config_yaml(
+        proxy,
+        dashboard,
+        &format!(
+            "  upstreams:\n{}",
+            upstreams_yaml(&[("slow", slow.addr(), 1)])
+        ),
+    )
+    .replace("grace_period_seconds: 1", "grace_period_seconds: 4");
+    let mut lb = Lb::launch(&yaml, proxy, dashboard).await;
+    let url = lb.url("/");
+    let request = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
+    wait_for("the request in flight", || async {
+        lb.upstream_state("slow").await["inflight"] == 1
+    })
+    .await;
+    let stopped_at = Instant::now();
+    lb.signal("TERM");
+    let status = request
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(status, 200);
+    eprintln!(
+        "in-flight request finished {:?} after SIGTERM",
+        stopped_at.elapsed()
+    );
+    assert!(lb.wait_exit().await.success());
+}

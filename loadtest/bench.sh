@@ -1,75 +1,212 @@
 #!/usr/bin/env bash
-# Side-by-side throughput on loopback, in one run with one load generator:
-# direct to a mock backend, then through hybrid-lb (one worker thread).
-# Usage: loadtest/bench.sh [seconds per run, default 10]
-# Needs wrk (apt-get install -y wrk). Sends traffic only to 127.0.0.1.
+# Side by side, in one run, with one load generator (wrk -t1) and one proxy worker
+# thread each: direct to the backends, nginx, HAProxy, a plain Pingora
+# round-robin proxy, and hybrid-lb (round_robin, dynamic, dynamic + sticky
+# cookie). For each: rps, p50, p99, the proxy's CPU µs per request and peak RSS,
+# then ratios to nginx and to plain Pingora; last, hybrid-lb's RSS holding 1,000
+# client connections. Traffic goes only to 127.0.0.1; every run is bounded.
+#
+#   loadtest/bench.sh [seconds per run, default 10]
+#   env: CONNS (default 64), RESULTS (CSV path, default loadtest/results/latest.csv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 CONNS=${CONNS:-64}
-command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install -y wrk)" >&2; exit 1; }
-cargo build --release --workspace --quiet
-BIN=${HLB_BIN:-target/release/hybrid-lb}
-MOCK=target/release/mock-backend
+RESULTS=${RESULTS:-loadtest/results/latest.csv}
+mkdir -p "$(dirname "$RESULTS")"
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y --no-install-recommends "${need[@]}" >/dev/null \
+    || { as_root apt-get update >/dev/null && as_root apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
+fi
+export PATH="$PATH:/usr/sbin"
+cargo build --release --quiet --workspace --bins --example plain_pingora
+BIN=target/release
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  sleep 0.2; rm -rf "$work"
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+wait_port() {
+  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "bench: port $1 never opened" >&2; return 1
+}
+tree() { echo "$1"; pgrep -P "$1" || true; }          # a process and its children
+cpu_ticks() { local t=0; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+peak_rss_kb() { local r=0; for p in $(tree "$1"); do r=$((r + $(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$r"; }
+to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else if (v ~ /s$/) printf "%.3f", v*1000; else print v }'; }
 
-BACKEND=$(free_port)
-"$MOCK" "$BACKEND" --name b1 >/dev/null & pids+=($!)
-wait_port "$BACKEND"
+B1=$(free_port); B2=$(free_port)
+"$BIN/mock-backend" "$B1" --name b1 >/dev/null & pids+=($!)
+"$BIN/mock-backend" "$B2" --name b2 >/dev/null & pids+=($!)
+wait_port "$B1"; wait_port "$B2"
 
-run() { # name url pid-to-measure
-  local name=$1 url=$2 pid=${3:-}
-  wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null 2>&1 || true   # warm-up
-  local t0=0
-  [ -n "$pid" ] && t0=$(awk '{print $14+$15}' /proc/"$pid"/stat)
-  local out; out=$(wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$url")
-  local rps p50 p99 cpu_us=""
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+echo "system,rps,p50_ms,p99_ms,cpu_us_per_req,peak_rss_mb" > "$RESULTS"
+# run NAME URL [PID] [extra wrk args...]
+run() {
+  local name=$1 url=$2 pid=${3:-}; shift 3 || shift $#
+  wrk -t1 -c"$CONNS" -d1s "$@" "$url" >/dev/null 2>&1 || true   # warm-up
+  local t0=0 hz; hz=$(getconf CLK_TCK)
+  [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+  local out; out=$(wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$@" "$url")
+  local rps reqs p50 p99 cpu="" rss=""
+  rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
+  p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+  if grep -q "Non-2xx" <<<"$out"; then echo "bench: $name answered errors: $(grep Non-2xx <<<"$out")" >&2; fi
   if [ -n "$pid" ]; then
-    local t1 reqs hz
-    t1=$(awk '{print $14+$15}' /proc/"$pid"/stat); hz=$(getconf CLK_TCK)
-    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    cpu_us=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", (b-a)/hz*1e6/n}')
+    local t1; t1=$(cpu_ticks "$pid")
+    cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", (b-a)/hz*1e6/n}')
+    rss=$(awk -v k="$(peak_rss_kb "$pid")" 'BEGIN {printf "%.1f", k/1024}')
   fi
-  printf '%-28s %10s rps  p50 %-9s p99 %-9s cpu/req %s us\n' "$name" "$rps" "$p50" "$p99" "${cpu_us:--}"
-  echo "$name $rps" >> "$work/results"
+  printf '%-26s %8s rps   p50 %7s ms   p99 %7s ms   cpu/req %6s us   peak RSS %6s MB\n' \
+    "$name" "$rps" "$p50" "$p99" "${cpu:--}" "${rss:--}"
+  echo "$name,$rps,$p50,$p99,$cpu,$rss" >> "$RESULTS"
 }
 
-start_lb() { # name algorithm
-  local port dash; port=$(free_port); dash=$(free_port)
-  cat > "$work/$1.yaml" <<YAML
+echo "wrk -t1 -c$CONNS -d${DUR}s, loopback, $(nproc) cores, $(uname -r)"
+run "direct" "http://127.0.0.1:$B1/" ""
+
+# nginx: one worker, upstream keepalive.
+NG=$(free_port)
+cat > "$work/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream b { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NG;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx.err" & NGINX=$!; pids+=($NGINX)
+wait_port "$NG"
+run "nginx $(nginx -v 2>&1 | sed 's|.*/||')" "http://127.0.0.1:$NG/" "$NGINX"
+kill -QUIT "$NGINX"; wait "$NGINX" 2>/dev/null || true
+
+# HAProxy: one thread, connection reuse.
+HA=$(free_port)
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$HA
+  default_backend b
+backend b
+  balance roundrobin
+  server b1 127.0.0.1:$B1
+  server b2 127.0.0.1:$B2
+CONF
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & HAP=$!; pids+=($HAP)
+wait_port "$HA"
+run "haproxy $(haproxy -v | awk 'NR==1 {print $3}')" "http://127.0.0.1:$HA/" "$HAP"
+kill -INT "$HAP"
+
+pingora_conf() { # file
+  cat > "$1" <<CONF
 version: 1
 threads: 1
 work_stealing: false
 grace_period_seconds: 1
 graceful_shutdown_timeout_seconds: 1
-pid_file: $work/$1.pid
-upgrade_sock: $work/$1.sock
-lb:
-  listen: ["127.0.0.1:$port"]
-  algorithm: $2
-  upstreams:
-    - { name: b1, addr: "127.0.0.1:$BACKEND", weight: 1 }
-dashboard:
-  listen: "127.0.0.1:$dash"
-YAML
-  RUST_LOG=warn "$BIN" -c "$work/$1.yaml" >/dev/null 2>&1 & LB_PID=$!; pids+=($LB_PID)
-  LB_PORT=$port; wait_port "$port"
+pid_file: $1.pid
+upgrade_sock: $1.sock
+CONF
 }
 
-echo "wrk -t1 -c$CONNS -d${DUR}s, loopback, $(nproc) cores"
-run "direct to backend" "http://127.0.0.1:$BACKEND/"
-start_lb weighted weighted
-run "hybrid-lb weighted" "http://127.0.0.1:$LB_PORT/" "$LB_PID"
-kill -INT "$LB_PID"
+start_plain() { # → PLAIN (pid), PP (port)
+  PP=$(free_port)
+  pingora_conf "$work/plain.yaml"
+  PLAIN_LISTEN="127.0.0.1:$PP" PLAIN_UPSTREAMS="127.0.0.1:$B1,127.0.0.1:$B2" RUST_LOG=error \
+    "$BIN/examples/plain_pingora" -c "$work/plain.yaml" >/dev/null 2>&1 & PLAIN=$!; pids+=($PLAIN)
+  wait_port "$PP"
+}
+start_plain
+run "plain pingora" "http://127.0.0.1:$PP/" "$PLAIN"
+kill -INT "$PLAIN"; wait "$PLAIN" 2>/dev/null || true
 
-awk 'NR==1 {d=$NF} {printf "  %-26s %.2f of direct\n", substr($0,1,length($0)-length($NF)-1), $NF/d}' "$work/results"
+start_hybrid() { # name algorithm sticky-mode  → HLB (pid), HLB_PORT
+  local name=$1 algorithm=$2 sticky=$3
+  local port dash; port=$(free_port); dash=$(free_port)
+  pingora_conf "$work/$name.yaml"
+  cat >> "$work/$name.yaml" <<CONF
+lb:
+  listen: ["127.0.0.1:$port"]
+  algorithm: $algorithm
+  sticky: { mode: $sticky, secret: "bench-secret-0123456789abcdef" }
+  upstreams:
+    - { name: b1, addr: "127.0.0.1:$B1", weight: 1 }
+    - { name: b2, addr: "127.0.0.1:$B2", weight: 1 }
+dashboard:
+  listen: "127.0.0.1:$dash"
+CONF
+  RUST_LOG=error "$BIN/hybrid-lb" -c "$work/$name.yaml" >/dev/null 2>&1 & HLB=$!; pids+=($HLB)
+  wait_port "$port"
+  HLB_PORT=$port
+}
+
+hybrid() { # name algorithm sticky-mode
+  local name=$1 algorithm=$2 sticky=$3 port
+  start_hybrid "$@"; port=$HLB_PORT
+  if [ "$sticky" = cookie ]; then
+    local cookie; cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$port/" | awk -F'[:;] *' 'tolower($1)=="set-cookie" {print $2}')
+    run "$name" "http://127.0.0.1:$port/" "$HLB" -H "Cookie: $cookie"
+  else
+    run "$name" "http://127.0.0.1:$port/" "$HLB"
+  fi
+}
+hybrid "hybrid-lb round_robin" round_robin off; kill -INT "$HLB"
+hybrid "hybrid-lb dynamic" dynamic off; kill -INT "$HLB"
+hybrid "hybrid-lb dynamic+cookie" dynamic cookie; kill -INT "$HLB"
+
+# Memory holding 1,000 busy client connections (peak RSS over a 5 s run).
+ulimit -n 65536 2>/dev/null || true
+rss1000() { # pid port → MB
+  wrk -t1 -c1000 -d5s "http://127.0.0.1:$2/" >/dev/null 2>&1 || true
+  awk -v k="$(peak_rss_kb "$1")" 'BEGIN {printf "%.1f", k/1024}'
+}
+start_plain
+PLAIN1000=$(rss1000 "$PLAIN" "$PP"); kill -INT "$PLAIN"
+start_hybrid "rss" dynamic off
+RSS1000=$(rss1000 "$HLB" "$HLB_PORT"); kill -INT "$HLB"
+
+echo
+echo "| system | rps | p50 ms | p99 ms | CPU µs/req | peak RSS MB | rps ÷ nginx | CPU ÷ nginx | rps ÷ plain Pingora | CPU ÷ plain Pingora |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+awk -F, 'NR==1 {next}
+  { name[NR]=$1; rps[NR]=$2; p50[NR]=$3; p99[NR]=$4; cpu[NR]=$5; rss[NR]=$6
+    if ($1 ~ /^nginx/) { nr=$2; nc=$5 } if ($1=="plain pingora") { pr=$2; pc=$5 } }
+  END { for (i=2; i<=NR; i++) {
+    r1 = nr ? sprintf("%.2f", rps[i]/nr) : "-"; r2 = pr ? sprintf("%.2f", rps[i]/pr) : "-"
+    c1 = (nc && cpu[i] != "") ? sprintf("%.2f", cpu[i]/nc) : "-"; c2 = (pc && cpu[i] != "") ? sprintf("%.2f", cpu[i]/pc) : "-"
+    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name[i], rps[i], p50[i], p99[i], (cpu[i]==""?"-":cpu[i]), (rss[i]==""?"-":rss[i]), r1, c1, r2, c2 } }' "$RESULTS"
+echo
+echo "peak RSS with 1,000 client connections: hybrid-lb (dynamic) ${RSS1000} MB, plain Pingora ${PLAIN1000} MB"
+printf 'system,peak_rss_1000_conns_mb\nplain pingora,%s\nhybrid-lb dynamic,%s\n' "$PLAIN1000" "$RSS1000" > "${RESULTS%.csv}-rss.csv"

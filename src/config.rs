@@ -168,6 +168,34 @@ struct RawLb {
     retries: i64,
     #[serde(default)]
     timeouts: RawTimeouts,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// A size: bytes as an integer, or a string such as `32KiB`, `10MB`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_header_bytes: RawSize,
+    max_body: RawSize,
+    keepalive_timeout: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_header_bytes: RawSize::Text("32KiB".into()),
+            max_body: RawSize::Text("10MiB".into()),
+            keepalive_timeout: "60s".into(),
+        }
+    }
 }
 
 fn default_listen() -> Vec<String> {
@@ -355,6 +383,18 @@ pub struct LbConfig {
     /// Extra attempts, each on another upstream, after a connect failure.
     pub retries: usize,
     pub timeouts: TimeoutsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Limits on what a client may send (`lb.limits`).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Request line plus headers; larger requests get 431.
+    pub max_header_bytes: u64,
+    /// Request body; larger bodies get 413.
+    pub max_body: u64,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -477,6 +517,29 @@ impl Checker<'_> {
                     format!("`{text}` is not an address; write host:port, e.g. 127.0.0.1:9001"),
                 );
                 None
+            }
+        }
+    }
+
+    fn size(&mut self, key: &str, raw: &RawSize) -> u64 {
+        let parsed = match raw {
+            RawSize::Bytes(n) if *n > 0 => Ok(*n as u64),
+            RawSize::Bytes(_) => Err("must be greater than zero".to_string()),
+            RawSize::Text(t) => t
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|_| format!("`{t}` is not a size; write bytes or e.g. 32KiB, 10MB")),
+        };
+        match parsed {
+            Ok(0) => {
+                self.fail(key, "must be greater than zero");
+                0
+            }
+            Ok(n) => n,
+            Err(e) => {
+                self.fail(key, e);
+                0
             }
         }
     }
@@ -723,7 +786,14 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
         read: c.duration("lb.timeouts.read", &raw.timeouts.read),
     };
 
+    let limits = LimitsConfig {
+        max_header_bytes: c.size("lb.limits.max_header_bytes", &raw.limits.max_header_bytes),
+        max_body: c.size("lb.limits.max_body", &raw.limits.max_body),
+        keepalive_timeout: c.duration("lb.limits.keepalive_timeout", &raw.limits.keepalive_timeout),
+    };
+
     LbConfig {
+        limits,
         listen,
         algorithm: raw.algorithm,
         upstreams,

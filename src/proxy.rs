@@ -2,7 +2,8 @@
 //! that own the decision:
 //!
 //! ```text
-//! request ─► upstream_peer ── balancer.select(eligible, not yet tried) ──► none: 503
+//! request ─► request_filter: framing, header size and body size limits (400/431/413)
+//!   ─► upstream_peer ── balancer.select(eligible, not yet tried) ──► none: 503
 //!               │               (eligible = healthy, not drained, breaker admits)
 //!               ├─ connect fails ─► fail_to_connect: breaker failure, retry on
 //!               ▼                   another upstream while `lb.retries` allows
@@ -60,6 +61,8 @@ pub struct RequestCtx {
     set_cookie: bool,
     /// The first attempt went where the request's cookie said.
     sticky_routed: bool,
+    /// Request body bytes seen so far, against `lb.limits.max_body`.
+    body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -187,6 +190,49 @@ impl ProxyHttp for Proxy {
         RequestCtx::default()
     }
 
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
+        let limits = &self.state.config.lb.limits;
+        // HTTP/1 keeps the header bytes as received: Pingora drops Content-Length
+        // when Transfer-Encoding is present, so only they still show both.
+        let raw = session
+            .as_downstream()
+            .as_http1()
+            .map(|h| h.get_headers_raw_bytes());
+        let verdict = check_request(
+            session.req_header(),
+            raw.as_deref(),
+            limits.max_header_bytes,
+            limits.max_body,
+        );
+        if let Some(code) = verdict {
+            // The connection cannot be trusted to be in sync any more: close it.
+            session.set_keepalive(None);
+            session.respond_error(code).await?;
+            return Ok(true);
+        }
+        // Keep-alive stays off where Pingora turned it off (HTTP/1.0, close).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > self.state.config.lb.limits.max_body {
+                return Error::e_explain(HTTPStatus(413), "request body over lb.limits.max_body");
+            }
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(
         &self,
         session: &mut Session,
@@ -281,20 +327,37 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let client_ip = session
+        for name in hop_by_hop(&upstream_request.headers, is_upgrade(upstream_request)) {
+            upstream_request.remove_header(&name);
+        }
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        if let Some(ip) = client_ip {
-            let mut chain: Vec<&str> = upstream_request
-                .headers
-                .get_all("x-forwarded-for")
+            .map(|a| a.ip());
+        if let Some(ip) = peer {
+            // A chain the client sent is kept only when the client is a trusted
+            // proxy; anyone else could forge it.
+            let trusted = self
+                .state
+                .config
+                .lb
+                .sticky
+                .trusted_proxies
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            chain.push(&ip);
-            let value = chain.join(", ");
-            upstream_request.insert_header("x-forwarded-for", value)?;
+                .any(|net| net.contains(&ip));
+            let mut chain: Vec<String> = Vec::new();
+            if trusted {
+                chain.extend(
+                    upstream_request
+                        .headers
+                        .get_all("x-forwarded-for")
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .map(str::to_string),
+                );
+            }
+            chain.push(ip.to_string());
+            upstream_request.insert_header("x-forwarded-for", chain.join(", "))?;
         }
         upstream_request.insert_header("x-forwarded-proto", "http")?;
         Ok(())
@@ -308,6 +371,10 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if upstream_response.status.is_informational() {
             return Ok(());
+        }
+        let upgraded = upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        for name in hop_by_hop(&upstream_response.headers, upgraded) {
+            upstream_response.remove_header(&name);
         }
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
@@ -365,7 +432,13 @@ impl ProxyHttp for Proxy {
             503
         } else {
             match e.etype() {
-                HTTPStatus(code) => *code,
+                HTTPStatus(code) => {
+                    if *code == 413 {
+                        // The rest of the body is unread: the connection is done.
+                        session.set_keepalive(None);
+                    }
+                    *code
+                }
                 ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
                 _ => match e.esource() {
                     ErrorSource::Upstream => 502,
@@ -394,12 +467,11 @@ impl ProxyHttp for Proxy {
             return;
         }
         let upstream = &self.state.upstreams[id];
-        let failed = match ctx.upstream_status {
-            Some(status) => self.is_failure(status),
-            // No response header: the upstream timed out or broke the connection,
-            // unless the client is the one that went away.
-            None => e.is_some_and(|e| e.esource() == &ErrorSource::Upstream),
-        };
+        // A failure status, or the upstream timing out or breaking the
+        // connection (before or during its answer); a client that went away is
+        // not the upstream's fault.
+        let broke = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
+        let failed = broke || ctx.upstream_status.is_some_and(|s| self.is_failure(s));
         let answered = ctx.upstream_status.is_some() || failed;
         if answered {
             self.record(ctx, id, !failed);
@@ -433,6 +505,95 @@ impl ProxyHttp for Proxy {
             upstream.duration.observe(t.elapsed().as_secs_f64());
         }
     }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. `Transfer-Encoding`
+/// is left to Pingora, which re-frames bodies itself.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+];
+
+fn is_upgrade(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::UPGRADE)
+}
+
+/// The hop-by-hop headers present, and those the `Connection` header names, to
+/// remove before forwarding. An upgrade (WebSocket) keeps `Connection` and
+/// `Upgrade`; framing and `Host` stay Pingora's.
+fn hop_by_hop(headers: &http::HeaderMap, upgrade: bool) -> Vec<String> {
+    let mut names: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .chain(HOP_BY_HOP.iter().map(|h| h.to_string()))
+        .chain((!upgrade).then(|| "upgrade".to_string()))
+        .filter(|n| !n.is_empty())
+        .filter(|n| !matches!(n.as_str(), "transfer-encoding" | "content-length" | "host"))
+        .filter(|n| !(upgrade && matches!(n.as_str(), "connection" | "upgrade")))
+        .filter(|n| headers.contains_key(n.as_str()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Checks a request header before anything else happens: ambiguous framing is
+/// refused (400), as are oversized headers (431) and bodies declared larger
+/// than the limit (413). None when the request may proceed.
+fn check_request(
+    req: &RequestHeader,
+    raw: Option<&[u8]>,
+    max_header_bytes: u64,
+    max_body: u64,
+) -> Option<u16> {
+    let headers = &req.headers;
+    let te = headers.contains_key(http::header::TRANSFER_ENCODING);
+    let cls: Vec<&http::HeaderValue> = headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    let raw_cl = raw.is_some_and(|r| raw_has_header(r, b"content-length"));
+    if te && (!cls.is_empty() || raw_cl) {
+        return Some(400); // request smuggling vector: refuse rather than guess
+    }
+    let size = match raw {
+        Some(r) => r.len(),
+        None => {
+            req.method.as_str().len()
+                + req.uri.to_string().len()
+                + headers
+                    .iter()
+                    .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                    .sum::<usize>()
+        }
+    };
+    if size as u64 > max_header_bytes {
+        return Some(431);
+    }
+    if let Some(cl) = cls.first() {
+        match cl.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+            Some(n) if n > max_body => return Some(413),
+            Some(_) => {}
+            None => return Some(400),
+        }
+    }
+    None
+}
+
+/// Whether the raw header block has a field called `name` (lowercase).
+fn raw_has_header(raw: &[u8], name: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n').skip(1).any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()..].trim_ascii_start().starts_with(b":")
+    })
 }
 
 /// A short plain-text 503 with `Retry-After`, sent at once.

@@ -61,6 +61,14 @@ async fn state_and_metrics_count_the_traffic_sent() {
     let counts = send(&client, &lb, 40).await;
     assert_eq!((counts["a"], counts["b"]), (30, 10));
 
+    lb.wait_upstream("a", "counters", |u| {
+        u["requests_total"] == 30 && u["inflight"] == 0
+    })
+    .await;
+    lb.wait_upstream("b", "counters", |u| {
+        u["requests_total"] == 10 && u["inflight"] == 0
+    })
+    .await;
     let state = lb.state().await;
     assert_eq!(state["algorithm"], "weighted");
     assert_eq!(state["sticky"], "off");

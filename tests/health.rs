@@ -135,7 +135,11 @@ async fn breaker_stops_traffic_to_a_failing_upstream_and_probes_it_back() {
         get_backend(&client, &lb).await == (200, "b".to_string())
     })
     .await;
-    assert_eq!(lb.upstream_state("b").await["breaker"], "closed");
+    // The probe's success is recorded once its response is done: wait for it.
+    wait_for("b's breaker to close", || async {
+        lb.upstream_state("b").await["breaker"] == "closed"
+    })
+    .await;
     let events = lb.state().await["events"].clone();
     let details: Vec<&str> = events
         .as_array()

@@ -45,6 +45,36 @@ fn accepts_a_good_file_and_fills_defaults() {
     assert_eq!(c.lb.sticky.max_age, Duration::from_secs(3600));
     assert_eq!(c.dashboard.admin_token, None);
     assert!(c.demo.is_none());
+    assert_eq!(c.lb.limits.max_header_bytes, 32 * 1024);
+    assert_eq!(c.lb.limits.max_body, 10 * 1024 * 1024);
+    assert_eq!(c.lb.limits.keepalive_timeout, Duration::from_secs(60));
+}
+
+#[test]
+fn limits_take_sizes_as_numbers_or_text() {
+    let text = GOOD.replace(
+        "  timeouts:",
+        "  limits: { max_header_bytes: 8192, max_body: 1MB }\n  timeouts:",
+    );
+    let (c, _) = Config::parse(&text).unwrap();
+    assert_eq!(c.lb.limits.max_header_bytes, 8192);
+    assert_eq!(c.lb.limits.max_body, 1_000_000);
+    let bad = GOOD.replace(
+        "  timeouts:",
+        "  limits: { max_body: lots, max_header_bytes: 0 }\n  timeouts:",
+    );
+    let e = errors(&bad);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e.iter()
+            .any(|p| p.starts_with("lb.limits.max_body: `lots` is not a size")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|p| p.starts_with("lb.limits.max_header_bytes: must be greater than zero")),
+        "{e:?}"
+    );
 }
 
 #[test]

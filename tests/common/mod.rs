@@ -205,6 +205,28 @@ impl Lb {
             .expect("state is JSON")
     }
 
+    /// Waits until the `upstreams[]` entry named `name` satisfies `pred` (counters
+    /// are updated in the logging phase, just after the client has its answer).
+    pub async fn wait_upstream(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let u = self.upstream_state(name).await;
+            if pred(&u) {
+                return u;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}: {u}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The `upstreams[]` entry named `name` in `/api/state`.
     pub async fn upstream_state(&self, name: &str) -> serde_json::Value {
         let state = self.state().await;

@@ -1,0 +1,284 @@
+//! End to end over raw sockets: malformed and oversized requests, slow clients,
+//! misbehaving upstreams, hop-by-hop headers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::Router;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An upstream that counts requests and echoes their headers as JSON, adding
+/// hop-by-hop headers of its own to the response.
+async fn echo_upstream() -> (SocketAddr, Arc<AtomicU64>) {
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let app = Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
+        let counter = counter.clone();
+        async move {
+            if uri.path() != "/health" {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            let map: HashMap<String, String> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            (
+                [
+                    ("keep-alive", "timeout=5"),
+                    ("x-private-hop", "secret"),
+                    ("connection", "x-private-hop"),
+                ],
+                axum::Json(map),
+            )
+                .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, hits)
+}
+
+/// Sends raw bytes and reads until the server closes (or 5 s pass): the answer
+/// and whether the connection was closed.
+fn raw(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).to_string(), closed)
+}
+
+fn status(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn lb_with_echo(extra: &str) -> (Lb, Arc<AtomicU64>) {
+    let (addr, hits) = echo_upstream().await;
+    let body = format!(
+        "{extra}  timeouts: {{ connect: 500ms, read: 1s }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("echo", addr, 1)])
+    );
+    (Lb::start(&body).await, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_a_4xx_close_and_never_reach_the_upstream() {
+    let (lb, hits) = lb_with_echo("  limits: { max_header_bytes: 4KiB, max_body: 1KiB }\n").await;
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(8000)
+    );
+    let big_body = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n{}",
+        "b".repeat(2000)
+    );
+    let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
+        ("garbage request line", b"GARBAGE\r\n\r\n".to_vec(), &[400]),
+        ("unknown HTTP version", b"GET / HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(), &[400, 505]),
+        ("bad header syntax", b"GET / HTTP/1.1\r\nHost x\r\n\r\n".to_vec(), &[400]),
+        ("invalid Content-Length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(), &[400]),
+        ("two Content-Lengths", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello".to_vec(), &[400]),
+        (
+            "Content-Length and Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            &[400],
+        ),
+        ("unknown Transfer-Encoding", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n".to_vec(), &[400, 501]),
+        ("oversized header", big_header.into_bytes(), &[431, 400]),
+        ("declared body over the limit", big_body.into_bytes(), &[413]),
+    ];
+    for (what, bytes, expected) in cases {
+        let (answer, closed) = raw(lb.proxy, &bytes);
+        assert!(
+            expected.contains(&status(&answer)),
+            "{what}: got {answer:?}"
+        );
+        assert!(closed, "{what}: connection left open");
+        assert!(
+            !answer.contains("127.0.0.1"),
+            "{what}: answer names an address"
+        );
+        assert_eq!(
+            hits.load(Ordering::Relaxed),
+            0,
+            "{what} reached the upstream"
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        0,
+        "a bad request reached the upstream"
+    );
+
+    // A chunked body that grows past the limit is cut off with 413.
+    let mut chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        chunked.extend_from_slice(format!("200\r\n{}\r\n", "c".repeat(512)).as_bytes());
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (answer, closed) = raw(lb.proxy, &chunked);
+    assert_eq!(status(&answer), 413, "{answer:?}");
+    assert!(closed);
+
+    // And the process still serves.
+    let (answer, _) = raw(
+        lb.proxy,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&answer), 200, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_do_not_slow_anyone_else() {
+    let (lb, _) = lb_with_echo("").await;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        idle.push(s);
+    }
+    let client = reqwest::Client::new();
+    for _ in 0..50 {
+        let r = tokio::time::timeout(DEADLINE, client.get(lb.url("/")).send())
+            .await
+            .expect("served while 300 clients dawdle")
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_answers_gives_504_and_trips_the_breaker() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s); // accept, read nothing, answer nothing
+        }
+    });
+    let body = format!(
+        "  timeouts: {{ connect: 500ms, read: 300ms }}\n  circuit_breaker: {{ fail_threshold: 3, open_time: 30s }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("mute", addr, 1)])
+    );
+    let lb = Lb::start(&body).await;
+    for _ in 0..3 {
+        let r = reqwest::get(lb.url("/")).await.unwrap();
+        assert_eq!(r.status(), 504);
+        assert!(!r.text().await.unwrap().contains("127.0.0.1"));
+    }
+    let state = lb
+        .wait_upstream("mute", "3 failures", |u| u["errors_total"] == 3)
+        .await;
+    assert_eq!(state["breaker"], "open", "{state}");
+    // With its breaker open the answer is the fast 503.
+    assert_eq!(reqwest::get(lb.url("/")).await.unwrap().status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_mid_response_is_counted_not_fatal() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+                    .await;
+                // Drop: the connection closes 993 bytes short.
+            });
+        }
+    });
+    let mock = mock("ok").await;
+    let body = format!(
+        "  algorithm: round_robin\n  circuit_breaker: {{ fail_threshold: 100 }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("broken", addr, 1), ("ok", mock.addr(), 1)])
+    );
+    let lb = Lb::start(&body).await;
+    let client = reqwest::Client::new();
+    let mut broken = 0;
+    for _ in 0..10 {
+        match client.get(lb.url("/")).send().await {
+            Ok(r) => match r.bytes().await {
+                Ok(b) if b.len() < 1000 && !b.starts_with(b"{") => broken += 1,
+                Ok(_) => {}
+                Err(_) => broken += 1,
+            },
+            Err(_) => broken += 1,
+        }
+    }
+    assert!(broken >= 1, "the broken upstream was never tried");
+    // The process keeps serving and counted the failures.
+    let r = client.get(lb.url("/")).send().await.unwrap();
+    assert!(r.status().is_success() || r.status().is_server_error());
+    lb.wait_upstream("broken", "a failure counted", |u| {
+        u["errors_total"].as_u64().unwrap() >= 1
+    })
+    .await;
+    assert_eq!(lb.upstream_state("ok").await["errors_total"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let (lb, _) = lb_with_echo("").await;
+    let resp = reqwest::Client::new()
+        .get(lb.url("/"))
+        .header("keep-alive", "timeout=99")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("x-drop-me", "1")
+        .header("connection", "x-drop-me")
+        .header("te", "trailers")
+        .header("x-keep-me", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers().get("x-private-hop").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    assert!(
+        resp.headers().get("keep-alive").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    let seen: HashMap<String, String> = resp.json().await.unwrap();
+    for gone in ["keep-alive", "proxy-authorization", "x-drop-me", "te"] {
+        assert!(
+            !seen.contains_key(gone),
+            "{gone} reached the upstream: {seen:?}"
+        );
+    }
+    assert_eq!(seen["x-keep-me"], "1");
+}

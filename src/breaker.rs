@@ -330,3 +330,73 @@ mod tests {
         assert_eq!(BreakerState::Open.as_metric(), 2);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Wait(u64),
+        Admit,
+        Finish(bool),
+        Abandon,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u64..3000).prop_map(Step::Wait),
+            Just(Step::Admit),
+            any::<bool>().prop_map(Step::Finish),
+            Just(Step::Abandon),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, at most one probe is ever out at a time, and no
+        /// request is let through while the breaker is open.
+        #[test]
+        fn never_two_probes_at_once(steps in prop::collection::vec(step(), 1..300)) {
+            let mut b = Breaker::new(&BreakerConfig {
+                fail_threshold: 2,
+                open_time: Duration::from_millis(500),
+                max_open_time: Duration::from_secs(4),
+                failure_status: vec![],
+            });
+            let mut now = Instant::now();
+            // Requests in flight: true for the probe.
+            let mut out: Vec<bool> = Vec::new();
+            for s in steps {
+                match s {
+                    Step::Wait(ms) => now += Duration::from_millis(ms),
+                    Step::Admit => {
+                        let was_open = b.state() == BreakerState::Open
+                            && b.open_until().is_some_and(|t| now < t);
+                        let admission = b.admit(now).0;
+                        if was_open {
+                            prop_assert_eq!(admission, Admission::Refused, "let through while open");
+                        }
+                        match admission {
+                            Admission::Allowed => out.push(false),
+                            Admission::Probe => out.push(true),
+                            Admission::Refused => {}
+                        }
+                        prop_assert!(out.iter().filter(|p| **p).count() <= 1, "two probes out");
+                    }
+                    Step::Finish(ok) => {
+                        if let Some(probe) = out.pop() {
+                            b.record(ok, probe, now);
+                        }
+                    }
+                    Step::Abandon => {
+                        if let Some(i) = out.iter().position(|p| *p) {
+                            out.remove(i);
+                            b.release_probe();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -431,3 +431,34 @@ mod tests {
         assert_eq!(client_ip(proxy, &[], &trusted), proxy);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Changing any byte of a sealed value to anything else, or cutting it,
+        /// never yields a cookie that opens.
+        #[test]
+        fn a_modified_value_never_opens(
+            name in "[a-z0-9]{1,12}",
+            pos in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let s = Sealer::new(b"property-test-secret-0123456789");
+            let v = s.seal(&s.upstream_key(&name), 1_900_000_000);
+            prop_assert!(s.open(&v, 1_800_000_000).is_ok());
+            let mut bytes = v.clone().into_bytes();
+            let i = pos.index(bytes.len());
+            prop_assume!(bytes[i] != byte);
+            bytes[i] = byte;
+            if let Ok(forged) = String::from_utf8(bytes) {
+                prop_assert!(s.open(&forged, 1_800_000_000).is_err(), "opened {}", forged);
+            }
+            let shorter = &v[..cut.index(v.len())];
+            prop_assert!(s.open(shorter, 1_800_000_000).is_err());
+        }
+    }
+}

@@ -163,3 +163,36 @@ mod tests {
         assert!(seen.iter().all(|&s| s));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Over one cycle every upstream gets exactly its weight's share (after
+        /// the common divisor), and over any window the deviation from the ideal
+        /// share stays below one pick per upstream: smoothness.
+        #[test]
+        fn shares_converge_to_the_weights(weights in prop::collection::vec(0u32..50, 1..12)) {
+            let seq = schedule(&weights);
+            let total: u64 = weights.iter().map(|&w| w as u64).sum();
+            prop_assume!(total > 0);
+            let g = weights.iter().filter(|&&w| w > 0).fold(0u64, |g, &w| gcd(g, w as u64));
+            prop_assert_eq!(seq.len() as u64, total / g);
+            for (i, &w) in weights.iter().enumerate() {
+                let n = seq.iter().filter(|&&x| x as usize == i).count() as u64;
+                prop_assert_eq!(n, w as u64 / g);
+            }
+            let mut counts = vec![0f64; weights.len()];
+            for (k, &id) in seq.iter().enumerate() {
+                counts[id as usize] += 1.0;
+                for (i, &w) in weights.iter().enumerate() {
+                    let ideal = (k + 1) as f64 * w as f64 / total as f64;
+                    prop_assert!((counts[i] - ideal).abs() < weights.len() as f64,
+                        "upstream {} strays from its share at pick {}", i, k);
+                }
+            }
+        }
+    }
+}

@@ -55,11 +55,11 @@ echo "soak: ${MINUTES} min, wrk -t1 -c$CONNS, upstream 'flappy' killed and resta
   up=1
   while [ $SECONDS -lt $end ]; do
     sleep "$FLAP"
-    if [ $up = 1 ]; then kill -KILL "$FLAPPY" 2>/dev/null || true; up=0
+    if [ $up = 1 ]; then kill -KILL "$FLAPPY" 2>/dev/null || true; wait "$FLAPPY" 2>/dev/null || true; up=0
     else "$BIN/mock-backend" "$B3" --name flappy --latency-ms 5 --jitter-ms 2 >/dev/null & FLAPPY=$!; up=1; fi
   done
-  kill -KILL "$FLAPPY" 2>/dev/null || true
-) & FLAPPER=$!; pids+=($FLAPPER)
+  kill -KILL "$FLAPPY" 2>/dev/null || true; wait "$FLAPPY" 2>/dev/null || true
+) 2>/dev/null & FLAPPER=$!; pids+=($FLAPPER)
 
 out=$(wrk -t1 -c"$CONNS" -d"$((MINUTES * 60))s" --timeout 5s "http://127.0.0.1:$P/")
 RSS1=$(rss_mb "$LB")
@@ -68,4 +68,12 @@ non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); non2xx=${non2xx:-0}
 sockerr=$(awk -F'[ ,]+' '/Socket errors/ {print $4+$6+$8+$10}' <<<"$out"); sockerr=${sockerr:-0}
 echo "$out" | sed -n '/Latency/,/Transfer/p'
 echo "soak: $reqs requests, $non2xx non-2xx answers, $sockerr socket errors; RSS ${RSS0} MB -> ${RSS1} MB"
-curl -s "http://127.0.0.1:$D/api/state" | python3 -c 'import json,sys; s=json.load(sys.stdin); [print(f"  {u[\"name\"]}: {u[\"requests_total\"]} responses, {u[\"errors_total\"]} failures, {u[\"retries_total\"]} retried, health {u[\"health\"]}, breaker {u[\"breaker\"]}") for u in s["upstreams"]]'
+cat > "$work/per_upstream.py" <<'PY'
+import json
+import sys
+
+for u in json.load(sys.stdin)["upstreams"]:
+    print(f"  {u['name']}: {u['requests_total']} responses, {u['errors_total']} failures, "
+          f"{u['retries_total']} retried, health {u['health']}, breaker {u['breaker']}")
+PY
+curl -s "http://127.0.0.1:$D/api/state" | python3 "$work/per_upstream.py"

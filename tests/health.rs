@@ -90,8 +90,9 @@ async fn failing_health_check_takes_an_upstream_out_and_back() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breaker_stops_traffic_to_a_failing_upstream_and_probes_it_back() {
+/// Upstream a answers 200, b only 500; the breaker opens after 3 failures for
+/// 500 ms, doubling up to 4 s.
+async fn healthy_and_failing() -> (mock_backend::MockServer, mock_backend::MockServer, Lb) {
     let (a, b) = (mock("a").await, mock("b").await);
     b.set(&BehaviourPatch {
         error_rate: Some(1.0),
@@ -103,6 +104,12 @@ async fn breaker_stops_traffic_to_a_failing_upstream_and_probes_it_back() {
         upstreams_yaml(&[("a", a.addr(), 1), ("b", b.addr(), 1)])
     );
     let lb = Lb::start(&body).await;
+    (a, b, lb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_stops_traffic_to_a_failing_upstream_and_probes_it_back() {
+    let (_a, b, lb) = healthy_and_failing().await;
     let client = reqwest::Client::new();
 
     // Two seconds of sequential traffic: b fails 3 times, opens, and is probed
@@ -219,17 +226,7 @@ async fn every_upstream_down_gives_a_fast_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_lets_no_burst_through_under_concurrency() {
-    let (a, b) = (mock("a").await, mock("b").await);
-    b.set(&BehaviourPatch {
-        error_rate: Some(1.0),
-        ..Default::default()
-    })
-    .unwrap();
-    let body = format!(
-        "  algorithm: weighted\n  circuit_breaker: {{ fail_threshold: 3, open_time: 500ms, max_open_time: 4s }}\n  upstreams:\n{}",
-        upstreams_yaml(&[("a", a.addr(), 1), ("b", b.addr(), 1)])
-    );
-    let lb = Lb::start(&body).await;
+    let (_a, b, lb) = healthy_and_failing().await;
     const CLIENTS: usize = 8;
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -6,7 +6,9 @@ use hybrid_lb::sticky::{find_cookie, Sealer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let sealer = Sealer::new(b"fuzzing-secret-0123456789abcdef");
     if let Some(value) = find_cookie(std::iter::once(text), "HLB_STICKY") {
         if let Ok(key) = sealer.open(value, 1_800_000_000) {

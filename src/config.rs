@@ -185,6 +185,7 @@ enum RawSize {
 struct RawLimits {
     max_header_bytes: RawSize,
     max_body: RawSize,
+    header_timeout: String,
     keepalive_timeout: String,
 }
 
@@ -193,6 +194,7 @@ impl Default for RawLimits {
         RawLimits {
             max_header_bytes: RawSize::Text("32KiB".into()),
             max_body: RawSize::Text("10MiB".into()),
+            header_timeout: "10s".into(),
             keepalive_timeout: "60s".into(),
         }
     }
@@ -393,6 +395,9 @@ pub struct LimitsConfig {
     pub max_header_bytes: u64,
     /// Request body; larger bodies get 413.
     pub max_body: u64,
+    /// How long each read of a new connection's first request header may take
+    /// (whole seconds).
+    pub header_timeout: Duration,
     /// How long an idle keep-alive connection waits for its next request.
     pub keepalive_timeout: Duration,
 }
@@ -789,6 +794,7 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
     let limits = LimitsConfig {
         max_header_bytes: c.size("lb.limits.max_header_bytes", &raw.limits.max_header_bytes),
         max_body: c.size("lb.limits.max_body", &raw.limits.max_body),
+        header_timeout: c.duration("lb.limits.header_timeout", &raw.limits.header_timeout),
         keepalive_timeout: c.duration("lb.limits.keepalive_timeout", &raw.limits.keepalive_timeout),
     };
 

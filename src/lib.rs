@@ -10,6 +10,7 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod ewma;
+pub mod frontend;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;
@@ -20,7 +21,7 @@ pub mod weights;
 
 use std::sync::Arc;
 
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
@@ -32,10 +33,12 @@ use crate::state::SharedState;
 pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<SharedState>> {
     let state = Arc::new(SharedState::new(config));
 
-    let mut proxy = http_proxy_service_with_name(
-        &server.configuration,
-        proxy::Proxy::new(state.clone()),
-        "hybrid-lb proxy",
+    let mut proxy = Service::new(
+        "hybrid-lb proxy".to_string(),
+        frontend::Frontend::new(
+            http_proxy(&server.configuration, proxy::Proxy::new(state.clone())),
+            state.config.lb.limits.header_timeout,
+        ),
     );
     for addr in &state.config.lb.listen {
         proxy.add_tcp(&addr.to_string());

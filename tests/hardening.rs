@@ -282,3 +282,20 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
     }
     assert_eq!(seen["x-keep-me"], "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_header_is_dropped_after_the_header_timeout() {
+    let (lb, hits) = lb_with_echo("  limits: { header_timeout: 1s }\n").await;
+    let mut s = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // The server gives up on the header and closes; the read sees the end.
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .expect("closed within the deadline")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(hits.load(Ordering::Relaxed), 0);
+}

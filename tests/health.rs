@@ -226,7 +226,7 @@ async fn every_upstream_down_gives_a_fast_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_lets_no_burst_through_under_concurrency() {
-    let (_a, b, lb) = healthy_and_failing().await;
+    let (_a, _b, lb) = healthy_and_failing().await;
     const CLIENTS: usize = 8;
     let started = Instant::now();
     let mut tasks = Vec::new();

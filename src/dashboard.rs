@@ -94,6 +94,7 @@ struct App {
 /// Counters of one upstream at one tick.
 struct Sample {
     at: Instant,
+    /// Attempts: responses plus connect failures.
     requests: u64,
     errors: u64,
     buckets: Vec<(f64, u64)>,
@@ -111,7 +112,8 @@ fn sample(state: &SharedState, id: usize, at: Instant) -> Sample {
         .collect();
     Sample {
         at,
-        requests: u.stats.requests_total.load(Relaxed),
+        requests: u.stats.requests_total.load(Relaxed)
+            + u.stats.connect_failures_total.load(Relaxed),
         errors: u.stats.errors_total.load(Relaxed),
         buckets,
     }

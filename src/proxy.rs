@@ -63,6 +63,9 @@ pub struct RequestCtx {
     sticky_routed: bool,
     /// Request body bytes seen so far, against `lb.limits.max_body`.
     body_bytes: u64,
+    /// The last attempt failed on a stale reused connection: retry the same
+    /// upstream.
+    retry_same: bool,
 }
 
 impl RequestCtx {
@@ -94,6 +97,16 @@ impl Drop for Probe {
 }
 
 impl Proxy {
+    /// The peer for upstream `id`, with the configured timeouts. An upgraded
+    /// connection (WebSocket) may idle: it gets no read timeout.
+    fn peer(&self, id: usize, upgrade: bool) -> Box<HttpPeer> {
+        let timeouts = &self.state.config.lb.timeouts;
+        let mut peer = HttpPeer::new(self.state.upstreams[id].addr, false, String::new());
+        peer.options.connection_timeout = Some(timeouts.connect);
+        peer.options.read_timeout = (!upgrade).then_some(timeouts.read);
+        Box::new(peer)
+    }
+
     /// The sticky choice for a request's first attempt, if stickiness names an
     /// eligible upstream; otherwise None, and normal balancing follows.
     fn sticky_pick(
@@ -240,6 +253,16 @@ impl ProxyHttp for Proxy {
     ) -> Result<Box<HttpPeer>> {
         let now = Instant::now();
         let state = &self.state;
+        // A retried attempt replays the body through the body filter.
+        ctx.body_bytes = 0;
+        let upgrade = session.is_upgrade_req();
+        if std::mem::take(&mut ctx.retry_same) {
+            // A reused connection to this upstream was stale: try it again on a
+            // fresh one; the upstream itself did nothing wrong.
+            if let Some(id) = ctx.current() {
+                return Ok(self.peer(id, upgrade));
+            }
+        }
         let mut admission = Admission::Refused;
         let sticky_pick = if ctx.tried.is_empty() {
             self.sticky_pick(session, ctx, now, &mut admission)
@@ -279,12 +302,30 @@ impl ProxyHttp for Proxy {
         ctx.picked_at = Some(now);
         ctx.inflight = Some(Inflight::new(state.clone(), id));
         ctx.connect_failed = false;
-        let upstream = &state.upstreams[id];
-        let timeouts = &state.config.lb.timeouts;
-        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
-        peer.options.connection_timeout = Some(timeouts.connect);
-        peer.options.read_timeout = Some(timeouts.read);
-        Ok(Box::new(peer))
+        Ok(self.peer(id, upgrade))
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // Pingora's default policy: retry idempotent requests whose reused
+        // connection turned out to be closed ...
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        // ... on the same upstream: a stale pooled connection is not a reason
+        // to move the request (or its session) elsewhere.
+        ctx.retry_same = e.retry();
+        e
     }
 
     fn fail_to_connect(
@@ -305,6 +346,10 @@ impl ProxyHttp for Proxy {
         ctx.inflight = None;
         let upstream = &self.state.upstreams[id];
         upstream.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+        upstream
+            .stats
+            .connect_failures_total
+            .fetch_add(1, Ordering::Relaxed);
         let attempts = ctx.tried.len();
         let untried_left = attempts < self.state.upstreams.len();
         if attempts <= self.state.config.lb.retries && untried_left {
@@ -334,17 +379,18 @@ impl ProxyHttp for Proxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        if let Some(ip) = peer {
-            // A chain the client sent is kept only when the client is a trusted
-            // proxy; anyone else could forge it.
-            let trusted = self
-                .state
+        // What a client says about the hops before it is kept only when the
+        // client is a trusted proxy; anyone else could forge it.
+        let trusted = peer.is_some_and(|ip| {
+            self.state
                 .config
                 .lb
                 .sticky
                 .trusted_proxies
                 .iter()
-                .any(|net| net.contains(&ip));
+                .any(|net| net.contains(&ip))
+        });
+        if let Some(ip) = peer {
             let mut chain: Vec<String> = Vec::new();
             if trusted {
                 chain.extend(
@@ -359,7 +405,9 @@ impl ProxyHttp for Proxy {
             chain.push(ip.to_string());
             upstream_request.insert_header("x-forwarded-for", chain.join(", "))?;
         }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        if !(trusted && upstream_request.headers.contains_key("x-forwarded-proto")) {
+            upstream_request.insert_header("x-forwarded-proto", "http")?;
+        }
         Ok(())
     }
 
@@ -369,10 +417,10 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if upstream_response.status.is_informational() {
+        let upgraded = upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if upstream_response.status.is_informational() && !upgraded {
             return Ok(());
         }
-        let upgraded = upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS;
         for name in hop_by_hop(&upstream_response.headers, upgraded) {
             upstream_response.remove_header(&name);
         }
@@ -383,6 +431,9 @@ impl ProxyHttp for Proxy {
             let failed = self.is_failure(status);
             self.state
                 .observe_latency(id, (now - t).as_secs_f64(), failed, now);
+            // The answer is known: the breaker (and a probe) need not wait for
+            // the body, which may stream for minutes.
+            self.record(ctx, id, !failed);
         }
         Ok(())
     }
@@ -393,7 +444,7 @@ impl ProxyHttp for Proxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if self.state.is_draining() {
+        if self.state.is_draining() && !response.status.is_informational() {
             // Handing over: the client should open its next connection to the
             // process that takes over.
             session.set_keepalive(None);
@@ -467,24 +518,28 @@ impl ProxyHttp for Proxy {
             return;
         }
         let upstream = &self.state.upstreams[id];
+        // An upgraded connection (WebSocket) lives by its own rules: idling or
+        // closing it is not the upstream failing.
+        let upgraded = ctx.upstream_status == Some(101);
         // A failure status, or the upstream timing out or breaking the
         // connection (before or during its answer); a client that went away is
         // not the upstream's fault.
-        let broke = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
+        let broke = !upgraded && e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
         let failed = broke || ctx.upstream_status.is_some_and(|s| self.is_failure(s));
-        let answered = ctx.upstream_status.is_some() || failed;
-        if answered {
-            self.record(ctx, id, !failed);
-        }
-        if failed && ctx.upstream_status.is_none() {
-            // Timed out or broke before answering: a penalty latency sample.
-            let now = Instant::now();
-            let elapsed = ctx.picked_at.map_or(0.0, |t| (now - t).as_secs_f64());
-            self.state.observe_latency(id, elapsed, true, now);
-        }
-        // An unanswered probe is given back when the context drops.
-        if ctx.upstream_status.is_none() && !failed {
-            return;
+        match ctx.upstream_status {
+            // Header outcome already recorded; a break mid-body is one more failure.
+            Some(status) if broke && !self.is_failure(status) => self.record(ctx, id, false),
+            Some(_) => {}
+            None if broke => {
+                self.record(ctx, id, false);
+                // Timed out or broke before answering: a penalty latency sample.
+                let now = Instant::now();
+                let elapsed = ctx.picked_at.map_or(0.0, |t| (now - t).as_secs_f64());
+                self.state.observe_latency(id, elapsed, true, now);
+            }
+            // No answer and no upstream fault (the client went away): an
+            // unanswered probe is given back when the context drops.
+            None => return,
         }
         upstream
             .stats

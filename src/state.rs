@@ -36,6 +36,8 @@ pub struct UpstreamStats {
     pub errors_total: AtomicU64,
     /// Connect failures after which the request was retried elsewhere.
     pub retries_total: AtomicU64,
+    /// Attempts that failed to connect (also in `errors_total`).
+    pub connect_failures_total: AtomicU64,
 }
 
 /// One configured upstream. Its id is its index in [`SharedState::upstreams`].

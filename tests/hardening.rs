@@ -299,3 +299,43 @@ async fn a_stalled_request_header_is_dropped_after_the_header_timeout() {
     assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
     assert_eq!(hits.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pooled_connection_is_retried_on_the_same_upstream() {
+    // An upstream that keeps connections alive for one answer only: the second
+    // request on a connection is read and dropped unanswered, as by a server
+    // whose idle timeout fired just as the request arrived.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+                let _ = s.read(&mut buf).await; // the next request: dropped
+            });
+        }
+    });
+    let lb = Lb::start(&format!(
+        "  health_check: {{ interval: 1h }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("only", addr, 1)])
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let r = client.get(lb.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest::get(lb.url_dashboard("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("hlb_no_upstream_total 0"), "{metrics}");
+}

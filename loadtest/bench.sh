@@ -39,11 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "bench: port $1 never opened" >&2; return 1
-}
+. loadtest/common.sh
 tree() { echo "$1"; pgrep -P "$1" || true; }          # a process and its children
 cpu_ticks() { local t=0; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
 peak_rss_kb() { local r=0; for p in $(tree "$1"); do r=$((r + $(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$r"; }
@@ -129,21 +125,9 @@ wait_port "$HA"
 run "haproxy $(haproxy -v | awk 'NR==1 {print $3}')" "http://127.0.0.1:$HA/" "$HAP"
 kill -INT "$HAP"
 
-pingora_conf() { # file
-  cat > "$1" <<CONF
-version: 1
-threads: 1
-work_stealing: false
-grace_period_seconds: 1
-graceful_shutdown_timeout_seconds: 1
-pid_file: $1.pid
-upgrade_sock: $1.sock
-CONF
-}
-
 start_plain() { # → PLAIN (pid), PP (port)
   PP=$(free_port)
-  pingora_conf "$work/plain.yaml"
+  pingora_keys "$work/plain.yaml"
   PLAIN_LISTEN="127.0.0.1:$PP" PLAIN_UPSTREAMS="127.0.0.1:$B1,127.0.0.1:$B2" RUST_LOG=error \
     "$BIN/examples/plain_pingora" -c "$work/plain.yaml" >/dev/null 2>&1 & PLAIN=$!; pids+=($PLAIN)
   wait_port "$PP"
@@ -155,7 +139,7 @@ kill -INT "$PLAIN"; wait "$PLAIN" 2>/dev/null || true
 start_hybrid() { # name algorithm sticky-mode  → HLB (pid), HLB_PORT
   local name=$1 algorithm=$2 sticky=$3
   local port dash; port=$(free_port); dash=$(free_port)
-  pingora_conf "$work/$name.yaml"
+  pingora_keys "$work/$name.yaml"
   cat >> "$work/$name.yaml" <<CONF
 lb:
   listen: ["127.0.0.1:$port"]

@@ -16,22 +16,15 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+. loadtest/common.sh
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 B1=$(free_port); B2=$(free_port); B3=$(free_port); P=$(free_port); D=$(free_port)
 "$BIN/mock-backend" "$B1" --name s1 --latency-ms 5 --jitter-ms 2 >/dev/null & pids+=($!)
 "$BIN/mock-backend" "$B2" --name s2 --latency-ms 5 --jitter-ms 2 >/dev/null & pids+=($!)
 "$BIN/mock-backend" "$B3" --name flappy --latency-ms 5 --jitter-ms 2 >/dev/null & FLAPPY=$!
-cat > "$work/lb.yaml" <<CONF
-version: 1
-threads: 1
-work_stealing: false
-grace_period_seconds: 1
-graceful_shutdown_timeout_seconds: 1
-pid_file: $work/lb.pid
-upgrade_sock: $work/lb.sock
+pingora_keys "$work/lb.yaml"
+cat >> "$work/lb.yaml" <<CONF
 lb:
   listen: ["127.0.0.1:$P"]
   algorithm: dynamic

@@ -93,12 +93,7 @@ async fn state_and_metrics_count_the_traffic_sent() {
     })
     .await;
 
-    let text = reqwest::get(lb.url_dashboard("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = lb.metrics().await;
     let m = parse_metrics(&text);
     assert_eq!(m["hlb_requests_total{code=\"200\",upstream=\"a\"}"], 30.0);
     assert_eq!(m["hlb_requests_total{code=\"200\",upstream=\"b\"}"], 10.0);
@@ -111,12 +106,7 @@ async fn state_and_metrics_count_the_traffic_sent() {
     assert_eq!(m["hlb_upstream_inflight{upstream=\"a\"}"], 0.0);
     // The EWMA gauge follows at the next weights tick.
     wait_for("the EWMA gauge", || async {
-        let text = reqwest::get(lb.url_dashboard("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = lb.metrics().await;
         parse_metrics(&text)
             .get("hlb_upstream_latency_ewma_seconds{upstream=\"a\"}")
             .is_some_and(|v| *v > 0.0)

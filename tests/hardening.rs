@@ -331,11 +331,6 @@ async fn a_stale_pooled_connection_is_retried_on_the_same_upstream() {
         assert_eq!(r.status(), 200, "request {i}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = reqwest::get(lb.url_dashboard("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = lb.metrics().await;
     assert!(metrics.contains("hlb_no_upstream_total 0"), "{metrics}");
 }

@@ -78,12 +78,7 @@ async fn failing_health_check_takes_an_upstream_out_and_back() {
         kinds[1].0 == "health" && kinds[1].1.starts_with("down"),
         "{kinds:?}"
     );
-    let metrics = reqwest::get(lb.url_dashboard("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = lb.metrics().await;
     assert!(
         metrics.contains("hlb_upstream_up{upstream=\"b\"} 1"),
         "{metrics}"
@@ -215,12 +210,7 @@ async fn every_upstream_down_gives_a_fast_503() {
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     assert!(resp.text().await.unwrap().contains("no upstream available"));
-    let metrics = reqwest::get(lb.url_dashboard("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = lb.metrics().await;
     assert!(metrics.contains("hlb_no_upstream_total 1"), "{metrics}");
 }
 

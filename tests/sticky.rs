@@ -92,12 +92,7 @@ async fn a_cookie_pins_a_session_and_moves_it_when_its_upstream_fails() {
     assert_eq!(stats["new"], 1, "{stats}");
     assert_eq!(stats["moved"], 1, "{stats}");
     assert!(stats["hit"].as_u64().unwrap() >= 40, "{stats}");
-    let metrics = reqwest::get(lb.url_dashboard("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = lb.metrics().await;
     assert!(
         metrics.contains("hlb_sticky_total{result=\"moved\"} 1"),
         "{metrics}"

@@ -205,6 +205,16 @@ impl Lb {
             .expect("state is JSON")
     }
 
+    /// `/metrics` in Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url_dashboard("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Waits until the `upstreams[]` entry named `name` satisfies `pred` (counters
     /// are updated in the logging phase, just after the client has its answer).
     pub async fn wait_upstream(

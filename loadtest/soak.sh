@@ -23,6 +23,7 @@ B1=$(free_port); B2=$(free_port); B3=$(free_port); P=$(free_port); D=$(free_port
 "$BIN/mock-backend" "$B1" --name s1 --latency-ms 5 --jitter-ms 2 >/dev/null & pids+=($!)
 "$BIN/mock-backend" "$B2" --name s2 --latency-ms 5 --jitter-ms 2 >/dev/null & pids+=($!)
 "$BIN/mock-backend" "$B3" --name flappy --latency-ms 5 --jitter-ms 2 >/dev/null & FLAPPY=$!
+disown "$FLAPPY"  # the flapper kills and restarts it; no job report
 pingora_keys "$work/lb.yaml"
 cat >> "$work/lb.yaml" <<CONF
 lb:

@@ -66,6 +66,8 @@ pub struct RequestCtx {
     /// The last attempt failed on a stale reused connection: retry the same
     /// upstream.
     retry_same: bool,
+    /// The current attempt's failure is already counted (broke before answering).
+    attempt_counted: bool,
 }
 
 impl RequestCtx {
@@ -302,6 +304,7 @@ impl ProxyHttp for Proxy {
         ctx.picked_at = Some(now);
         ctx.inflight = Some(Inflight::new(state.clone(), id));
         ctx.connect_failed = false;
+        ctx.attempt_counted = false;
         Ok(self.peer(id, upgrade))
     }
 
@@ -319,12 +322,42 @@ impl ProxyHttp for Proxy {
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
         {
             e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
+            return e;
         }
-        // ... on the same upstream: a stale pooled connection is not a reason
-        // to move the request (or its session) elsewhere.
-        ctx.retry_same = e.retry();
+        e.retry.decide_reuse(client_reused);
+        if e.retry() {
+            // ... on the same upstream: a stale pooled connection is not a
+            // reason to move the request (or its session) elsewhere.
+            ctx.retry_same = true;
+            return e;
+        }
+        // The upstream broke the connection before answering (it crashed or
+        // reset): like nginx's `proxy_next_upstream error`, an idempotent
+        // request goes to another upstream, within `lb.retries`. Timeouts are
+        // not retried: the upstream may still be working on the request.
+        let broke = matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
+        if let (true, None, Some(id)) = (broke, ctx.upstream_status, ctx.current()) {
+            self.record(ctx, id, false);
+            ctx.attempt_counted = true;
+            let upstream = &self.state.upstreams[id];
+            upstream.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+            upstream
+                .stats
+                .connect_failures_total
+                .fetch_add(1, Ordering::Relaxed);
+            if ctx.tried.len() <= self.state.config.lb.retries
+                && ctx.tried.len() < self.state.upstreams.len()
+            {
+                upstream.stats.retries_total.fetch_add(1, Ordering::Relaxed);
+                self.state
+                    .metrics
+                    .retries_total
+                    .with_label_values(&[&upstream.name])
+                    .inc();
+                ctx.inflight = None;
+                e.set_retry(true);
+            }
+        }
         e
     }
 
@@ -514,7 +547,7 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let Some(id) = ctx.current() else { return };
-        if ctx.connect_failed {
+        if ctx.connect_failed || ctx.attempt_counted {
             return;
         }
         let upstream = &self.state.upstreams[id];

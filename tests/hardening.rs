@@ -334,3 +334,37 @@ async fn a_stale_pooled_connection_is_retried_on_the_same_upstream() {
     let metrics = lb.metrics().await;
     assert!(metrics.contains("hlb_no_upstream_total 0"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_drops_requests_unanswered_costs_no_get() {
+    // Reads each request and closes without a word, like a crashing process.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+        }
+    });
+    let ok = mock("ok").await;
+    let lb = Lb::start(&format!(
+        "  algorithm: round_robin\n  retries: 1\n  health_check: {{ interval: 1h }}\n  circuit_breaker: {{ fail_threshold: 100 }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("dropper", addr, 1), ("ok", ok.addr(), 1)])
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let r = client.get(lb.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET {i}");
+        assert_eq!(backend_of(&r), "ok");
+    }
+    let dropper = lb
+        .wait_upstream("dropper", "retries counted", |u| {
+            u["retries_total"].as_u64().unwrap() >= 5
+        })
+        .await;
+    assert_eq!(dropper["requests_total"], 0, "{dropper}");
+    // A POST is not replayed: its answer is an error, not a second delivery.
+    let r = client.post(lb.url("/")).body("x").send().await.unwrap();
+    assert!(r.status() == 200 || r.status().is_server_error());
+}

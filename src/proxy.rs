@@ -99,6 +99,24 @@ impl Drop for Probe {
 }
 
 impl Proxy {
+    /// Whether the request may try another upstream after attempt `id` failed
+    /// (within `lb.retries`, and while some upstream is untried); counts the
+    /// retry when it may.
+    fn may_retry(&self, ctx: &RequestCtx, id: usize) -> bool {
+        let attempts = ctx.tried.len();
+        if attempts > self.state.config.lb.retries || attempts >= self.state.upstreams.len() {
+            return false;
+        }
+        let upstream = &self.state.upstreams[id];
+        upstream.stats.retries_total.fetch_add(1, Ordering::Relaxed);
+        self.state
+            .metrics
+            .retries_total
+            .with_label_values(&[&upstream.name])
+            .inc();
+        true
+    }
+
     /// The peer for upstream `id`, with the configured timeouts. An upgraded
     /// connection (WebSocket) may idle: it gets no read timeout.
     fn peer(&self, id: usize, upgrade: bool) -> Box<HttpPeer> {
@@ -345,15 +363,7 @@ impl ProxyHttp for Proxy {
                 .stats
                 .connect_failures_total
                 .fetch_add(1, Ordering::Relaxed);
-            if ctx.tried.len() <= self.state.config.lb.retries
-                && ctx.tried.len() < self.state.upstreams.len()
-            {
-                upstream.stats.retries_total.fetch_add(1, Ordering::Relaxed);
-                self.state
-                    .metrics
-                    .retries_total
-                    .with_label_values(&[&upstream.name])
-                    .inc();
+            if self.may_retry(ctx, id) {
                 ctx.inflight = None;
                 e.set_retry(true);
             }
@@ -383,19 +393,8 @@ impl ProxyHttp for Proxy {
             .stats
             .connect_failures_total
             .fetch_add(1, Ordering::Relaxed);
-        let attempts = ctx.tried.len();
-        let untried_left = attempts < self.state.upstreams.len();
-        if attempts <= self.state.config.lb.retries && untried_left {
-            upstream.stats.retries_total.fetch_add(1, Ordering::Relaxed);
-            self.state
-                .metrics
-                .retries_total
-                .with_label_values(&[&upstream.name])
-                .inc();
-            e.set_retry(true);
-        } else {
-            e.set_retry(false);
-        }
+        let retry = self.may_retry(ctx, id);
+        e.set_retry(retry);
         e
     }
 

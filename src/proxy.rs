@@ -353,7 +353,8 @@ impl ProxyHttp for Proxy {
         // reset): like nginx's `proxy_next_upstream error`, an idempotent
         // request goes to another upstream, within `lb.retries`. Timeouts are
         // not retried: the upstream may still be working on the request.
-        let broke = matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
+        let broke = e.esource() == &ErrorSource::Upstream
+            && matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
         if let (true, None, Some(id)) = (broke, ctx.upstream_status, ctx.current()) {
             self.record(ctx, id, false);
             ctx.attempt_counted = true;

@@ -99,6 +99,20 @@ impl Drop for Probe {
 }
 
 impl Proxy {
+    /// Counts an attempt on `id` that got no answer (refused, timed out, or the
+    /// connection broke first): a breaker failure, a penalty latency sample, an
+    /// error; and the attempt no longer counts as in flight.
+    fn attempt_failed(&self, ctx: &mut RequestCtx, id: usize) {
+        self.record(ctx, id, false);
+        let now = Instant::now();
+        let elapsed = ctx.picked_at.map_or(0.0, |t| (now - t).as_secs_f64());
+        self.state.observe_latency(id, elapsed, true, now);
+        ctx.inflight = None;
+        let stats = &self.state.upstreams[id].stats;
+        stats.errors_total.fetch_add(1, Ordering::Relaxed);
+        stats.connect_failures_total.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether the request may try another upstream after attempt `id` failed
     /// (within `lb.retries`, and while some upstream is untried); counts the
     /// retry when it may.
@@ -356,18 +370,9 @@ impl ProxyHttp for Proxy {
         let broke = e.esource() == &ErrorSource::Upstream
             && matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
         if let (true, None, Some(id)) = (broke, ctx.upstream_status, ctx.current()) {
-            self.record(ctx, id, false);
+            self.attempt_failed(ctx, id);
             ctx.attempt_counted = true;
-            let upstream = &self.state.upstreams[id];
-            upstream.stats.errors_total.fetch_add(1, Ordering::Relaxed);
-            upstream
-                .stats
-                .connect_failures_total
-                .fetch_add(1, Ordering::Relaxed);
-            if self.may_retry(ctx, id) {
-                ctx.inflight = None;
-                e.set_retry(true);
-            }
+            e.set_retry(self.may_retry(ctx, id));
         }
         e
     }
@@ -383,19 +388,8 @@ impl ProxyHttp for Proxy {
         let Some(id) = ctx.current() else {
             return e;
         };
-        self.record(ctx, id, false);
-        let now = Instant::now();
-        let elapsed = ctx.picked_at.map_or(0.0, |t| (now - t).as_secs_f64());
-        self.state.observe_latency(id, elapsed, true, now);
-        ctx.inflight = None;
-        let upstream = &self.state.upstreams[id];
-        upstream.stats.errors_total.fetch_add(1, Ordering::Relaxed);
-        upstream
-            .stats
-            .connect_failures_total
-            .fetch_add(1, Ordering::Relaxed);
-        let retry = self.may_retry(ctx, id);
-        e.set_retry(retry);
+        self.attempt_failed(ctx, id);
+        e.set_retry(self.may_retry(ctx, id));
         e
     }
 

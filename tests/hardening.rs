@@ -50,6 +50,23 @@ async fn echo_upstream() -> (SocketAddr, Arc<AtomicU64>) {
     (addr, hits)
 }
 
+/// A hand-written upstream on an ephemeral port: `serve` handles each
+/// accepted connection, for misbehaviour no real server library produces.
+async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
+
 /// Sends raw bytes and reads until the server closes (or 5 s pass): the answer
 /// and whether the connection was closed.
 fn raw(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
@@ -177,14 +194,12 @@ async fn half_sent_requests_do_not_slow_anyone_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_never_answers_gives_504_and_trips_the_breaker() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s); // accept, read nothing, answer nothing
-        }
-    });
+    // Accepts, reads nothing, answers nothing.
+    let addr = raw_upstream(|s| async move {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        drop(s);
+    })
+    .await;
     let body = format!(
         "  timeouts: {{ connect: 500ms, read: 300ms }}\n  circuit_breaker: {{ fail_threshold: 3, open_time: 30s }}\n  upstreams:\n{}",
         upstreams_yaml(&[("mute", addr, 1)])
@@ -205,20 +220,15 @@ async fn an_upstream_that_never_answers_gives_504_and_trips_the_breaker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_mid_response_is_counted_not_fatal() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
-                    .await;
-                // Drop: the connection closes 993 bytes short.
-            });
-        }
-    });
+    let addr = raw_upstream(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+            .await;
+        // Drop: the connection closes 993 bytes short.
+    })
+    .await;
     let mock = mock("ok").await;
     let body = format!(
         "  algorithm: round_robin\n  circuit_breaker: {{ fail_threshold: 100 }}\n  upstreams:\n{}",
@@ -305,21 +315,16 @@ async fn a_stale_pooled_connection_is_retried_on_the_same_upstream() {
     // An upstream that keeps connections alive for one answer only: the second
     // request on a connection is read and dropped unanswered, as by a server
     // whose idle timeout fired just as the request arrived.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if s.read(&mut buf).await.unwrap_or(0) > 0 {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await;
-                }
-                let _ = s.read(&mut buf).await; // the next request: dropped
-            });
+    let addr = raw_upstream(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        if s.read(&mut buf).await.unwrap_or(0) > 0 {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
         }
-    });
+        let _ = s.read(&mut buf).await; // the next request: dropped
+    })
+    .await;
     let lb = Lb::start(&format!(
         "  health_check: {{ interval: 1h }}\n  upstreams:\n{}",
         upstreams_yaml(&[("only", addr, 1)])
@@ -338,14 +343,11 @@ async fn a_stale_pooled_connection_is_retried_on_the_same_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_drops_requests_unanswered_costs_no_get() {
     // Reads each request and closes without a word, like a crashing process.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-        }
-    });
+    let addr = raw_upstream(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+    })
+    .await;
     let ok = mock("ok").await;
     let lb = Lb::start(&format!(
         "  algorithm: round_robin\n  retries: 1\n  health_check: {{ interval: 1h }}\n  circuit_breaker: {{ fail_threshold: 100 }}\n  upstreams:\n{}",

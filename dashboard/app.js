@@ -58,7 +58,8 @@ function dataset(chart, series, upstream, index) {
   return ds;
 }
 
-// A point is { time, upstreams: [{ name, ewma, p95, base_weight, effective_weight, inflight, rps, error_rate }] }.
+// A point is the server's HistoryPoint (src/dashboard/hub.rs), from /api/history
+// and from the stream's "point" events alike.
 let lastTime = 0;
 
 function addPoint(point) {
@@ -74,22 +75,6 @@ function addPoint(point) {
       }
     }
   });
-}
-
-function toPoint(snapshot) {
-  return {
-    time: snapshot.time,
-    upstreams: snapshot.upstreams.map((u) => ({
-      name: u.name,
-      ewma: u.latency_ms.ewma,
-      p95: u.latency_ms.p95,
-      base_weight: u.base_weight,
-      effective_weight: u.effective_weight,
-      inflight: u.inflight,
-      rps: u.rps,
-      error_rate: u.error_rate,
-    })),
-  };
 }
 
 function badge(cls, text) {
@@ -158,6 +143,14 @@ function render(s) {
     tr.querySelector(".drain").disabled = u.drained;
     tr.querySelector(".enable").disabled = !u.drained;
   }
+  // Upstreams that left the table leave the page; their chart history stays.
+  const present = new Set(s.upstreams.map((u) => u.name));
+  for (const [name, tr] of rows) {
+    if (!present.has(name)) {
+      tr.remove();
+      rows.delete(name);
+    }
+  }
   $("#total-rps").textContent = fmt(rps);
   $("#total-errors").textContent = rps > 0 ? `${fmt((errs / rps) * 100, 2)}%` : "0%";
   renderEvents(s.events);
@@ -206,12 +199,13 @@ function connect() {
   const live = $("#live");
   const source = new EventSource("/api/stream");
   source.addEventListener("snapshot", (ev) => {
-    const s = JSON.parse(ev.data);
-    render(s);
-    addPoint(toPoint(s));
-    for (const c of Object.values(charts)) c.update("none");
+    render(JSON.parse(ev.data));
     live.textContent = "live";
     live.className = "badge live";
+  });
+  source.addEventListener("point", (ev) => {
+    addPoint(JSON.parse(ev.data));
+    for (const c of Object.values(charts)) c.update("none");
   });
   source.onerror = () => {
     live.textContent = "reconnecting…";

@@ -107,6 +107,11 @@ impl Breaker {
         self.state
     }
 
+    /// Consecutive failures counted while closed.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
     /// When an open breaker will let its next probe through.
     pub fn open_until(&self) -> Option<Instant> {
         match self.state {

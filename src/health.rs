@@ -1,13 +1,15 @@
 //! Active health checks on pingora-load-balancing: its `HttpHealthCheck` probes
 //! every upstream and its `LoadBalancer` background loop runs the schedule. We
 //! configure both from `lb.health_check` and take each flip into the shared state.
+//! The set checked is the upstream table's, re-read every second, so upstreams
+//! added at run time are checked too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
-use pingora::lb::discovery::Static;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{HealthObserve, HttpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
@@ -36,20 +38,38 @@ impl HealthObserve for Observer {
             )
         };
         if let Some(addr) = target.addr.as_inet() {
-            self.state.set_health(*addr, healthy, &detail);
+            let table = self.state.balancer.load();
+            for u in table.upstreams().iter().filter(|u| u.addr == *addr) {
+                u.set_health(healthy, &detail);
+            }
         }
     }
 }
 
+/// The addresses in the upstream table, as Pingora's discovery.
+struct TableDiscovery {
+    state: Arc<SharedState>,
+}
+
+#[async_trait]
+impl ServiceDiscovery for TableDiscovery {
+    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let table = self.state.balancer.load();
+        let backends = table
+            .upstreams()
+            .iter()
+            .map(|u| Backend::new(&u.addr.to_string()))
+            .collect::<Result<_>>()?;
+        Ok((backends, HashMap::new()))
+    }
+}
+
+/// How often the checked set is re-read from the table.
+const SET_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The health-check service: add it to the server as a background service.
 pub fn service(state: Arc<SharedState>) -> Result<LoadBalancer<RoundRobin>> {
     let hc_conf = &state.config.lb.health_check;
-    let backends: BTreeSet<Backend> = state
-        .upstreams
-        .iter()
-        .map(|u| Backend::new(&u.addr.to_string()))
-        .collect::<Result<_>>()?;
-
     let mut check = HttpHealthCheck::new("localhost", false);
     let mut req = RequestHeader::build("GET", hc_conf.path.as_bytes(), None)?;
     req.insert_header("Host", "localhost")?;
@@ -76,10 +96,13 @@ pub fn service(state: Arc<SharedState>) -> Result<LoadBalancer<RoundRobin>> {
         state: state.clone(),
     }));
 
-    let mut backends = Backends::new(Static::new(backends));
+    let mut backends = Backends::new(Box::new(TableDiscovery {
+        state: state.clone(),
+    }));
     backends.set_health_check(Box::new(check));
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
     lb.health_check_frequency = Some(hc_conf.interval);
+    lb.update_frequency = Some(SET_REFRESH);
     lb.parallel_health_check = true;
     Ok(lb)
 }

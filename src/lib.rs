@@ -4,12 +4,15 @@
 //! [`add_services`] wires the proxy, the dashboard and the demo upstreams into a
 //! Pingora [`Server`]; `main.rs` only parses flags and the config.
 
+pub mod attempt;
 pub mod balancer;
 pub mod breaker;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
+pub mod events;
 pub mod ewma;
+pub mod forwarding;
 pub mod frontend;
 pub mod health;
 pub mod lifecycle;
@@ -17,6 +20,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod state;
 pub mod sticky;
+pub mod upstream;
 pub mod weights;
 
 use std::sync::Arc;

@@ -53,7 +53,7 @@ impl BackgroundService for LifecycleService {
             };
             log::info!("{detail}");
             self.state.start_draining();
-            self.state.push_event(None, "reload", detail.to_string());
+            self.state.events.push(None, "reload", detail.to_string());
         }
     }
 }

@@ -44,6 +44,8 @@ fn main() {
     } else {
         "started"
     };
-    state.push_event(None, "reload", format!("{how} with {path}"));
+    state
+        .events
+        .push(None, "reload", format!("{how} with {path}"));
     server.run_forever();
 }

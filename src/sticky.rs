@@ -178,32 +178,6 @@ pub fn decide(
     }
 }
 
-/// Cookie mode's per-process data.
-#[derive(Debug)]
-pub struct CookieSticky {
-    pub sealer: Sealer,
-    /// Cookie key of each upstream, by id.
-    pub keys: Vec<UpstreamKey>,
-    by_key: HashMap<UpstreamKey, usize>,
-}
-
-impl CookieSticky {
-    pub fn new(secret: &[u8], names: &[&str]) -> Self {
-        let sealer = Sealer::new(secret);
-        let keys: Vec<UpstreamKey> = names.iter().map(|n| sealer.upstream_key(n)).collect();
-        let by_key = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-        CookieSticky {
-            sealer,
-            keys,
-            by_key,
-        }
-    }
-
-    pub fn lookup(&self, key: &UpstreamKey) -> Option<usize> {
-        self.by_key.get(key).copied()
-    }
-}
-
 /// Client-IP mode: a Ketama ring over the upstreams (by address and weight), the
 /// same on every instance with the same upstream list.
 pub struct IpHash {

@@ -122,8 +122,9 @@ async fn the_stream_delivers_snapshots() {
     let mut body = resp.bytes_stream();
     let mut text = String::new();
     let mut snapshots = Vec::new();
+    let mut points = Vec::new();
     let deadline = Instant::now() + DEADLINE;
-    while snapshots.len() < 2 {
+    while snapshots.len() < 2 || points.len() < 2 {
         let chunk = tokio::time::timeout_at(deadline.into(), body.next())
             .await
             .expect("snapshots within the deadline")
@@ -133,13 +134,21 @@ async fn the_stream_delivers_snapshots() {
         while let Some(end) = text.find("\n\n") {
             let event: String = text.drain(..end + 2).collect();
             if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                assert!(event.contains("event: snapshot"), "{event}");
-                snapshots.push(serde_json::from_str::<Value>(data).unwrap());
+                let value = serde_json::from_str::<Value>(data).unwrap();
+                if event.contains("event: snapshot") {
+                    snapshots.push(value);
+                } else {
+                    assert!(event.contains("event: point"), "{event}");
+                    points.push(value);
+                }
             }
         }
     }
     assert_eq!(snapshots[0]["upstreams"].as_array().unwrap().len(), 2);
     assert!(snapshots[1]["time"].as_f64() > snapshots[0]["time"].as_f64());
+    // Each tick's history point has the same time and names as its snapshot.
+    assert_eq!(points[0]["time"], snapshots[0]["time"]);
+    assert_eq!(points[0]["upstreams"][1]["name"], "b");
 
     let history: Vec<Value> = reqwest::get(lb.url_dashboard("/api/history"))
         .await

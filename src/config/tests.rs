@@ -233,3 +233,17 @@ fn unknown_sticky_mode_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn sub_second_connection_timers_are_refused_by_key_and_line() {
+    let text = GOOD.replace(
+        "  timeouts:",
+        "  limits:\n    header_timeout: 1500ms\n    keepalive_timeout: 2s\n  timeouts:",
+    );
+    let e = one_error(&text);
+    assert!(
+        e.starts_with("lb.limits.header_timeout: `1500ms` is not a whole number of seconds"),
+        "{e}"
+    );
+    assert!(e.ends_with("(line 12)"), "{e}");
+}

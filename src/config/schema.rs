@@ -1,0 +1,230 @@
+//! The user's schema: what the YAML file may hold, as serde reads it. Unknown
+//! keys are refused; defaults live here. Validation into the types the code uses
+//! is `validate.rs`'s job.
+
+use serde::Deserialize;
+
+use super::{Algorithm, StickyMode};
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawFile {
+    pub lb: RawLb,
+    #[serde(default)]
+    pub dashboard: RawDashboard,
+    pub demo: Option<RawDemo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLb {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub health_check: RawHealthCheck,
+    #[serde(default)]
+    pub circuit_breaker: RawBreaker,
+    #[serde(default)]
+    pub dynamic_weights: RawDynamicWeights,
+    #[serde(default)]
+    pub sticky: RawSticky,
+    #[serde(default = "default_retries")]
+    pub retries: i64,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// A size: bytes as an integer, or a string such as `32KiB`, `10MB`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLimits {
+    pub max_header_bytes: RawSize,
+    pub max_body: RawSize,
+    pub header_timeout: String,
+    pub keepalive_timeout: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_header_bytes: RawSize::Text("32KiB".into()),
+            max_body: RawSize::Text("10MiB".into()),
+            header_timeout: "10s".into(),
+            keepalive_timeout: "60s".into(),
+        }
+    }
+}
+
+pub(super) fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".into()]
+}
+pub(super) fn default_retries() -> i64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub name: String,
+    pub addr: String,
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+}
+
+pub(super) fn default_weight() -> i64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawHealthCheck {
+    pub path: String,
+    pub interval: String,
+    pub timeout: String,
+    pub healthy_threshold: i64,
+    pub unhealthy_threshold: i64,
+}
+
+impl Default for RawHealthCheck {
+    fn default() -> Self {
+        RawHealthCheck {
+            path: "/health".into(),
+            interval: "5s".into(),
+            timeout: "1s".into(),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawBreaker {
+    pub fail_threshold: i64,
+    pub open_time: String,
+    pub max_open_time: String,
+    pub failure_status: Vec<i64>,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        RawBreaker {
+            fail_threshold: 3,
+            open_time: "5s".into(),
+            max_open_time: "60s".into(),
+            failure_status: vec![500, 502, 503, 504],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDynamicWeights {
+    pub half_life: String,
+    pub interval: String,
+    pub min_factor: f64,
+}
+
+impl Default for RawDynamicWeights {
+    fn default() -> Self {
+        RawDynamicWeights {
+            half_life: "5s".into(),
+            interval: "1s".into(),
+            min_factor: 0.05,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawSticky {
+    pub mode: StickyMode,
+    pub cookie_name: String,
+    pub max_age: String,
+    pub secret: Option<String>,
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RawSticky {
+    fn default() -> Self {
+        RawSticky {
+            mode: StickyMode::Off,
+            cookie_name: "HLB_STICKY".into(),
+            max_age: "1h".into(),
+            secret: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawTimeouts {
+    pub connect: String,
+    pub read: String,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            connect: "1s".into(),
+            read: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDashboard {
+    pub listen: String,
+    pub admin_token: Option<String>,
+}
+
+impl Default for RawDashboard {
+    fn default() -> Self {
+        RawDashboard {
+            listen: "127.0.0.1:5000".into(),
+            admin_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDemo {
+    #[serde(default)]
+    pub backends: Vec<RawDemoBackend>,
+    #[serde(default)]
+    pub traffic_rps: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDemoBackend {
+    pub name: String,
+    pub port: i64,
+    #[serde(default)]
+    pub error_rate: f64,
+    #[serde(default)]
+    pub latency_ms: i64,
+    #[serde(default)]
+    pub jitter_ms: i64,
+    #[serde(default = "yes")]
+    pub healthy: bool,
+}
+
+pub(super) fn yes() -> bool {
+    true
+}

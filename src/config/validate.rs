@@ -1,0 +1,258 @@
+//! Turns the raw file into the validated [`Config`], one section at a time;
+//! every problem found is recorded with its key and line.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use pingora::server::configuration::ServerConf;
+
+use super::check::Checker;
+use super::schema::*;
+use super::*;
+
+/// Pingora ignores top-level keys it does not know; we refuse them, so that a typo
+/// such as `dashbaord:` is not silently dropped.
+pub(super) fn check_top_level(c: &mut Checker) {
+    let pingora_keys: HashSet<String> = match serde_yaml::to_value(ServerConf::default()) {
+        Ok(serde_yaml::Value::Mapping(m)) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
+        _ => HashSet::new(),
+    };
+    let keys: Vec<(String, usize)> = c.index.top_level_keys().to_vec();
+    for (key, line) in keys {
+        let ours = matches!(key.as_str(), "lb" | "dashboard" | "demo");
+        if !ours && !pingora_keys.is_empty() && !pingora_keys.contains(&key) {
+            c.problems.push(Problem {
+                key: key.clone(),
+                message:
+                    "unknown key (ours are lb, dashboard, demo; the rest are Pingora's server keys)"
+                        .into(),
+                line: Some(line),
+            });
+        }
+    }
+}
+
+pub(super) fn validate(raw: RawFile, c: &mut Checker) -> Config {
+    let lb = validate_lb(raw.lb, c);
+    let d = raw.dashboard;
+    let dashboard = DashboardConfig {
+        listen: c
+            .addr("dashboard.listen", &d.listen)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5000))),
+        admin_token: d.admin_token.filter(|t| !t.is_empty()),
+    };
+    let demo = raw.demo.map(|d| validate_demo(d, c));
+    Config {
+        lb,
+        dashboard,
+        demo,
+    }
+}
+
+fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
+    if raw.listen.is_empty() {
+        c.fail("lb.listen", "needs at least one address");
+    }
+    let listen = raw
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| c.addr(&format!("lb.listen[{i}]"), a))
+        .collect();
+
+    LbConfig {
+        listen,
+        algorithm: raw.algorithm,
+        upstreams: upstreams(&raw.upstreams, c),
+        health_check: health_check(raw.health_check, c),
+        circuit_breaker: circuit_breaker(raw.circuit_breaker, c),
+        dynamic_weights: dynamic_weights(raw.dynamic_weights, c),
+        sticky: sticky(raw.sticky, c),
+        retries: c.at_least("lb.retries", raw.retries, 0) as usize,
+        timeouts: TimeoutsConfig {
+            connect: c.duration("lb.timeouts.connect", &raw.timeouts.connect),
+            read: c.duration("lb.timeouts.read", &raw.timeouts.read),
+        },
+        limits: limits(&raw.limits, c),
+    }
+}
+
+fn upstreams(raw: &[RawUpstream], c: &mut Checker) -> Vec<UpstreamConfig> {
+    if raw.is_empty() {
+        c.fail("lb.upstreams", "needs at least one upstream");
+    }
+    let mut names = HashSet::new();
+    let mut upstreams = Vec::new();
+    for (i, u) in raw.iter().enumerate() {
+        let key = format!("lb.upstreams[{i}]");
+        let name = u.name.trim();
+        if name.is_empty() {
+            c.fail(&format!("{key}.name"), "must not be empty");
+        } else if !names.insert(name.to_string()) {
+            c.fail(
+                &format!("{key}.name"),
+                format!("duplicate upstream name `{name}`"),
+            );
+        }
+        let weight = c.at_least(&format!("{key}.weight"), u.weight, 1);
+        if weight > 10_000 {
+            c.fail(&format!("{key}.weight"), "must be at most 10000");
+        }
+        if let Some(addr) = c.addr(&format!("{key}.addr"), &u.addr) {
+            upstreams.push(UpstreamConfig {
+                name: name.to_string(),
+                addr,
+                weight: weight.min(10_000) as u32,
+            });
+        }
+    }
+    upstreams
+}
+
+fn health_check(h: RawHealthCheck, c: &mut Checker) -> HealthCheckConfig {
+    if !h.path.starts_with('/') {
+        c.fail("lb.health_check.path", "must start with /");
+    }
+    HealthCheckConfig {
+        interval: c.duration("lb.health_check.interval", &h.interval),
+        timeout: c.duration("lb.health_check.timeout", &h.timeout),
+        healthy_threshold: c.at_least("lb.health_check.healthy_threshold", h.healthy_threshold, 1)
+            as usize,
+        unhealthy_threshold: c.at_least(
+            "lb.health_check.unhealthy_threshold",
+            h.unhealthy_threshold,
+            1,
+        ) as usize,
+        path: h.path,
+    }
+}
+
+fn circuit_breaker(b: RawBreaker, c: &mut Checker) -> BreakerConfig {
+    let open_time = c.duration("lb.circuit_breaker.open_time", &b.open_time);
+    let max_open_time = c.duration("lb.circuit_breaker.max_open_time", &b.max_open_time);
+    if max_open_time < open_time {
+        c.fail(
+            "lb.circuit_breaker.max_open_time",
+            "must be at least open_time",
+        );
+    }
+    let mut failure_status = Vec::new();
+    for (i, s) in b.failure_status.iter().enumerate() {
+        if (100..=599).contains(s) {
+            failure_status.push(*s as u16);
+        } else {
+            c.fail(
+                &format!("lb.circuit_breaker.failure_status[{i}]"),
+                "must be an HTTP status between 100 and 599",
+            );
+        }
+    }
+    BreakerConfig {
+        fail_threshold: c.at_least("lb.circuit_breaker.fail_threshold", b.fail_threshold, 1) as u32,
+        open_time,
+        max_open_time,
+        failure_status,
+    }
+}
+
+fn dynamic_weights(w: RawDynamicWeights, c: &mut Checker) -> DynamicWeightsConfig {
+    if !(w.min_factor > 0.0 && w.min_factor <= 1.0) {
+        c.fail(
+            "lb.dynamic_weights.min_factor",
+            "must be greater than 0 and at most 1",
+        );
+    }
+    DynamicWeightsConfig {
+        half_life: c.duration("lb.dynamic_weights.half_life", &w.half_life),
+        interval: c.duration("lb.dynamic_weights.interval", &w.interval),
+        min_factor: w.min_factor,
+    }
+}
+
+fn sticky(s: RawSticky, c: &mut Checker) -> StickyConfig {
+    if s.cookie_name.is_empty()
+        || !s
+            .cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        c.fail(
+            "lb.sticky.cookie_name",
+            "must be letters, digits, `_` or `-`",
+        );
+    }
+    if let Some(secret) = &s.secret {
+        if secret.len() < MIN_SECRET_LEN {
+            c.fail(
+                "lb.sticky.secret",
+                format!("must be at least {MIN_SECRET_LEN} bytes (a random string; `openssl rand -hex 32` makes one)"),
+            );
+        }
+    }
+    let mut trusted_proxies = Vec::new();
+    for (i, p) in s.trusted_proxies.iter().enumerate() {
+        let parsed = p
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => c.fail(
+                &format!("lb.sticky.trusted_proxies[{i}]"),
+                format!("`{p}` is not a CIDR or an IP address, e.g. 10.0.0.0/8"),
+            ),
+        }
+    }
+    StickyConfig {
+        mode: s.mode,
+        cookie_name: s.cookie_name,
+        max_age: c.duration("lb.sticky.max_age", &s.max_age),
+        secret: s.secret,
+        trusted_proxies,
+    }
+}
+
+fn limits(l: &RawLimits, c: &mut Checker) -> LimitsConfig {
+    LimitsConfig {
+        max_header_bytes: c.size("lb.limits.max_header_bytes", &l.max_header_bytes),
+        max_body: c.size("lb.limits.max_body", &l.max_body),
+        // Pingora's keep-alive timer, which also bounds the header read, counts
+        // whole seconds: a value it would cut is refused, not silently changed.
+        header_timeout: c.whole_seconds("lb.limits.header_timeout", &l.header_timeout),
+        keepalive_timeout: c.whole_seconds("lb.limits.keepalive_timeout", &l.keepalive_timeout),
+    }
+}
+
+fn validate_demo(raw: RawDemo, c: &mut Checker) -> DemoConfig {
+    let mut backends = Vec::new();
+    for (i, b) in raw.backends.into_iter().enumerate() {
+        let key = format!("demo.backends[{i}]");
+        if !(1..=65535).contains(&b.port) {
+            c.fail(&format!("{key}.port"), "must be a port between 1 and 65535");
+        }
+        if !(0.0..=1.0).contains(&b.error_rate) {
+            c.fail(&format!("{key}.error_rate"), "must be between 0 and 1");
+        }
+        let latency_ms = c.at_least(&format!("{key}.latency_ms"), b.latency_ms, 0) as u64;
+        let jitter_ms = c.at_least(&format!("{key}.jitter_ms"), b.jitter_ms, 0) as u64;
+        backends.push(DemoBackend {
+            name: b.name,
+            port: b.port.clamp(1, 65535) as u16,
+            error_rate: b.error_rate.clamp(0.0, 1.0),
+            latency_ms,
+            jitter_ms,
+            healthy: b.healthy,
+        });
+    }
+    if let Some(rps) = raw.traffic_rps {
+        if !(0.0..=10_000.0).contains(&rps) {
+            c.fail("demo.traffic_rps", "must be between 0 and 10000");
+        }
+    }
+    DemoConfig {
+        backends,
+        traffic_rps: raw.traffic_rps,
+    }
+}

@@ -1,0 +1,339 @@
+//! The admin API: drain, enable and weigh upstreams, and add or remove them at
+//! run time. Every action needs `Authorization: Bearer <dashboard.admin_token>`
+//! and is an event. Changes to the set go through the table's `replace`, so
+//! upstreams that stay keep their state; they last until the next reload.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use log::info;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use super::App;
+use crate::config::UpstreamConfig;
+use crate::state::SharedState;
+use crate::upstream::Upstream;
+
+/// Weights the admin API accepts, as the config does.
+const WEIGHTS: std::ops::RangeInclusive<i64> = 1..=10_000;
+
+/// Why an admin call is refused.
+#[derive(Debug)]
+pub enum AdminError {
+    /// No `dashboard.admin_token` configured: admin is disabled.
+    Disabled,
+    Unauthorized,
+    UnknownUpstream(String),
+    TakenName(String),
+    BadBody(String),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (code, text) = match self {
+            AdminError::Disabled => (
+                StatusCode::FORBIDDEN,
+                "admin actions are disabled: set dashboard.admin_token in the config".into(),
+            ),
+            AdminError::Unauthorized => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "a valid admin token is required\n",
+                )
+                    .into_response()
+            }
+            AdminError::UnknownUpstream(name) => {
+                (StatusCode::NOT_FOUND, format!("no upstream named `{name}`"))
+            }
+            AdminError::TakenName(name) => (
+                StatusCode::CONFLICT,
+                format!("an upstream named `{name}` exists already"),
+            ),
+            AdminError::BadBody(why) => (StatusCode::BAD_REQUEST, why),
+        };
+        (code, format!("{text}\n")).into_response()
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+fn authorize(state: &SharedState, headers: &HeaderMap) -> Result<(), AdminError> {
+    let token = state
+        .config
+        .dashboard
+        .admin_token
+        .as_deref()
+        .ok_or(AdminError::Disabled)?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(AdminError::Unauthorized)
+    }
+}
+
+/// Authorizes and finds the upstream.
+fn target(
+    app: &App,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<std::sync::Arc<Upstream>, AdminError> {
+    authorize(&app.state, headers)?;
+    app.state
+        .upstream(name)
+        .ok_or_else(|| AdminError::UnknownUpstream(name.to_string()))
+}
+
+/// The upstream's row of a fresh snapshot.
+fn upstream_json(app: &App, name: &str, code: StatusCode) -> Response {
+    let snapshot = app.hub.snapshot(&app.state);
+    match snapshot.upstreams.into_iter().find(|u| u.name == name) {
+        Some(u) => (code, Json(u)).into_response(),
+        None => AdminError::UnknownUpstream(name.to_string()).into_response(),
+    }
+}
+
+fn event(app: &App, name: &str, what: String, peer: SocketAddr) {
+    info!("admin: upstream {name} {what} by {peer}");
+    app.state
+        .events
+        .push(Some(name), "admin", format!("{what} by {}", peer.ip()));
+}
+
+async fn set_drained(
+    app: App,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    name: String,
+    drained: bool,
+) -> Response {
+    let u = match target(&app, &headers, &name) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let was = u.set_drained(drained);
+    let action = if drained { "drained" } else { "enabled" };
+    let change = if was == drained { " (no change)" } else { "" };
+    event(&app, &name, format!("{action}{change}"), peer);
+    upstream_json(&app, &name, StatusCode::OK)
+}
+
+pub async fn drain(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    set_drained(app, peer, headers, name, true).await
+}
+
+pub async fn enable(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    set_drained(app, peer, headers, name, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: i64,
+}
+
+fn weight(w: i64) -> Result<u32, AdminError> {
+    if WEIGHTS.contains(&w) {
+        Ok(w as u32)
+    } else {
+        Err(AdminError::BadBody(
+            "weight must be between 1 and 10000".into(),
+        ))
+    }
+}
+
+pub async fn set_weight(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let u = match target(&app, &headers, &name) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let new = match serde_json::from_slice::<WeightBody>(&body) {
+        Ok(b) => match weight(b.weight) {
+            Ok(w) => w,
+            Err(e) => return e.into_response(),
+        },
+        Err(e) => {
+            return AdminError::BadBody(format!("expected {{\"weight\": N}}: {e}")).into_response()
+        }
+    };
+    let old = u.base_weight();
+    // A weight change is a replacement of the table in which every upstream
+    // keeps its state.
+    let edited = app.state.edit_upstreams("admin", |configs| {
+        match configs.iter_mut().find(|c| c.name == name) {
+            Some(c) => {
+                c.weight = new;
+                Ok(())
+            }
+            None => Err(AdminError::UnknownUpstream(name.clone())),
+        }
+    });
+    if let Err(e) = edited {
+        return e.into_response();
+    }
+    event(&app, &name, format!("weight {old} → {new}"), peer);
+    upstream_json(&app, &name, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    name: String,
+    addr: String,
+    #[serde(default = "one")]
+    weight: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// Reads an add request's body into a config, or says what is wrong.
+fn parse_add(body: &[u8]) -> Result<UpstreamConfig, AdminError> {
+    let b: AddBody = serde_json::from_slice(body).map_err(|e| {
+        AdminError::BadBody(format!(
+            "expected {{\"name\": \"…\", \"addr\": \"ip:port\", \"weight\": N}}: {e}"
+        ))
+    })?;
+    let name = b.name.trim();
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+    {
+        return Err(AdminError::BadBody(
+            "name must be 1 to 64 letters, digits, `-`, `_` or `.`".into(),
+        ));
+    }
+    let addr: SocketAddr = b.addr.trim().parse().map_err(|_| {
+        AdminError::BadBody(format!(
+            "`{}` is not an address; write ip:port, e.g. 10.0.0.7:8080",
+            b.addr
+        ))
+    })?;
+    Ok(UpstreamConfig {
+        name: name.to_string(),
+        addr,
+        weight: weight(b.weight)?,
+    })
+}
+
+/// `POST /api/upstreams`: adds an upstream; 201, 409 on a taken name.
+pub async fn add(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(e) = authorize(&app.state, &headers) {
+        return e.into_response();
+    }
+    let new = match parse_add(&body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let name = new.name.clone();
+    let source = format!("admin {}", peer.ip());
+    let edited = app.state.edit_upstreams(&source, |configs| {
+        if configs.iter().any(|c| c.name == new.name) {
+            return Err(AdminError::TakenName(new.name));
+        }
+        configs.push(new);
+        Ok(())
+    });
+    if let Err(e) = edited {
+        return e.into_response();
+    }
+    upstream_json(&app, &name, StatusCode::CREATED)
+}
+
+/// `DELETE /api/upstreams/{name}`: takes the upstream out of the table at
+/// once; requests already on it finish normally.
+pub async fn remove(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(e) = target(&app, &headers, &name) {
+        return e.into_response();
+    }
+    let row = app
+        .hub
+        .snapshot(&app.state)
+        .upstreams
+        .into_iter()
+        .find(|u| u.name == name);
+    let source = format!("admin {}", peer.ip());
+    let edited = app.state.edit_upstreams(&source, |configs| {
+        let before = configs.len();
+        configs.retain(|c| c.name != name);
+        if configs.len() == before {
+            return Err(AdminError::UnknownUpstream(name.clone()));
+        }
+        Ok(())
+    });
+    if let Err(e) = edited {
+        return e.into_response();
+    }
+    match row {
+        Some(u) => (StatusCode::OK, Json(u)).into_response(),
+        None => AdminError::UnknownUpstream(name).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_bodies_are_checked() {
+        let ok = parse_add(br#"{"name":"s4","addr":"127.0.0.1:9004","weight":2}"#).unwrap();
+        assert_eq!((ok.name.as_str(), ok.weight), ("s4", 2));
+        assert_eq!(
+            parse_add(br#"{"name":"s4","addr":"127.0.0.1:1"}"#)
+                .unwrap()
+                .weight,
+            1
+        );
+        for bad in [
+            &br#"{"name":"s4","addr":"nowhere"}"#[..],
+            br#"{"name":"","addr":"127.0.0.1:1"}"#,
+            br#"{"name":"a b","addr":"127.0.0.1:1"}"#,
+            br#"{"name":"s4","addr":"127.0.0.1:1","weight":0}"#,
+            br#"{"name":"s4","addr":"127.0.0.1:1","extra":1}"#,
+            b"not json",
+        ] {
+            assert!(
+                matches!(parse_add(bad), Err(AdminError::BadBody(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

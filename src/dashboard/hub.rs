@@ -1,0 +1,323 @@
+//! The dashboard's ticker: once a second it samples every upstream's counters,
+//! derives rates and percentiles over the last few seconds, builds one
+//! snapshot and one history point, serializes each once and publishes them to
+//! every stream viewer. Everything is keyed by upstream name, so upstreams
+//! that come and go keep their history.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use log::error;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::snapshot::{self, Snapshot};
+use crate::state::SharedState;
+use crate::upstream::Upstream;
+
+/// Seconds of history kept at one point per second.
+pub const HISTORY_SECONDS: usize = 300;
+/// Window over which rates and percentiles are computed.
+const RATE_WINDOW: usize = 5;
+
+/// Rates and percentiles of one upstream over the last window.
+#[derive(Debug, Clone, Default)]
+pub struct Derived {
+    pub rps: f64,
+    pub error_rate: f64,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// One point of the charts' history: the page draws these, from
+/// `/api/history` first and then from the stream, so there is one schema.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryPoint {
+    pub time: f64,
+    pub upstreams: Vec<HistoryUpstream>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryUpstream {
+    pub name: String,
+    pub ewma: Option<f64>,
+    pub p95: Option<f64>,
+    pub base_weight: u32,
+    pub effective_weight: f64,
+    pub inflight: i64,
+    pub rps: f64,
+    pub error_rate: f64,
+}
+
+impl HistoryPoint {
+    fn of(s: &Snapshot) -> Self {
+        HistoryPoint {
+            time: s.time,
+            upstreams: s
+                .upstreams
+                .iter()
+                .map(|u| HistoryUpstream {
+                    name: u.name.clone(),
+                    ewma: u.latency_ms.ewma,
+                    p95: u.latency_ms.p95,
+                    base_weight: u.base_weight,
+                    effective_weight: u.effective_weight,
+                    inflight: u.inflight,
+                    rps: u.rps,
+                    error_rate: u.error_rate,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One tick's output, serialized once for every viewer.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub snapshot: Arc<str>,
+    pub point: Arc<str>,
+}
+
+/// What the ticker publishes and the handlers read.
+pub struct Hub {
+    latest: watch::Sender<Option<Published>>,
+    derived: Mutex<HashMap<String, Derived>>,
+    history: Mutex<VecDeque<HistoryPoint>>,
+}
+
+/// Counters of one upstream at one tick.
+struct Sample {
+    at: Instant,
+    /// Attempts: responses plus attempts without an answer.
+    requests: u64,
+    errors: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+fn sample(u: &Upstream, at: Instant) -> Sample {
+    use std::sync::atomic::Ordering::Relaxed;
+    Sample {
+        at,
+        requests: u.stats.requests_total.load(Relaxed) + u.stats.unanswered_total.load(Relaxed),
+        errors: u.stats.errors_total.load(Relaxed),
+        buckets: u.duration_buckets(),
+    }
+}
+
+/// The q-quantile (seconds) of observations between two cumulative bucket sets,
+/// interpolated linearly within the bucket, as Prometheus' histogram_quantile.
+fn quantile(old: &[(f64, u64)], new: &[(f64, u64)], q: f64) -> Option<f64> {
+    let counts: Vec<(f64, u64)> = new
+        .iter()
+        .zip(old)
+        .map(|((bound, n), (_, o))| (*bound, n.saturating_sub(*o)))
+        .collect();
+    let total = counts.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut lower = 0.0;
+    let mut below = 0u64;
+    for (bound, cum) in counts {
+        if cum as f64 >= rank {
+            let in_bucket = (cum - below) as f64;
+            let frac = if in_bucket > 0.0 {
+                (rank - below as f64) / in_bucket
+            } else {
+                1.0
+            };
+            return Some(lower + (bound - lower) * frac.clamp(0.0, 1.0));
+        }
+        lower = bound;
+        below = cum;
+    }
+    Some(lower)
+}
+
+fn derive(old: &Sample, new: &Sample) -> Derived {
+    let dt = new.at.saturating_duration_since(old.at).as_secs_f64();
+    let requests = new.requests.saturating_sub(old.requests);
+    let errors = new.errors.saturating_sub(old.errors);
+    let ms = |v: Option<f64>| v.map(|s| (s * 1e5).round() / 100.0);
+    Derived {
+        rps: if dt > 0.0 { requests as f64 / dt } else { 0.0 },
+        error_rate: if requests > 0 {
+            errors as f64 / requests as f64
+        } else {
+            0.0
+        },
+        p50: ms(quantile(&old.buckets, &new.buckets, 0.50)),
+        p95: ms(quantile(&old.buckets, &new.buckets, 0.95)),
+        p99: ms(quantile(&old.buckets, &new.buckets, 0.99)),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Hub {
+            latest: watch::channel(None).0,
+            derived: Mutex::new(HashMap::new()),
+            history: Mutex::new(VecDeque::with_capacity(HISTORY_SECONDS)),
+        }
+    }
+
+    /// A fresh snapshot with the last tick's rates and percentiles.
+    pub fn snapshot(&self, state: &SharedState) -> Snapshot {
+        snapshot::build(state, &lock(&self.derived))
+    }
+
+    pub fn history(&self) -> Vec<HistoryPoint> {
+        lock(&self.history).iter().cloned().collect()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<Published>> {
+        self.latest.subscribe()
+    }
+
+    /// Runs one tick per second, forever.
+    async fn run(self: Arc<Self>, state: Arc<SharedState>) {
+        let mut windows: HashMap<String, VecDeque<Sample>> = HashMap::new();
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            self.tick(&state, &mut windows, Instant::now());
+        }
+    }
+
+    fn tick(
+        &self,
+        state: &SharedState,
+        windows: &mut HashMap<String, VecDeque<Sample>>,
+        now: Instant,
+    ) {
+        let table = state.balancer.table();
+        windows.retain(|name, _| table.members.get(name).is_some());
+        let derived: HashMap<String, Derived> = table
+            .upstreams()
+            .iter()
+            .map(|u| {
+                let w = windows.entry(u.name.clone()).or_default();
+                w.push_back(sample(u, now));
+                if w.len() > RATE_WINDOW + 1 {
+                    w.pop_front();
+                }
+                let d = match (w.front(), w.back()) {
+                    (Some(old), Some(new)) if w.len() > 1 => derive(old, new),
+                    _ => Derived::default(),
+                };
+                (u.name.clone(), d)
+            })
+            .collect();
+        let snapshot = snapshot::build(state, &derived);
+        *lock(&self.derived) = derived;
+        let point = HistoryPoint::of(&snapshot);
+        let published =
+            serde_json::to_string(&snapshot).and_then(|s| Ok((s, serde_json::to_string(&point)?)));
+        {
+            let mut h = lock(&self.history);
+            if h.len() == HISTORY_SECONDS {
+                h.pop_front();
+            }
+            h.push_back(point);
+        }
+        match published {
+            Ok((snapshot, point)) => {
+                self.latest.send_replace(Some(Published {
+                    snapshot: Arc::from(snapshot),
+                    point: Arc::from(point),
+                }));
+            }
+            Err(e) => error!("dashboard: snapshot: {e}"),
+        }
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs the ticker: a Pingora background service.
+pub struct TickerService {
+    state: Arc<SharedState>,
+    hub: Arc<Hub>,
+}
+
+impl TickerService {
+    pub fn new(state: Arc<SharedState>, hub: Arc<Hub>) -> Self {
+        TickerService { state, hub }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for TickerService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = self.hub.clone().run(self.state.clone()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let old = vec![(0.01, 0), (0.02, 0), (0.05, 0), (f64::INFINITY, 0)];
+        // 50 in (0, 10ms], 40 in (10, 20ms], 10 in (20, 50ms].
+        let new = vec![(0.01, 50), (0.02, 90), (0.05, 100), (f64::INFINITY, 100)];
+        assert!((quantile(&old, &new, 0.5).unwrap() - 0.01).abs() < 1e-12);
+        assert!((quantile(&old, &new, 0.7).unwrap() - 0.015).abs() < 1e-12);
+        assert!((quantile(&old, &new, 0.95).unwrap() - 0.035).abs() < 1e-12);
+        assert_eq!(quantile(&old, &old, 0.5), None);
+    }
+
+    #[test]
+    fn history_follows_upstreams_by_name_across_a_swap() {
+        let text = "lb:\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n    - { name: b, addr: \"127.0.0.1:2\" }\n";
+        let s = SharedState::new(Config::parse(text).unwrap().0);
+        let hub = Hub::new();
+        let mut windows = HashMap::new();
+        let t = Instant::now();
+        hub.tick(&s, &mut windows, t);
+        s.upstream("b").unwrap().count_response(200, false);
+        for _ in 0..10 {
+            s.upstream("b").unwrap().count_response(200, false);
+        }
+        // a leaves; b moves to the front of the table; c arrives.
+        let mut next = s.upstream_configs();
+        next.remove(0);
+        next.push(crate::config::UpstreamConfig {
+            name: "c".into(),
+            addr: "127.0.0.1:3".parse().unwrap(),
+            weight: 1,
+        });
+        s.replace_upstreams(&next, "test");
+        hub.tick(&s, &mut windows, t + Duration::from_secs(1));
+        let snap = hub.snapshot(&s);
+        let names: Vec<&str> = snap.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(snap.upstreams[0].rps, 11.0, "b's rate survives the swap");
+        assert!(!windows.contains_key("a"));
+        let history = hub.history();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].upstreams[0].name, "b");
+        assert_eq!(history[1].upstreams[0].rps, 11.0);
+        assert!(hub.latest.borrow().is_some());
+    }
+}

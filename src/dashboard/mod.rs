@@ -1,0 +1,193 @@
+//! The dashboard sidecar: an Axum app served on a Pingora-managed listener
+//! (so its socket is handed over on upgrade, like the proxy's), reading the
+//! same upstream table and Prometheus registry as the proxy.
+//!
+//! `hub` ticks once a second and publishes one snapshot and one history point;
+//! `snapshot` builds what `/api/state` shows; `admin` changes the table.
+
+mod admin;
+pub mod hub;
+pub mod snapshot;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Json, Router};
+use futures_util::Stream;
+use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream as Connection;
+use pingora::server::ShutdownWatch;
+use tokio_stream::wrappers::WatchStream;
+
+use crate::state::SharedState;
+pub use hub::{Hub, TickerService};
+use snapshot::Snapshot;
+
+const INDEX_HTML: &str = include_str!("../../dashboard/index.html");
+const APP_JS: &str = include_str!("../../dashboard/app.js");
+const STYLE_CSS: &str = include_str!("../../dashboard/style.css");
+/// Chart.js, from npm (`dashboard/package.json`), embedded at build time.
+const CHART_JS: &str = include_str!("../../dashboard/node_modules/chart.js/dist/chart.umd.min.js");
+
+#[derive(Clone)]
+struct App {
+    state: Arc<SharedState>,
+    hub: Arc<Hub>,
+}
+
+/// The sidecar as a Pingora service.
+pub struct DashboardApp {
+    router: Router,
+}
+
+impl DashboardApp {
+    pub fn new(state: Arc<SharedState>, hub: Arc<Hub>) -> Self {
+        DashboardApp {
+            router: router(App { state, hub }),
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for DashboardApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        io: Connection,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Connection> {
+        let peer = io
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()))
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let app = self.router.clone().layer(Extension(ConnectInfo(peer)));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+        tokio::pin!(conn);
+        let mut shutdown = shutdown.clone();
+        if !*shutdown.borrow() {
+            tokio::select! {
+                _ = conn.as_mut() => return None,
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Finish the request in progress, then close.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+        None
+    }
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { page(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| async { page(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| async { page(STYLE_CSS, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/assets/chart.umd.min.js",
+            get(|| async { page(CHART_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route("/api/state", get(api_state))
+        .route("/api/history", get(api_history))
+        .route("/api/stream", get(api_stream))
+        .route("/metrics", get(metrics))
+        .route("/api/upstreams", post(admin::add))
+        .route("/api/upstreams/{name}", delete(admin::remove))
+        .route("/api/upstreams/{name}/drain", post(admin::drain))
+        .route("/api/upstreams/{name}/enable", post(admin::enable))
+        .route("/api/upstreams/{name}/weight", put(admin::set_weight))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            close_when_draining,
+        ))
+        .with_state(app)
+}
+
+/// While the process hands over to a new one, every answer asks the client to
+/// close its connection, so keep-alive clients move to the new process cleanly.
+async fn close_when_draining(State(app): State<App>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if app.state.is_draining() {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+fn page(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn api_state(State(app): State<App>) -> Json<Snapshot> {
+    Json(app.hub.snapshot(&app.state))
+}
+
+async fn api_history(State(app): State<App>) -> Response {
+    Json(app.hub.history()).into_response()
+}
+
+async fn api_stream(
+    State(app): State<App>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    // Streams end when the process starts handing over, so that viewers
+    // reconnect (after `retry`) to the process that takes over.
+    let mut draining = app.state.draining_watch();
+    let ended = async move {
+        let _ = draining.wait_for(|d| *d).await;
+    };
+    // Each tick is two events: the snapshot (tables, events) and the history
+    // point the charts add, in the same schema as `/api/history`.
+    let stream = WatchStream::new(app.hub.subscribe())
+        .filter_map(std::future::ready)
+        .flat_map(|p| {
+            let event = |name: &'static str, data: &str| {
+                Ok(SseEvent::default()
+                    .event(name)
+                    .retry(Duration::from_secs(1))
+                    .data(data))
+            };
+            futures_util::stream::iter([event("snapshot", &p.snapshot), event("point", &p.point)])
+        })
+        .take_until(ended);
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.state.metrics.render(),
+    )
+}

@@ -1,0 +1,262 @@
+//! The JSON snapshot the dashboard serves (`/api/state`, `/api/stream`): the
+//! table in force read at one instant, with the rates and percentiles the
+//! ticker derived, and a sentence per upstream saying why it gets the share of
+//! traffic it gets. Built whole, never patched afterwards.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::balancer::Table;
+use crate::breaker::BreakerState;
+use crate::config::Algorithm;
+use crate::events::{unix_time, Event};
+use crate::state::SharedState;
+use crate::sticky::StickyResult;
+use crate::upstream::Upstream;
+use crate::weights::latency_max_age;
+
+use super::hub::Derived;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub time: f64,
+    pub algorithm: &'static str,
+    /// `off`, `cookie` or `ip`.
+    pub sticky: &'static str,
+    pub sticky_stats: StickySnapshot,
+    pub upstreams: Vec<UpstreamSnapshot>,
+    /// Newest first.
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamSnapshot {
+    pub name: String,
+    pub addr: String,
+    /// `up` or `down`, from active health checks.
+    pub health: &'static str,
+    /// `closed`, `half_open` or `open`.
+    pub breaker: &'static str,
+    pub drained: bool,
+    pub base_weight: u32,
+    /// Weight in force: base × latency factor for `dynamic`; 0 while out of
+    /// rotation (down, breaker open, drained).
+    pub effective_weight: f64,
+    pub inflight: i64,
+    /// Attempts per second over the last few seconds.
+    pub rps: f64,
+    /// Share of those attempts that failed.
+    pub error_rate: f64,
+    pub latency_ms: LatencySnapshot,
+    /// Why this upstream gets the traffic it gets.
+    pub reason: String,
+    pub requests_total: u64,
+    pub errors_total: u64,
+    pub retries_total: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StickySnapshot {
+    pub hit: u64,
+    pub new: u64,
+    pub moved: u64,
+    pub invalid: u64,
+    /// hit / all sticky decisions; null before the first.
+    pub hit_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySnapshot {
+    /// Peak EWMA in milliseconds; null before the first sample.
+    pub ewma: Option<f64>,
+    /// Percentiles over the last few seconds, from the duration histogram.
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// Rounds to `places` decimals, for compact JSON.
+fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f
+}
+
+/// The snapshot of `state` now, with `derived` rates by upstream name.
+pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapshot {
+    let table = state.balancer.table();
+    let now = Instant::now();
+    let none = Derived::default();
+    let upstreams = table
+        .upstreams()
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let d = derived.get(&u.name).unwrap_or(&none);
+            upstream(state, &table, i, u, d, now)
+        })
+        .collect();
+    Snapshot {
+        time: unix_time(),
+        algorithm: state.balancer.algorithm().as_str(),
+        sticky: state.config.lb.sticky.mode.as_str(),
+        sticky_stats: sticky(state),
+        upstreams,
+        events: state.events.newest_first(),
+    }
+}
+
+fn upstream(
+    state: &SharedState,
+    table: &Table,
+    i: usize,
+    u: &Upstream,
+    d: &Derived,
+    now: Instant,
+) -> UpstreamSnapshot {
+    use std::sync::atomic::Ordering::Relaxed;
+    UpstreamSnapshot {
+        name: u.name.clone(),
+        addr: u.addr.to_string(),
+        health: if u.is_healthy() { "up" } else { "down" },
+        breaker: u.breaker_state().as_str(),
+        drained: u.is_drained(),
+        base_weight: u.base_weight(),
+        effective_weight: if u.is_usable() {
+            round(table.effective(i), 2)
+        } else {
+            0.0
+        },
+        inflight: u.inflight().max(0),
+        rps: round(d.rps, 1),
+        error_rate: round(d.error_rate, 4),
+        latency_ms: LatencySnapshot {
+            ewma: u
+                .recent_latency(now, latency_max_age(state))
+                .map(|s| round(s * 1e3, 2)),
+            p50: d.p50,
+            p95: d.p95,
+            p99: d.p99,
+        },
+        reason: reason(state, table, i, u, now),
+        requests_total: u.stats.requests_total.load(Relaxed),
+        errors_total: u.stats.errors_total.load(Relaxed),
+        retries_total: u.stats.retries_total.load(Relaxed),
+    }
+}
+
+fn sticky(state: &SharedState) -> StickySnapshot {
+    let n = |r| state.sticky_count(r);
+    let (hit, new, moved, invalid) = (
+        n(StickyResult::Hit),
+        n(StickyResult::New),
+        n(StickyResult::Moved),
+        n(StickyResult::Invalid),
+    );
+    let total = hit + new + moved + invalid;
+    StickySnapshot {
+        hit,
+        new,
+        moved,
+        invalid,
+        hit_ratio: (total > 0).then(|| hit as f64 / total as f64),
+    }
+}
+
+/// Why upstream `u` (index `i` of `table`) gets the traffic it gets, in a
+/// sentence.
+fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Instant) -> String {
+    if u.is_drained() {
+        return "drained by the operator: takes no new requests".into();
+    }
+    if !u.is_healthy() {
+        return format!(
+            "out of rotation: GET {} is failing",
+            state.config.lb.health_check.path
+        );
+    }
+    match u.breaker_state() {
+        BreakerState::Open => {
+            let wait = u
+                .breaker_open_until()
+                .map(|t| t.saturating_duration_since(now).as_secs_f64())
+                .unwrap_or(0.0);
+            return format!(
+                "out of rotation: circuit breaker open after failures; next probe in {wait:.1} s"
+            );
+        }
+        BreakerState::HalfOpen => {
+            return "probing: one request at a time tests whether it has recovered".into();
+        }
+        BreakerState::Closed => {}
+    }
+    let base = u.base_weight();
+    match state.balancer.algorithm() {
+        Algorithm::RoundRobin => "equal turns with every eligible upstream".into(),
+        Algorithm::Weighted => {
+            let total: u32 = table.weights.iter().sum();
+            let share = table.weights[i] as f64 * 100.0 / total.max(1) as f64;
+            format!("weight {base}: {share:.0}% of requests")
+        }
+        Algorithm::Dynamic => {
+            let max_age = latency_max_age(state);
+            match u.recent_latency(now, max_age) {
+                Some(own) => {
+                    let fastest = table
+                        .upstreams()
+                        .iter()
+                        .filter(|o| o.is_usable())
+                        .filter_map(|o| o.recent_latency(now, max_age))
+                        .fold(f64::INFINITY, f64::min);
+                    format!(
+                        "weight {base} × latency factor {:.2} (fastest {:.1} ms / own {:.1} ms, at least {}) = {:.2}",
+                        u.factor(),
+                        fastest * 1e3,
+                        own * 1e3,
+                        state.config.lb.dynamic_weights.min_factor,
+                        table.effective(i)
+                    )
+                }
+                None => format!("weight {base}: no latency samples yet, full weight"),
+            }
+        }
+        Algorithm::P2c => format!(
+            "chosen per request when cheaper: latency × (in-flight + 1) / weight = {:.2} ms",
+            state.balancer.cost(u, now) * 1e3
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_snapshot_explains_each_share() {
+        let text = "lb:\n  algorithm: weighted\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\", weight: 3 }\n    - { name: b, addr: \"127.0.0.1:2\", weight: 1 }\n    - { name: c, addr: \"127.0.0.1:3\", weight: 1 }\n";
+        let s = SharedState::new(Config::parse(text).unwrap().0);
+        s.upstream("b").unwrap().set_drained(true);
+        s.upstream("c")
+            .unwrap()
+            .set_health(false, "GET /health failed twice");
+        let mut derived = HashMap::new();
+        derived.insert(
+            "a".to_string(),
+            Derived {
+                rps: 12.345,
+                ..Derived::default()
+            },
+        );
+        let snap = build(&s, &derived);
+        let a = &snap.upstreams[0];
+        assert_eq!(a.reason, "weight 3: 60% of requests");
+        assert_eq!(a.rps, 12.3);
+        assert_eq!(a.effective_weight, 3.0);
+        assert!(snap.upstreams[1].reason.starts_with("drained"));
+        assert_eq!(snap.upstreams[1].effective_weight, 0.0);
+        assert!(snap.upstreams[2].reason.contains("GET /health is failing"));
+        assert_eq!(snap.events[0].kind, "health");
+    }
+}

@@ -1,0 +1,606 @@
+//! One upstream: its identity (name and address), weights, breaker, latency
+//! estimate, in-flight count, counters and metric handles. [`Upstream::admit`]
+//! and [`Upstream::record`] are the only way through its breaker; while the
+//! breaker is closed neither takes a lock, so the request path never waits.
+//!
+//! Upstreams are shared as `Arc<Upstream>`: the table holds one, and so does
+//! every request in flight, so an upstream removed from the table finishes its
+//! requests normally.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge};
+
+use crate::breaker::{Admission, Breaker, BreakerState, Transition};
+use crate::config::{BreakerConfig, UpstreamConfig};
+use crate::events::Events;
+use crate::metrics::Metrics;
+use crate::sticky::{Sealer, UpstreamKey};
+
+/// What every upstream is made with: the process's settings and shared sinks.
+#[derive(Debug, Clone)]
+pub struct UpstreamEnv {
+    pub breaker: BreakerConfig,
+    /// Half-life of the latency estimate.
+    pub half_life: Duration,
+    /// Cap of a failure's penalty latency sample (the read timeout), seconds.
+    pub penalty_cap: f64,
+    pub metrics: Metrics,
+    pub events: Arc<Events>,
+    /// Seals sticky cookies; gives each upstream its cookie id.
+    pub sealer: Option<Sealer>,
+}
+
+/// Per-upstream counters for the dashboard's rates.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// Responses received (any status).
+    pub requests_total: AtomicU64,
+    /// Attempts that failed: a status in `failure_status`, no answer, or a
+    /// break after connecting.
+    pub errors_total: AtomicU64,
+    /// Failed attempts on this upstream that were retried elsewhere.
+    pub retries_total: AtomicU64,
+    /// Attempts that got no answer at all (also in `errors_total`).
+    pub unanswered_total: AtomicU64,
+}
+
+/// This upstream's metric series, resolved once so the request path never
+/// formats a label.
+#[derive(Debug)]
+struct Handles {
+    inflight: IntGauge,
+    up: IntGauge,
+    breaker: IntGauge,
+    base_weight: Gauge,
+    effective_weight: Gauge,
+    latency: Gauge,
+    duration: Histogram,
+    retries: IntCounter,
+    /// `hlb_requests_total{code}` by status, grown as new codes are seen (rarely).
+    by_code: ArcSwap<Vec<(u16, IntCounter)>>,
+    /// `hlb_requests_total{code="error"}`: attempts without an answer.
+    unanswered: IntCounter,
+    /// `hlb_requests_total`, to resolve a code not seen before.
+    requests: IntCounterVec,
+}
+
+/// One upstream.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Identity: cookie ids, metric labels and dashboard history key on it.
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Id inside sticky cookies (an HMAC of the name).
+    pub sticky_key: UpstreamKey,
+    /// The operator's weight: from the config or the admin API.
+    base_weight: AtomicU32,
+    /// `dynamic`'s latency factor (f64 bits), set by the weights tick.
+    factor: AtomicU64,
+    /// Verdict of the active health checks (starts healthy, as Pingora's does).
+    healthy: AtomicBool,
+    /// Taken out of rotation by the operator.
+    drained: AtomicBool,
+    /// The breaker; locked only to admit while not closed, and to record a
+    /// failure or the success that ends a run of failures.
+    breaker: Mutex<Breaker>,
+    /// Mirror of the breaker's state (`BreakerState as u8`), written under its lock.
+    breaker_state: AtomicU8,
+    /// Mirror of the breaker's consecutive failures, written under its lock:
+    /// a success with none pending needs no lock.
+    failures: AtomicU32,
+    /// Peak EWMA of response time (to the response header).
+    ewma: crate::ewma::SharedEwma,
+    penalty_cap: f64,
+    /// Requests in progress, counted by [`Inflight`] guards.
+    inflight: AtomicI64,
+    pub stats: UpstreamStats,
+    metrics: Handles,
+    events: Arc<Events>,
+}
+
+impl Upstream {
+    pub fn new(conf: &UpstreamConfig, env: &UpstreamEnv) -> Self {
+        let m = &env.metrics;
+        let name = conf.name.as_str();
+        let handles = Handles {
+            inflight: m.upstream_inflight.with_label_values(&[name]),
+            up: m.upstream_up.with_label_values(&[name]),
+            breaker: m.upstream_breaker_state.with_label_values(&[name]),
+            base_weight: m.upstream_weight.with_label_values(&[name, "base"]),
+            effective_weight: m.upstream_weight.with_label_values(&[name, "effective"]),
+            latency: m.upstream_latency_ewma_seconds.with_label_values(&[name]),
+            duration: m.request_duration_seconds.with_label_values(&[name]),
+            retries: m.retries_total.with_label_values(&[name]),
+            by_code: ArcSwap::from_pointee(Vec::new()),
+            unanswered: m.requests_total.with_label_values(&[name, "error"]),
+            requests: m.requests_total.clone(),
+        };
+        handles.up.set(1);
+        handles.breaker.set(0);
+        handles.inflight.set(0);
+        handles.base_weight.set(conf.weight as f64);
+        handles.effective_weight.set(conf.weight as f64);
+        Upstream {
+            name: conf.name.clone(),
+            addr: conf.addr,
+            sticky_key: env
+                .sealer
+                .as_ref()
+                .map_or([0; 8], |s| s.upstream_key(&conf.name)),
+            base_weight: AtomicU32::new(conf.weight),
+            factor: AtomicU64::new(1f64.to_bits()),
+            healthy: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
+            breaker: Mutex::new(Breaker::new(&env.breaker)),
+            breaker_state: AtomicU8::new(BreakerState::Closed as u8),
+            failures: AtomicU32::new(0),
+            ewma: crate::ewma::SharedEwma::new(env.half_life, Instant::now()),
+            penalty_cap: env.penalty_cap,
+            inflight: AtomicI64::new(0),
+            stats: UpstreamStats::default(),
+            metrics: handles,
+            events: env.events.clone(),
+        }
+    }
+
+    /// Removes this upstream's series from the registry (it left the table and
+    /// no upstream of the same name replaced it).
+    pub fn retire_metrics(&self, m: &Metrics) {
+        let name = self.name.as_str();
+        let _ = m.upstream_inflight.remove_label_values(&[name]);
+        let _ = m.upstream_up.remove_label_values(&[name]);
+        let _ = m.upstream_breaker_state.remove_label_values(&[name]);
+        let _ = m.upstream_weight.remove_label_values(&[name, "base"]);
+        let _ = m.upstream_weight.remove_label_values(&[name, "effective"]);
+        let _ = m.upstream_latency_ewma_seconds.remove_label_values(&[name]);
+        let _ = m.request_duration_seconds.remove_label_values(&[name]);
+        let _ = m.retries_total.remove_label_values(&[name]);
+        let _ = m.requests_total.remove_label_values(&[name, "error"]);
+        for (code, _) in self.metrics.by_code.load().iter() {
+            let _ = m
+                .requests_total
+                .remove_label_values(&[name, &code.to_string()]);
+        }
+    }
+
+    // --- eligibility -------------------------------------------------------
+
+    /// Whether this upstream may take a request now: healthy, not drained, and
+    /// its breaker admits it. The one place eligibility is decided.
+    pub fn admit(&self, now: Instant) -> Admission {
+        if !self.is_healthy() || self.is_drained() {
+            return Admission::Refused;
+        }
+        if self.breaker_state() == BreakerState::Closed {
+            return Admission::Allowed;
+        }
+        let mut breaker = self.breaker();
+        let (admission, transition) = breaker.admit(now);
+        if let Some(t) = transition {
+            self.breaker_changed(&breaker, t);
+        }
+        admission
+    }
+
+    /// Whether it could take traffic, not counting a breaker due a probe: the
+    /// set over which `dynamic` takes the fastest latency.
+    pub fn is_usable(&self) -> bool {
+        self.is_healthy() && !self.is_drained() && self.breaker_state() == BreakerState::Closed
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains (or enables) the upstream; returns what it was.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        self.drained.swap(drained, Ordering::Relaxed)
+    }
+
+    /// Takes a health-check verdict; a flip is logged, published and an event.
+    pub fn set_health(&self, healthy: bool, detail: &str) {
+        if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            self.metrics.up.set(healthy as i64);
+            let verdict = if healthy { "up" } else { "down" };
+            log::warn!("upstream {}: health {verdict} ({detail})", self.name);
+            self.events
+                .push(Some(&self.name), "health", format!("{verdict}: {detail}"));
+        }
+    }
+
+    // --- breaker -------------------------------------------------------------
+
+    pub fn breaker_state(&self) -> BreakerState {
+        BreakerState::from_u8(self.breaker_state.load(Ordering::Relaxed))
+    }
+
+    /// When an open breaker lets its next probe through.
+    pub fn breaker_open_until(&self) -> Option<Instant> {
+        self.breaker().open_until()
+    }
+
+    fn breaker(&self) -> MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an attempt's outcome for the breaker. `probe` says whether it
+    /// was admitted as the half-open probe.
+    pub fn record(&self, ok: bool, probe: bool, now: Instant) {
+        let closed = self.breaker_state() == BreakerState::Closed;
+        if !probe && !closed {
+            // A late result of a request admitted before the breaker opened.
+            return;
+        }
+        if ok && closed && self.failures.load(Ordering::Relaxed) == 0 {
+            return; // nothing to reset: the common case takes no lock
+        }
+        let mut breaker = self.breaker();
+        let transition = breaker.record(ok, probe, now);
+        self.failures.store(breaker.failures(), Ordering::Relaxed);
+        if let Some(t) = transition {
+            self.breaker_changed(&breaker, t);
+        }
+    }
+
+    /// A probe ended without a result: the next request may probe.
+    fn release_probe(&self) {
+        self.breaker().release_probe();
+    }
+
+    /// Publishes a transition; called with the breaker's lock held, so the
+    /// mirrors change in the same order as the breaker.
+    fn breaker_changed(&self, breaker: &Breaker, t: Transition) {
+        self.breaker_state
+            .store(breaker.state() as u8, Ordering::Relaxed);
+        self.failures.store(breaker.failures(), Ordering::Relaxed);
+        self.metrics.breaker.set(t.to.as_metric());
+        log::warn!(
+            "upstream {}: breaker {} -> {} ({})",
+            self.name,
+            t.from.as_str(),
+            t.to.as_str(),
+            t.detail
+        );
+        self.events.push(
+            Some(&self.name),
+            "breaker",
+            format!("{} → {}: {}", t.from.as_str(), t.to.as_str(), t.detail),
+        );
+    }
+
+    // --- latency -------------------------------------------------------------
+
+    /// Records a response time (seconds, to the response header); a failure
+    /// counts as a penalty sample.
+    pub fn observe_latency(&self, seconds: f64, failed: bool, now: Instant) {
+        if failed {
+            self.ewma.add_penalty(seconds, self.penalty_cap, now);
+        } else if let Err(e) = self.ewma.add(seconds, now) {
+            log::debug!("upstream {}: {e}", self.name);
+        }
+    }
+
+    /// The estimate decayed to `now` (P2C's view).
+    pub fn latency_estimate(&self, now: Instant) -> Option<f64> {
+        self.ewma.get_at(now)
+    }
+
+    /// The estimate as of its last sample, unless older than `max_age`
+    /// (`dynamic`'s and the dashboard's view).
+    pub fn recent_latency(&self, now: Instant, max_age: Duration) -> Option<f64> {
+        self.ewma.recent(now, max_age)
+    }
+
+    /// Drops a latency estimate older than `max_age`, and publishes the rest.
+    pub fn age_latency(&self, now: Instant, max_age: Duration) {
+        self.ewma.forget_older_than(now, max_age);
+        if let Some(v) = self.ewma.recent(now, max_age) {
+            self.metrics.latency.set(v);
+        }
+    }
+
+    // --- weights -------------------------------------------------------------
+
+    pub fn base_weight(&self) -> u32 {
+        self.base_weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_base_weight(&self, weight: u32) {
+        self.base_weight.store(weight, Ordering::Relaxed);
+        self.metrics.base_weight.set(weight as f64);
+    }
+
+    /// `dynamic`'s latency factor in [min_factor, 1]; 1 for other algorithms.
+    pub fn factor(&self) -> f64 {
+        f64::from_bits(self.factor.load(Ordering::Relaxed))
+    }
+
+    pub fn set_factor(&self, factor: f64) {
+        self.factor.store(factor.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Publishes the weight in force.
+    pub fn publish_effective_weight(&self, weight: f64) {
+        self.metrics.effective_weight.set(weight);
+    }
+
+    // --- load and counters ---------------------------------------------------
+
+    pub fn inflight(&self) -> i64 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Counts an answered attempt by status.
+    pub fn count_response(&self, status: u16, failed: bool) {
+        self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.code_counter(status).inc();
+    }
+
+    /// Counts an attempt that got no answer (refused, timed out, broken).
+    pub fn count_unanswered(&self) {
+        self.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+        self.stats.unanswered_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics.unanswered.inc();
+    }
+
+    /// Counts an attempt whose answer broke off after its header.
+    pub fn count_broken_body(&self) {
+        self.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed attempt that was retried on another upstream.
+    pub fn count_retry(&self) {
+        self.stats.retries_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics.retries.inc();
+    }
+
+    /// Observes a whole response's duration.
+    pub fn observe_duration(&self, seconds: f64) {
+        self.metrics.duration.observe(seconds);
+    }
+
+    /// The duration histogram's cumulative buckets, for the dashboard.
+    pub fn duration_buckets(&self) -> Vec<(f64, u64)> {
+        use prometheus::core::Metric;
+        let m = self.metrics.duration.metric();
+        m.get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect()
+    }
+
+    fn code_counter(&self, status: u16) -> IntCounter {
+        if let Some((_, c)) = self
+            .metrics
+            .by_code
+            .load()
+            .iter()
+            .find(|(s, _)| *s == status)
+        {
+            return c.clone();
+        }
+        let counter = self
+            .metrics
+            .requests
+            .with_label_values(&[self.name.as_str(), &status.to_string()]);
+        self.metrics.by_code.rcu(|codes| {
+            let mut codes = Vec::clone(codes);
+            if !codes.iter().any(|(s, _)| *s == status) {
+                codes.push((status, counter.clone()));
+            }
+            codes
+        });
+        counter
+    }
+}
+
+/// Counts one request in progress on an upstream for as long as it lives, so
+/// failed and cancelled requests are counted out too.
+#[derive(Debug)]
+pub struct Inflight {
+    upstream: Arc<Upstream>,
+}
+
+impl Inflight {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        upstream.inflight.fetch_add(1, Ordering::Relaxed);
+        upstream.metrics.inflight.inc();
+        Inflight { upstream }
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.upstream.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.upstream.metrics.inflight.dec();
+    }
+}
+
+/// A half-open breaker's one probe. Finished, it records its result; dropped
+/// unfinished (the client went away), it is given back so the next request
+/// can probe.
+#[derive(Debug)]
+pub struct Probe {
+    upstream: Arc<Upstream>,
+    finished: bool,
+}
+
+impl Probe {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        Probe {
+            upstream,
+            finished: false,
+        }
+    }
+
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// Records the probe's result.
+    pub fn finish(mut self, ok: bool, now: Instant) {
+        self.finished = true;
+        self.upstream.record(ok, true, now);
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.upstream.release_probe();
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    pub fn env(text: &str) -> UpstreamEnv {
+        let c = Config::parse(text).unwrap().0;
+        UpstreamEnv {
+            breaker: c.lb.circuit_breaker.clone(),
+            half_life: c.lb.dynamic_weights.half_life,
+            penalty_cap: c.lb.timeouts.read.as_secs_f64(),
+            metrics: Metrics::new(),
+            events: Arc::new(Events::default()),
+            sealer: None,
+        }
+    }
+
+    fn upstream() -> (Arc<Upstream>, UpstreamEnv) {
+        let env = env("lb:\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n  circuit_breaker: { fail_threshold: 2, open_time: 1s }\n");
+        let conf = UpstreamConfig {
+            name: "a".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight: 3,
+        };
+        (Arc::new(Upstream::new(&conf, &env)), env)
+    }
+
+    #[test]
+    fn eligibility_combines_health_drain_and_breaker() {
+        let (u, env) = upstream();
+        let now = Instant::now();
+        assert_eq!(u.admit(now), Admission::Allowed);
+        u.set_health(false, "test");
+        assert_eq!(u.admit(now), Admission::Refused);
+        u.set_health(true, "test");
+        u.set_drained(true);
+        assert_eq!(u.admit(now), Admission::Refused);
+        u.set_drained(false);
+        u.record(false, false, now);
+        assert_eq!(u.admit(now), Admission::Allowed);
+        u.record(false, false, now);
+        assert_eq!(u.admit(now), Admission::Refused);
+        assert_eq!(u.breaker_state(), BreakerState::Open);
+        let events = env.events.newest_first();
+        assert_eq!(events[0].kind, "breaker");
+        assert_eq!(events[1].detail, "up: test");
+        assert_eq!(events[2].detail, "down: test");
+        let text = env.metrics.render();
+        assert!(
+            text.contains("hlb_upstream_breaker_state{upstream=\"a\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_success_between_failures_resets_the_count() {
+        let (u, _) = upstream();
+        let now = Instant::now();
+        u.record(false, false, now);
+        u.record(true, false, now);
+        u.record(false, false, now);
+        assert_eq!(u.breaker_state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_finished_probe_holds_no_reference() {
+        let (u, _) = upstream();
+        let now = Instant::now();
+        u.record(false, false, now);
+        u.record(false, false, now);
+        let later = now + Duration::from_secs(2);
+        assert_eq!(u.admit(later), Admission::Probe);
+        let probe = Probe::new(u.clone());
+        assert_eq!(Arc::strong_count(&u), 2);
+        probe.finish(true, later);
+        assert_eq!(
+            Arc::strong_count(&u),
+            1,
+            "the probe's reference is released"
+        );
+        assert_eq!(u.breaker_state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_dropped_probe_is_given_back() {
+        let (u, _) = upstream();
+        let now = Instant::now();
+        u.record(false, false, now);
+        u.record(false, false, now);
+        let later = now + Duration::from_secs(2);
+        assert_eq!(u.admit(later), Admission::Probe);
+        assert_eq!(u.admit(later), Admission::Refused);
+        drop(Probe::new(u.clone()));
+        assert_eq!(u.admit(later), Admission::Probe);
+    }
+
+    #[test]
+    fn inflight_guards_count_out_on_drop() {
+        let (u, env) = upstream();
+        let g1 = Inflight::new(u.clone());
+        let g2 = Inflight::new(u.clone());
+        assert_eq!(u.inflight(), 2);
+        drop(g1);
+        assert_eq!(u.inflight(), 1);
+        drop(g2);
+        assert_eq!(u.inflight(), 0);
+        assert!(env
+            .metrics
+            .render()
+            .contains("hlb_upstream_inflight{upstream=\"a\"} 0"));
+    }
+
+    #[test]
+    fn responses_are_counted_by_code_without_formatting_twice() {
+        let (u, env) = upstream();
+        for _ in 0..3 {
+            u.count_response(200, false);
+        }
+        u.count_response(503, true);
+        u.count_unanswered();
+        let text = env.metrics.render();
+        assert!(
+            text.contains("hlb_requests_total{code=\"200\",upstream=\"a\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hlb_requests_total{code=\"503\",upstream=\"a\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hlb_requests_total{code=\"error\",upstream=\"a\"} 1"),
+            "{text}"
+        );
+        assert_eq!(u.stats.errors_total.load(Ordering::Relaxed), 2);
+        assert_eq!(u.metrics.by_code.load().len(), 2);
+        u.retire_metrics(&env.metrics);
+        assert!(!env.metrics.render().contains("upstream=\"a\""));
+    }
+}

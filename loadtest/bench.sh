@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side by side, in one run, with one load generator (wrk -t1) and one proxy worker
 # thread each: direct to the backends, nginx, HAProxy, a plain Pingora
-# round-robin proxy, and hybrid-lb (round_robin, dynamic, dynamic + sticky
-# cookie). For each: rps, p50, p99, the proxy's CPU µs per request and peak RSS,
+# round-robin proxy, and hybrid-lb (round_robin, weighted, dynamic, p2c,
+# dynamic + sticky cookie). For each: rps, p50, p99, the proxy's CPU µs per request and peak RSS,
 # then ratios to nginx and to plain Pingora; last, hybrid-lb's RSS holding 1,000
 # client connections. Traffic goes only to 127.0.0.1; every run is bounded.
 #
@@ -32,10 +32,16 @@ BIN=target/release
 
 work=$(mktemp -d)
 pids=()
+# Stops a process: SIGTERM, then SIGKILL if it is still there after 3 s.
+stop() {
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 30); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
 cleanup() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   [ -f "$work/nginx.pid" ] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  sleep 0.2; rm -rf "$work"
+  for p in "${pids[@]}"; do stop "$p"; done
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -123,7 +129,7 @@ CONF
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & HAP=$!; pids+=($HAP)
 wait_port "$HA"
 run "haproxy $(haproxy -v | awk 'NR==1 {print $3}')" "http://127.0.0.1:$HA/" "$HAP"
-kill -INT "$HAP"
+stop "$HAP"; wait "$HAP" 2>/dev/null || true
 
 start_plain() { # → PLAIN (pid), PP (port)
   PP=$(free_port)
@@ -166,9 +172,10 @@ hybrid() { # name algorithm sticky-mode
     run "$name" "http://127.0.0.1:$port/" "$HLB"
   fi
 }
-hybrid "hybrid-lb round_robin" round_robin off; kill -INT "$HLB"
-hybrid "hybrid-lb dynamic" dynamic off; kill -INT "$HLB"
-hybrid "hybrid-lb dynamic+cookie" dynamic cookie; kill -INT "$HLB"
+for algorithm in round_robin weighted dynamic p2c; do
+  hybrid "hybrid-lb $algorithm" "$algorithm" off; kill -INT "$HLB"; wait "$HLB" 2>/dev/null || true
+done
+hybrid "hybrid-lb dynamic+cookie" dynamic cookie; kill -INT "$HLB"; wait "$HLB" 2>/dev/null || true
 
 # Memory holding 1,000 busy client connections (peak RSS over a 5 s run).
 ulimit -n 65536 2>/dev/null || true

@@ -393,4 +393,43 @@ mod tests {
             );
         }
     }
+
+    fn upstream() -> Arc<Upstream> {
+        let env = crate::upstream::tests::env(
+            "lb:\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n  circuit_breaker: { fail_threshold: 2 }\n",
+        );
+        let conf = crate::config::UpstreamConfig {
+            name: "a".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight: 1,
+        };
+        Arc::new(Upstream::new(&conf, &env))
+    }
+
+    #[test]
+    fn a_try_is_settled_once_and_a_fresh_try_starts_its_own_clock() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let u = upstream();
+        let t0 = Instant::now();
+        let mut a = Attempt::new(u.clone(), false, t0);
+        assert_eq!(u.inflight(), 1);
+        let later = t0 + std::time::Duration::from_millis(30);
+        a.settle(Outcome::Answered(200), GET, gateway, later);
+        a.settle(Outcome::BrokeMidBody(200), GET, gateway, later);
+        // The break after the header ended the try: later reports change nothing.
+        let v = a.settle(Outcome::Reset, GET, gateway, later);
+        assert_eq!(v.retry, Retry::No);
+        assert_eq!(u.stats.requests_total.load(Relaxed), 1);
+        assert_eq!(u.stats.errors_total.load(Relaxed), 1);
+        assert_eq!(u.breaker_state(), crate::breaker::BreakerState::Closed);
+        let sample = u.latency_estimate(later).unwrap();
+        assert!((sample - 0.030).abs() < 1e-3, "{sample}");
+        // A fresh try on the same upstream does not inherit the failed try's start.
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        let b = a.again(t1);
+        assert_eq!(b.started, t1);
+        assert_eq!(u.inflight(), 1, "the old try counted out, the new one in");
+        drop(b);
+        assert_eq!(u.inflight(), 0);
+    }
 }

@@ -236,26 +236,29 @@ async fn a_reset_mid_response_is_counted_not_fatal() {
     );
     let lb = Lb::start(&body).await;
     let client = reqwest::Client::new();
-    let mut broken = 0;
+    let (mut broken, mut whole) = (0u64, 0u64);
     for _ in 0..10 {
         match client.get(lb.url("/")).send().await {
             Ok(r) => match r.bytes().await {
-                Ok(b) if b.len() < 1000 && !b.starts_with(b"{") => broken += 1,
-                Ok(_) => {}
-                Err(_) => broken += 1,
+                Ok(b) if b.starts_with(b"{") => whole += 1,
+                _ => broken += 1,
             },
             Err(_) => broken += 1,
         }
     }
     assert!(broken >= 1, "the broken upstream was never tried");
-    // The process keeps serving and counted the failures.
-    let r = client.get(lb.url("/")).send().await.unwrap();
-    assert!(r.status().is_success() || r.status().is_server_error());
-    lb.wait_upstream("broken", "a failure counted", |u| {
-        u["errors_total"].as_u64().unwrap() >= 1
-    })
-    .await;
-    assert_eq!(lb.upstream_state("ok").await["errors_total"], 0);
+    assert_eq!(broken + whole, 10);
+    // Each break is counted once, as an answered request that failed; the
+    // healthy upstream is charged nothing; the process keeps serving.
+    let b = lb
+        .wait_upstream("broken", "every break counted", |u| {
+            u["errors_total"].as_u64() == Some(broken)
+        })
+        .await;
+    assert_eq!(b["requests_total"].as_u64(), Some(broken), "{b}");
+    let ok = lb.upstream_state("ok").await;
+    assert_eq!(ok["errors_total"], 0, "{ok}");
+    assert_eq!(ok["requests_total"].as_u64(), Some(whole), "{ok}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,10 +345,20 @@ async fn a_stale_pooled_connection_is_retried_on_the_same_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_drops_requests_unanswered_costs_no_get() {
-    // Reads each request and closes without a word, like a crashing process.
-    let addr = raw_upstream(|mut s| async move {
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf).await;
+    // Reads each request and closes without a word, like a crashing process;
+    // counts the POSTs it was sent.
+    let posts = Arc::new(AtomicU64::new(0));
+    let seen = posts.clone();
+    let addr = raw_upstream(move |mut s| {
+        let seen = seen.clone();
+        async move {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = s.read(&mut buf).await {
+                if buf[..n].starts_with(b"POST") {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     })
     .await;
     let ok = mock("ok").await;
@@ -366,7 +379,71 @@ async fn an_upstream_that_drops_requests_unanswered_costs_no_get() {
         })
         .await;
     assert_eq!(dropper["requests_total"], 0, "{dropper}");
-    // A POST is not replayed: its answer is an error, not a second delivery.
+    // A POST that reached the dropper is not replayed on `ok`: its client gets
+    // 502, never a second delivery that answers 200.
+    let (mut failed, mut answered) = (0, 0);
+    for _ in 0..6 {
+        let r = client.post(lb.url("/")).body("x").send().await.unwrap();
+        match r.status().as_u16() {
+            200 => {
+                assert_eq!(backend_of(&r), "ok");
+                answered += 1;
+            }
+            502 => failed += 1,
+            other => panic!("POST answered {other}"),
+        }
+    }
+    assert!(failed >= 1, "round robin never sent a POST to the dropper");
+    assert_eq!(answered + failed, 6);
+    assert_eq!(posts.load(Ordering::Relaxed), failed, "a POST was replayed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_a_stale_pooled_connection_is_not_charged_to_the_upstream() {
+    // Answers the first request on each connection and keeps it open, then
+    // reads the next one and closes unanswered: a server whose idle timeout
+    // fired as the request arrived. Counts the requests it read.
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    let addr = raw_upstream(move |mut s| {
+        let count = count.clone();
+        async move {
+            // Health checks are not counted.
+            let mut buf = [0u8; 4096];
+            let read = |n: usize, buf: &[u8]| {
+                if n > 0 && !buf.starts_with(b"GET /health") {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            read(n, &buf);
+            if n > 0 {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            read(n, &buf);
+        }
+    })
+    .await;
+    // One failure would open the breaker.
+    let lb = Lb::start(&format!(
+        "  health_check: {{ interval: 1h }}\n  circuit_breaker: {{ fail_threshold: 1 }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("only", addr, 1)])
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let r = client.get(lb.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The POST goes out on the pooled connection, which is stale: it is not
+    // replayed (the upstream may have acted on it) and not held against it.
     let r = client.post(lb.url("/")).body("x").send().await.unwrap();
-    assert!(r.status() == 200 || r.status().is_server_error());
+    assert_eq!(r.status(), 502);
+    assert_eq!(seen.load(Ordering::Relaxed), 2, "the POST was sent once");
+    let only = lb.upstream_state("only").await;
+    assert_eq!(only["breaker"], "closed", "{only}");
+    assert_eq!(only["errors_total"], 0, "{only}");
+    let r = client.get(lb.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -95,6 +95,52 @@ async fn connect_failure_is_retried_on_another_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_counted_only_when_it_is_sent() {
+    let b = mock("b").await;
+    let body = format!(
+        "  algorithm: weighted\n  retries: 1\n  circuit_breaker: {{ fail_threshold: 100 }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("dead", refused_addr(), 1), ("b", b.addr(), 1)])
+    );
+    let lb = Lb::start_with(&body, "  admin_token: t0ken\n").await;
+    let client = reqwest::Client::new();
+    let admin = |action: &'static str| {
+        client
+            .post(lb.url_dashboard(&format!("/api/upstreams/b/{action}")))
+            .bearer_auth("t0ken")
+            .send()
+    };
+    assert_eq!(admin("drain").await.unwrap().status(), 200);
+    // dead refuses, and nothing else may take the request: no retry is sent.
+    let resp = client.get(lb.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let dead = lb.upstream_state("dead").await;
+    assert_eq!(dead["errors_total"], 1, "{dead}");
+    assert_eq!(dead["retries_total"], 0, "{dead}");
+    assert_eq!(admin("enable").await.unwrap().status(), 200);
+    for i in 0..4 {
+        let resp = client.get(lb.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(backend_of(&resp), "b");
+    }
+    // Every refusal since was retried on b, and counted once.
+    let dead = lb.upstream_state("dead").await;
+    let (errors, retries) = (
+        dead["errors_total"].as_u64(),
+        dead["retries_total"].as_u64(),
+    );
+    assert!(retries >= Some(1), "{dead}");
+    assert_eq!(errors.map(|e| e - 1), retries, "{dead}");
+    let m = lb.metrics().await;
+    assert!(
+        m.contains(&format!(
+            "hlb_retries_total{{upstream=\"dead\"}} {}",
+            retries.unwrap()
+        )),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_upstream_refusing_gives_a_503() {
     let body = format!(
         "  retries: 5\n  upstreams:\n{}",

@@ -176,3 +176,63 @@ async fn client_ip_mode_keeps_each_client_on_one_upstream() {
     }
     assert!(homes.len() >= 2, "16 clients all on {homes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_is_bound_to_an_upstream_that_answers_a_server_error() {
+    let a = mock_with(
+        "a",
+        mock_backend::Behaviour {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = cookie_body(&upstreams_yaml(&[("a", a.addr(), 1)])).replace(
+        "  upstreams:",
+        "  circuit_breaker: { fail_threshold: 100 }\n  upstreams:",
+    );
+    let lb = Lb::start(&body).await;
+    let client = reqwest::Client::new();
+    let resp = get(&client, &lb, None).await;
+    assert_eq!(resp.status(), 500);
+    assert_eq!(sticky_cookie(&resp), None, "a session was bound to a 500");
+    a.set(&BehaviourPatch {
+        error_rate: Some(0.0),
+        ..Default::default()
+    })
+    .unwrap();
+    let resp = get(&client, &lb, None).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        sticky_cookie(&resp).is_some(),
+        "a good answer binds the session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_mode_counts_nothing_when_no_upstream_is_eligible() {
+    let a = mock("a").await;
+    let body = format!(
+        "  sticky: {{ mode: ip }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("a", a.addr(), 1)])
+    );
+    let lb = Lb::start_with(&body, "  admin_token: t0ken\n").await;
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, &lb, None).await.status(), 200);
+    let r = client
+        .post(lb.url_dashboard("/api/upstreams/a/drain"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..3 {
+        assert_eq!(get(&client, &lb, None).await.status(), 503);
+    }
+    let stats = lb.state().await["sticky_stats"].clone();
+    assert_eq!(stats["hit"], 1, "{stats}");
+    assert_eq!(
+        stats["moved"], 0,
+        "nothing moved, nothing was eligible: {stats}"
+    );
+}

@@ -2,15 +2,20 @@
 # Side by side, in one run, with one load generator (wrk -t1) and one proxy worker
 # thread each: direct to the backends, nginx, HAProxy, a plain Pingora
 # round-robin proxy, and hybrid-lb (round_robin, weighted, dynamic, p2c,
-# dynamic + sticky cookie). For each: rps, p50, p99, the proxy's CPU µs per request and peak RSS,
-# then ratios to nginx and to plain Pingora; last, hybrid-lb's RSS holding 1,000
-# client connections. Traffic goes only to 127.0.0.1; every run is bounded.
+# dynamic + sticky cookie). Every system runs at once and they take turns
+# under load, ROUNDS times, so that a noisy neighbour on a shared machine
+# slows them all alike. For each: rps, p50, p99 (medians over rounds), the
+# proxy's CPU µs per request (all rounds) and peak RSS, then ratios to nginx
+# and to plain Pingora; last, RSS holding 1,000 client connections. Traffic
+# goes only to 127.0.0.1; every run is bounded.
 #
-#   loadtest/bench.sh [seconds per run, default 10]
-#   env: CONNS (default 64), RESULTS (CSV path, default loadtest/results/latest.csv)
+#   loadtest/bench.sh [seconds per turn, default 5]
+#   env: ROUNDS (default 4), CONNS (default 64),
+#        RESULTS (CSV path, default loadtest/results/latest.csv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DUR=${1:-10}
+DUR=${1:-5}
+ROUNDS=${ROUNDS:-4}
 CONNS=${CONNS:-64}
 RESULTS=${RESULTS:-loadtest/results/latest.csv}
 mkdir -p "$(dirname "$RESULTS")"
@@ -56,32 +61,11 @@ B1=$(free_port); B2=$(free_port)
 "$BIN/mock-backend" "$B2" --name b2 >/dev/null & pids+=($!)
 wait_port "$B1"; wait_port "$B2"
 
-echo "system,rps,p50_ms,p99_ms,cpu_us_per_req,peak_rss_mb" > "$RESULTS"
-# run NAME URL [PID] [extra wrk args...]
-run() {
-  local name=$1 url=$2 pid=${3:-}; shift 3 || shift $#
-  wrk -t1 -c"$CONNS" -d1s "$@" "$url" >/dev/null 2>&1 || true   # warm-up
-  local t0=0 hz; hz=$(getconf CLK_TCK)
-  [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
-  local out; out=$(wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$@" "$url")
-  local rps reqs p50 p99 cpu="" rss=""
-  rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
-  p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
-  if grep -q "Non-2xx" <<<"$out"; then echo "bench: $name answered errors: $(grep Non-2xx <<<"$out")" >&2; fi
-  if [ -n "$pid" ]; then
-    local t1; t1=$(cpu_ticks "$pid")
-    cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", (b-a)/hz*1e6/n}')
-    rss=$(awk -v k="$(peak_rss_kb "$pid")" 'BEGIN {printf "%.1f", k/1024}')
-  fi
-  printf '%-26s %8s rps   p50 %7s ms   p99 %7s ms   cpu/req %6s us   peak RSS %6s MB\n' \
-    "$name" "$rps" "$p50" "$p99" "${cpu:--}" "${rss:--}"
-  echo "$name,$rps,$p50,$p99,$cpu,$rss" >> "$RESULTS"
-}
+# Systems: name, URL, PID to measure ("" for none), extra wrk arguments.
+names=(); urls=(); spids=(); extra=()
+add() { names+=("$1"); urls+=("$2"); spids+=("$3"); extra+=("${4:-}"); }
 
-echo "wrk -t1 -c$CONNS -d${DUR}s, loopback, $(nproc) cores, $(uname -r)"
-run "direct" "http://127.0.0.1:$B1/" ""
+add "direct" "http://127.0.0.1:$B1/" ""
 
 # nginx: one worker, upstream keepalive.
 NG=$(free_port)
@@ -102,8 +86,7 @@ http {
 CONF
 nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx.err" & NGINX=$!; pids+=($NGINX)
 wait_port "$NG"
-run "nginx $(nginx -v 2>&1 | sed 's|.*/||')" "http://127.0.0.1:$NG/" "$NGINX"
-kill -QUIT "$NGINX"; wait "$NGINX" 2>/dev/null || true
+add "nginx $(nginx -v 2>&1 | sed 's|.*/||')" "http://127.0.0.1:$NG/" "$NGINX"
 
 # HAProxy: one thread, connection reuse.
 HA=$(free_port)
@@ -128,19 +111,17 @@ backend b
 CONF
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & HAP=$!; pids+=($HAP)
 wait_port "$HA"
-run "haproxy $(haproxy -v | awk 'NR==1 {print $3}')" "http://127.0.0.1:$HA/" "$HAP"
-stop "$HAP"; wait "$HAP" 2>/dev/null || true
+add "haproxy $(haproxy -v | awk 'NR==1 {print $3}')" "http://127.0.0.1:$HA/" "$HAP"
 
 start_plain() { # → PLAIN (pid), PP (port)
   PP=$(free_port)
-  pingora_keys "$work/plain.yaml"
+  pingora_keys "$work/plain$PP.yaml"
   PLAIN_LISTEN="127.0.0.1:$PP" PLAIN_UPSTREAMS="127.0.0.1:$B1,127.0.0.1:$B2" RUST_LOG=error \
-    "$BIN/examples/plain_pingora" -c "$work/plain.yaml" >/dev/null 2>&1 & PLAIN=$!; pids+=($PLAIN)
+    "$BIN/examples/plain_pingora" -c "$work/plain$PP.yaml" >/dev/null 2>&1 & PLAIN=$!; pids+=($PLAIN)
   wait_port "$PP"
 }
 start_plain
-run "plain pingora" "http://127.0.0.1:$PP/" "$PLAIN"
-kill -INT "$PLAIN"; wait "$PLAIN" 2>/dev/null || true
+add "plain pingora" "http://127.0.0.1:$PP/" "$PLAIN"
 
 start_hybrid() { # name algorithm sticky-mode  → HLB (pid), HLB_PORT
   local name=$1 algorithm=$2 sticky=$3
@@ -161,21 +142,52 @@ CONF
   wait_port "$port"
   HLB_PORT=$port
 }
-
-hybrid() { # name algorithm sticky-mode
-  local name=$1 algorithm=$2 sticky=$3 port
-  start_hybrid "$@"; port=$HLB_PORT
-  if [ "$sticky" = cookie ]; then
-    local cookie; cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$port/" | awk -F'[:;] *' 'tolower($1)=="set-cookie" {print $2}')
-    run "$name" "http://127.0.0.1:$port/" "$HLB" -H "Cookie: $cookie"
-  else
-    run "$name" "http://127.0.0.1:$port/" "$HLB"
-  fi
-}
 for algorithm in round_robin weighted dynamic p2c; do
-  hybrid "hybrid-lb $algorithm" "$algorithm" off; kill -INT "$HLB"; wait "$HLB" 2>/dev/null || true
+  start_hybrid "$algorithm" "$algorithm" off
+  add "hybrid-lb $algorithm" "http://127.0.0.1:$HLB_PORT/" "$HLB"
 done
-hybrid "hybrid-lb dynamic+cookie" dynamic cookie; kill -INT "$HLB"; wait "$HLB" 2>/dev/null || true
+start_hybrid cookie dynamic cookie
+cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$HLB_PORT/" | awk -F'[:;] *' 'tolower($1)=="set-cookie" {print $2}')
+add "hybrid-lb dynamic+cookie" "http://127.0.0.1:$HLB_PORT/" "$HLB" "Cookie: $cookie"
+
+# One turn of system $1 under load: appends "rps p50 p99 requests cpu_ticks" to $work/turns.$1.
+turn() {
+  local i=$1 url=${urls[$1]} pid=${spids[$1]} hdr=${extra[$1]} args=()
+  [ -n "$hdr" ] && args=(-H "$hdr")
+  wrk -t1 -c"$CONNS" -d1s "${args[@]}" "$url" >/dev/null 2>&1 || true   # warm-up
+  local t0=0 t1=0 out
+  [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+  out=$(wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "${args[@]}" "$url")
+  [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
+  if grep -q "Non-2xx" <<<"$out"; then echo "bench: ${names[$i]} answered errors: $(grep Non-2xx <<<"$out")" >&2; fi
+  echo "$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out") \
+$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") $(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") \
+$(awk '/requests in/ {print $1}' <<<"$out") $((t1 - t0))" >> "$work/turns.$i"
+}
+
+echo "wrk -t1 -c$CONNS, $ROUNDS turns of ${DUR}s each, loopback, $(nproc) cores, $(uname -r)"
+for r in $(seq "$ROUNDS"); do
+  for i in "${!names[@]}"; do turn "$i"; done
+  echo "round $r of $ROUNDS done" >&2
+done
+
+echo "system,rps,p50_ms,p99_ms,cpu_us_per_req,peak_rss_mb" > "$RESULTS"
+hz=$(getconf CLK_TCK)
+median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+for i in "${!names[@]}"; do
+  f="$work/turns.$i"
+  rps=$(awk '{print $1}' "$f" | median); p50=$(awk '{print $2}' "$f" | median); p99=$(awk '{print $3}' "$f" | median)
+  cpu=""; rss=""
+  if [ -n "${spids[$i]}" ]; then
+    cpu=$(awk -v hz="$hz" '{n+=$4; t+=$5} END {printf "%.1f", t/hz*1e6/n}' "$f")
+    rss=$(awk -v k="$(peak_rss_kb "${spids[$i]}")" 'BEGIN {printf "%.1f", k/1024}')
+  fi
+  printf '%-26s %8s rps   p50 %7s ms   p99 %7s ms   cpu/req %6s us   peak RSS %6s MB\n' \
+    "${names[$i]}" "$rps" "$p50" "$p99" "${cpu:--}" "${rss:--}"
+  echo "${names[$i]},$rps,$p50,$p99,$cpu,$rss" >> "$RESULTS"
+done
+for p in "${spids[@]}"; do [ -n "$p" ] && [ "$p" != "$NGINX" ] && stop "$p"; done
+kill -QUIT "$NGINX"; wait "$NGINX" 2>/dev/null || true
 
 # Memory holding 1,000 busy client connections (peak RSS over a 5 s run).
 ulimit -n 65536 2>/dev/null || true
@@ -185,7 +197,7 @@ rss1000() { # pid port → MB
 }
 start_plain
 PLAIN1000=$(rss1000 "$PLAIN" "$PP"); kill -INT "$PLAIN"
-start_hybrid "rss" dynamic off
+start_hybrid rss dynamic off
 RSS1000=$(rss1000 "$HLB" "$HLB_PORT"); kill -INT "$HLB"
 
 echo

@@ -55,6 +55,15 @@ pub struct Facts {
     pub retries_left: bool,
 }
 
+impl Facts {
+    /// A request that may not be retried.
+    pub const NONE: Facts = Facts {
+        idempotent: false,
+        replayable: false,
+        retries_left: false,
+    };
+}
+
 /// The latency sample an outcome gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Latency {

@@ -5,19 +5,33 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use pingora::http::RequestHeader;
 
-/// Hop-by-hop headers, never forwarded. `Transfer-Encoding` is left to
-/// Pingora, which re-frames bodies itself.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-];
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Whether `name` is hop-by-hop in itself (RFC 9110 §7.6.1). `Transfer-Encoding`
+/// is left to Pingora, which re-frames bodies itself; an upgrade keeps
+/// `Connection` and `Upgrade`.
+fn is_hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
+    if name == CONNECTION || name == UPGRADE {
+        return !upgrade;
+    }
+    name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || name == TE
+}
 
 /// Why a request is refused before anything else happens.
 pub fn check_request(
@@ -32,8 +46,7 @@ pub fn check_request(
     let first_cl = cls.next();
     // HTTP/1 keeps the header bytes as received: Pingora drops Content-Length
     // when Transfer-Encoding is present, so only they still show both.
-    let raw_cl = raw.is_some_and(|r| raw_has_header(r, b"content-length"));
-    if te && (first_cl.is_some() || raw_cl) {
+    if te && (first_cl.is_some() || raw.is_some_and(|r| raw_has_header(r, b"content-length"))) {
         return Some(400); // a request smuggling vector: refuse rather than guess
     }
     let size = match raw {
@@ -69,80 +82,102 @@ fn raw_has_header(raw: &[u8], name: &[u8]) -> bool {
     })
 }
 
-pub fn is_upgrade(req: &RequestHeader) -> bool {
-    req.headers.contains_key(UPGRADE)
-}
-
 /// The hop-by-hop headers present, and those the `Connection` header names,
-/// to remove before forwarding. An upgrade (WebSocket) keeps `Connection` and
-/// `Upgrade`; framing and `Host` stay Pingora's. Empty (no allocation) for the
-/// common request that carries none.
-pub fn hop_by_hop(headers: &HeaderMap, upgrade: bool) -> Vec<String> {
-    let named = headers
+/// to remove before forwarding. Framing (`Content-Length`, `Transfer-Encoding`)
+/// and `Host` stay Pingora's. One pass over the names present; no allocation
+/// for the common message that carries none.
+pub fn hop_by_hop(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n, upgrade))
+        .cloned()
+        .collect();
+    for token in headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase());
-    let fixed = HOP_BY_HOP
-        .iter()
-        .filter(|h| headers.contains_key(**h))
-        .map(|h| h.to_string());
-    let upgrade_header = (!upgrade && headers.contains_key(UPGRADE)).then(|| "upgrade".to_string());
-    let mut names: Vec<String> = named
-        .chain(fixed)
-        .chain(upgrade_header)
-        .filter(|n| !n.is_empty())
-        .filter(|n| !matches!(n.as_str(), "transfer-encoding" | "content-length" | "host"))
-        .filter(|n| !(upgrade && matches!(n.as_str(), "connection" | "upgrade")))
-        .filter(|n| headers.contains_key(n.as_str()))
-        .collect();
-    names.sort();
-    names.dedup();
+    {
+        let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) else {
+            continue;
+        };
+        let protected = name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || name == HOST
+            || (upgrade && (name == CONNECTION || name == UPGRADE));
+        if !protected && headers.contains_key(&name) && !names.contains(&name) {
+            names.push(name);
+        }
+    }
     names
 }
 
-/// Sets the forwarding headers on a request going upstream. From a `trusted`
-/// peer, `X-Forwarded-For` is extended and its `X-Forwarded-Proto`,
-/// `X-Forwarded-Host`, `X-Real-IP` and `Forwarded` are kept; from anyone else
-/// they are replaced by what the balancer saw (`Forwarded` is dropped), since
-/// any client could forge them.
-pub fn set_forwarding(
-    req: &mut RequestHeader,
-    peer: Option<IpAddr>,
-    trusted: bool,
-    scheme: &'static str,
-) -> pingora::Result<()> {
-    if let Some(ip) = peer {
-        let ip = ip.to_string();
-        let prior: Vec<&str> = if trusted {
-            req.headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let chain = if prior.is_empty() {
-            ip.clone()
-        } else {
-            format!("{}, {ip}", prior.join(", "))
-        };
-        req.insert_header("x-forwarded-for", chain)?;
-        if !(trusted && req.headers.contains_key("x-real-ip")) {
-            req.insert_header("x-real-ip", ip)?;
+/// What the balancer knows of the client at the other end of a connection,
+/// worked out once per connection and kept across its requests.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub ip: IpAddr,
+    /// The address as a header value, formatted once.
+    text: HeaderValue,
+    /// Inside `trusted_proxies`: its forwarding headers are believed.
+    pub trusted: bool,
+}
+
+impl Client {
+    pub fn new(ip: IpAddr, trusted_proxies: &[ipnet::IpNet]) -> Self {
+        Client {
+            ip,
+            text: HeaderValue::from_str(&ip.to_string()).expect("an IP address is a header value"),
+            trusted: trusted_proxies.iter().any(|net| net.contains(&ip)),
         }
     }
-    if !(trusted && req.headers.contains_key("x-forwarded-proto")) {
-        req.insert_header("x-forwarded-proto", scheme)?;
+}
+
+/// Sets the forwarding headers on a request going upstream. `X-Forwarded-For`
+/// and `X-Forwarded-Proto` are always set. From a trusted client,
+/// `X-Forwarded-For` is extended and the rest it sent is kept; from anyone
+/// else, who could forge them, `X-Forwarded-For` starts afresh and a claimed
+/// `X-Forwarded-Proto`, `X-Real-IP` or `X-Forwarded-Host` is replaced by what
+/// the balancer saw (`Forwarded` is dropped).
+pub fn set_forwarding(
+    req: &mut RequestHeader,
+    client: Option<&Client>,
+    scheme: &'static str,
+) -> pingora::Result<()> {
+    let trusted = client.is_some_and(|c| c.trusted);
+    if let Some(c) = client {
+        // Names as static strings: Pingora's insert keeps a case-preserving
+        // name map, and a static name costs it no copy.
+        match req.headers.get(&X_FORWARDED_FOR) {
+            Some(_) if trusted => {
+                let prior: Vec<&str> = req
+                    .headers
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                let chain = format!("{}, {}", prior.join(", "), c.ip);
+                req.insert_header("x-forwarded-for", chain)?;
+            }
+            _ => req.insert_header("x-forwarded-for", c.text.clone())?,
+        }
+        if !trusted && req.headers.contains_key(&X_REAL_IP) {
+            req.insert_header("x-real-ip", c.text.clone())?;
+        }
+    }
+    if !(trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
+        req.insert_header("x-forwarded-proto", HeaderValue::from_static(scheme))?;
     }
     if !trusted {
-        req.remove_header("forwarded");
-        match req.headers.get(HOST).cloned() {
-            Some(host) => req.insert_header("x-forwarded-host", host)?,
-            None => {
-                req.remove_header("x-forwarded-host");
+        if req.headers.contains_key(&FORWARDED) {
+            req.remove_header(&FORWARDED);
+        }
+        if req.headers.contains_key(&X_FORWARDED_HOST) {
+            match req.headers.get(HOST).cloned() {
+                Some(host) => req.insert_header("x-forwarded-host", host)?,
+                None => {
+                    req.remove_header(&X_FORWARDED_HOST);
+                }
             }
         }
     }
@@ -165,7 +200,15 @@ mod tests {
         r.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    const PEER: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)));
+    fn client(trusted: bool) -> Client {
+        let ip = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+        let nets: Vec<ipnet::IpNet> = if trusted {
+            vec!["192.0.2.0/24".parse().unwrap()]
+        } else {
+            vec!["10.0.0.0/8".parse().unwrap()]
+        };
+        Client::new(ip, &nets)
+    }
 
     #[test]
     fn an_untrusted_peer_gets_its_claims_replaced() {
@@ -177,12 +220,16 @@ mod tests {
             ("x-real-ip", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6"),
         ]);
-        set_forwarding(&mut r, PEER, false, "http").unwrap();
+        set_forwarding(&mut r, Some(&client(false)), "http").unwrap();
         assert_eq!(get(&r, "x-forwarded-for"), Some("192.0.2.7"));
         assert_eq!(get(&r, "x-real-ip"), Some("192.0.2.7"));
         assert_eq!(get(&r, "x-forwarded-proto"), Some("http"));
         assert_eq!(get(&r, "x-forwarded-host"), Some("shop.example"));
         assert_eq!(get(&r, "forwarded"), None);
+        // Nothing claimed, nothing added beyond the two standard headers.
+        let mut plain = req(&[("host", "shop.example")]);
+        set_forwarding(&mut plain, Some(&client(false)), "http").unwrap();
+        assert_eq!(plain.headers.len(), 3);
     }
 
     #[test]
@@ -193,7 +240,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-real-ip", "203.0.113.1"),
         ]);
-        set_forwarding(&mut r, PEER, true, "http").unwrap();
+        set_forwarding(&mut r, Some(&client(true)), "http").unwrap();
         assert_eq!(
             get(&r, "x-forwarded-for"),
             Some("203.0.113.1, 10.0.0.2, 192.0.2.7")

@@ -11,7 +11,7 @@
 //!   ├─ fail_to_connect ──── settle(ConnectFailed) ─► retry elsewhere? ─► upstream_peer
 //!   ├─ error_while_proxy ── settle(StalePooled | Reset | TimedOut | BrokeMidBody | Abandoned)
 //!   ▼                                              ─► retry? ─► upstream_peer
-//! upstream_request_filter ─ forwarding: hop-by-hop headers out, X-Forwarded-* in
+//! upstream_request_filter ─ forwarding: X-Forwarded-* (Pingora strips hop-by-hop)
 //!   ▼
 //! upstream_response_filter ─ settle(Answered(status)): breaker, latency, counters
 //!   ▼
@@ -34,13 +34,14 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, RetryType};
+use smallvec::SmallVec;
 
 use crate::attempt::{Attempt, Facts, Outcome, Retry};
 use crate::balancer::Table;
 use crate::breaker::Admission;
-use crate::forwarding;
+use crate::forwarding::{self, Client};
 use crate::state::{SharedState, Sticky};
-use crate::sticky::{self, Decision, StickyResult};
+use crate::sticky::{self, Decision, OpenedCookie, StickyResult};
 use crate::upstream::Upstream;
 
 /// The proxy service's logic; one instance serves every request.
@@ -59,8 +60,9 @@ impl Proxy {
 pub struct RequestCtx {
     /// The current try.
     attempt: Option<Attempt>,
-    /// Upstreams tried so far, vetoed for the next pick.
-    tried: Vec<Arc<Upstream>>,
+    /// Upstreams tried so far, vetoed for the next pick (inline: most
+    /// requests make one try, so no allocation).
+    tried: SmallVec<[Arc<Upstream>; 2]>,
     /// What the last settled outcome asked for.
     retry: Retry,
     /// The upstream whose failure the next pick retries; counted once a retry
@@ -74,6 +76,18 @@ pub struct RequestCtx {
     sticky_routed: bool,
     /// Request body bytes seen so far, against `lb.limits.max_body`.
     body_bytes: u64,
+    /// What this request's connection has taught so far, carried from one
+    /// request on it to the next.
+    conn: ConnectionMemo,
+}
+
+/// What is worked out once per client connection and kept across its
+/// keep-alive requests.
+#[derive(Debug, Clone, Default)]
+struct ConnectionMemo {
+    client: Option<Client>,
+    /// The sticky cookie it last presented, once it opened.
+    cookie: Option<OpenedCookie>,
 }
 
 /// Body of the 503 sent when no upstream can take the request.
@@ -121,7 +135,13 @@ impl Proxy {
 
     /// Settles an outcome of the current try and plans the retry it asks for.
     fn settle(&self, session: &Session, ctx: &mut RequestCtx, outcome: Outcome) -> Retry {
-        let facts = self.facts(session, ctx);
+        // Only an unanswered try can be retried: an answer needs no facts.
+        let facts = match outcome {
+            Outcome::ConnectFailed | Outcome::StalePooled | Outcome::Reset => {
+                self.facts(session, ctx)
+            }
+            _ => Facts::NONE,
+        };
         let Some(a) = ctx.attempt.as_mut() else {
             return Retry::No;
         };
@@ -163,7 +183,8 @@ impl Proxy {
                     headers.iter().filter_map(|v| v.to_str().ok()),
                     &state.config.lb.sticky.cookie_name,
                 );
-                let opened = value.map(|v| sealer.open(v, crate::events::unix_time() as u64));
+                let now = crate::events::unix_time() as u64;
+                let opened = value.map(|v| sealer.open_remembered(v, now, &mut ctx.conn.cookie));
                 match sticky::decide(opened, |k| table.members.by_sticky_key(k), accept) {
                     Decision::Route(i) => {
                         state.count_sticky(StickyResult::Hit);
@@ -192,6 +213,18 @@ impl Proxy {
         }
     }
 
+    /// The client at the other end of this request's connection.
+    fn client<'c>(&self, session: &Session, ctx: &'c mut RequestCtx) -> Option<&'c Client> {
+        if ctx.conn.client.is_none() {
+            let ip = session.client_addr().and_then(|a| a.as_inet())?.ip();
+            ctx.conn.client = Some(Client::new(
+                ip,
+                &self.state.config.lb.sticky.trusted_proxies,
+            ));
+        }
+        ctx.conn.client.as_ref()
+    }
+
     /// The client's address for IP stickiness: `X-Forwarded-For` counts only
     /// from a trusted proxy.
     fn client_ip(&self, session: &Session) -> Option<IpAddr> {
@@ -217,6 +250,25 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx::default()
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &Self::CTX,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        Some(Box::new(ctx.conn.clone()))
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(conn) = prev.downcast::<ConnectionMemo>() {
+            ctx.conn = *conn;
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
@@ -350,26 +402,12 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let upgrade = forwarding::is_upgrade(upstream_request);
-        for name in forwarding::hop_by_hop(&upstream_request.headers, upgrade) {
-            upstream_request.remove_header(&name);
-        }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let trusted = peer.is_some_and(|ip| {
-            self.state
-                .config
-                .lb
-                .sticky
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&ip))
-        });
-        forwarding::set_forwarding(upstream_request, peer, trusted, "http")
+        // Hop-by-hop request headers are already gone: Pingora's standard
+        // upstream request policy strips them (and those `Connection` names)
+        // before this filter runs.
+        forwarding::set_forwarding(upstream_request, self.client(session, ctx), "http")
     }
 
     async fn upstream_response_filter(

@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus::IntCounter;
+
 use crate::balancer::{Balancer, Change};
 use crate::config::{Config, StickyMode, UpstreamConfig};
 use crate::events::Events;
@@ -32,6 +34,8 @@ pub struct SharedState {
     pub sticky: Sticky,
     /// Sticky outcomes by [`StickyResult`] (hit, new, moved, invalid).
     sticky_counts: [AtomicU64; 4],
+    /// `hlb_sticky_total{result}` by [`StickyResult`], resolved once.
+    sticky_series: [IntCounter; 4],
     /// What new upstreams are made with.
     env: UpstreamEnv,
     /// Serializes read-modify-replace edits of the set (admin, discovery).
@@ -70,9 +74,12 @@ impl SharedState {
             .map(|c| Arc::new(Upstream::new(c, &env)))
             .collect();
         let balancer = Balancer::new(config.lb.algorithm, matches!(sticky, Sticky::Ip), upstreams);
+        let sticky_series =
+            StickyResult::ALL.map(|r| metrics.sticky_total.with_label_values(&[r.as_str()]));
         SharedState {
             config,
             balancer,
+            sticky_series,
             metrics,
             events,
             sticky,
@@ -155,10 +162,7 @@ impl SharedState {
     /// Counts one sticky outcome.
     pub fn count_sticky(&self, result: StickyResult) {
         self.sticky_counts[result as usize].fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .sticky_total
-            .with_label_values(&[result.as_str()])
-            .inc();
+        self.sticky_series[result as usize].inc();
     }
 
     /// Sticky outcomes so far, by [`StickyResult`].

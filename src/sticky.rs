@@ -112,6 +112,47 @@ impl Sealer {
     }
 }
 
+/// A cookie value that opened, remembered for the connection that sent it:
+/// a keep-alive connection presents the same value with every request, and
+/// its seal need not be checked again (its expiry still is).
+#[derive(Debug, Clone)]
+pub struct OpenedCookie {
+    value: String,
+    key: UpstreamKey,
+    expiry: u64,
+}
+
+impl Sealer {
+    /// [`Sealer::open`], remembering a value that opens in `memo` and
+    /// answering from it when the same value comes again.
+    pub fn open_remembered(
+        &self,
+        value: &str,
+        now: u64,
+        memo: &mut Option<OpenedCookie>,
+    ) -> Result<UpstreamKey, CookieError> {
+        if let Some(m) = memo.as_ref().filter(|m| m.value == value) {
+            return if m.expiry > now {
+                Ok(m.key)
+            } else {
+                Err(CookieError::Expired)
+            };
+        }
+        let key = self.open(value, now)?;
+        let expiry = value
+            .split('.')
+            .nth(1)
+            .and_then(|e| e.parse().ok())
+            .ok_or(CookieError::Malformed)?;
+        *memo = Some(OpenedCookie {
+            value: value.to_string(),
+            key,
+            expiry,
+        });
+        Ok(key)
+    }
+}
+
 /// The value of cookie `name` among a request's `Cookie` header values.
 pub fn find_cookie<'a>(headers: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
     headers
@@ -317,6 +358,30 @@ mod tests {
         assert_eq!(other.open(&v, NOW), Err(CookieError::BadSeal));
         assert_eq!(s.open("", NOW), Err(CookieError::Malformed));
         assert_eq!(s.open("a.b", NOW), Err(CookieError::Malformed));
+    }
+
+    #[test]
+    fn a_remembered_cookie_is_not_rechecked_but_still_expires() {
+        let s = Sealer::new(b"0123456789abcdef");
+        let key = s.upstream_key("s1");
+        let v = s.seal(&key, NOW + 60);
+        let mut memo = None;
+        assert_eq!(s.open_remembered(&v, NOW, &mut memo), Ok(key));
+        assert!(memo.is_some());
+        // Answered from the memo, even by a sealer that could not open it...
+        let other = Sealer::new(b"fedcba9876543210");
+        assert_eq!(other.open_remembered(&v, NOW, &mut memo), Ok(key));
+        // ... but only for the very same value, and only until it expires.
+        let forged = v.replace('.', ".1");
+        assert!(s.open_remembered(&forged, NOW, &mut memo).is_err());
+        assert_eq!(
+            s.open_remembered(&v, NOW + 60, &mut memo),
+            Err(CookieError::Expired)
+        );
+        // A value that does not open is not remembered.
+        let mut empty = None;
+        assert!(s.open_remembered("a.b.c", NOW, &mut empty).is_err());
+        assert!(empty.is_none());
     }
 
     #[test]

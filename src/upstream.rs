@@ -345,7 +345,7 @@ impl Upstream {
         if failed {
             self.stats.errors_total.fetch_add(1, Ordering::Relaxed);
         }
-        self.code_counter(status).inc();
+        self.count_code(status);
     }
 
     /// Counts an attempt that got no answer (refused, timed out, broken).
@@ -382,7 +382,9 @@ impl Upstream {
             .collect()
     }
 
-    fn code_counter(&self, status: u16) -> IntCounter {
+    /// Increments `hlb_requests_total{code=status}`: a lock-free lookup of the
+    /// resolved series; a code not seen before is resolved once.
+    fn count_code(&self, status: u16) {
         if let Some((_, c)) = self
             .metrics
             .by_code
@@ -390,12 +392,14 @@ impl Upstream {
             .iter()
             .find(|(s, _)| *s == status)
         {
-            return c.clone();
+            c.inc();
+            return;
         }
         let counter = self
             .metrics
             .requests
             .with_label_values(&[self.name.as_str(), &status.to_string()]);
+        counter.inc();
         self.metrics.by_code.rcu(|codes| {
             let mut codes = Vec::clone(codes);
             if !codes.iter().any(|(s, _)| *s == status) {
@@ -403,7 +407,6 @@ impl Upstream {
             }
             codes
         });
-        counter
     }
 }
 

@@ -166,8 +166,10 @@ $(awk '/requests in/ {print $1}' <<<"$out") $((t1 - t0))" >> "$work/turns.$i"
 }
 
 echo "wrk -t1 -c$CONNS, $ROUNDS turns of ${DUR}s each, loopback, $(nproc) cores, $(uname -r)"
+# Each round starts one system later, so no system always follows the same one.
+count=${#names[@]}
 for r in $(seq "$ROUNDS"); do
-  for i in "${!names[@]}"; do turn "$i"; done
+  for k in $(seq 0 $((count - 1))); do turn $(((k + r - 1) % count)); done
   echo "round $r of $ROUNDS done" >&2
 done
 

@@ -112,6 +112,11 @@ impl Breaker {
         self.failures
     }
 
+    /// Whether the half-open probe is out (every other request is refused).
+    pub fn probe_out(&self) -> bool {
+        self.state == BreakerState::HalfOpen && self.probe_out
+    }
+
     /// When an open breaker will let its next probe through.
     pub fn open_until(&self) -> Option<Instant> {
         match self.state {

@@ -93,6 +93,13 @@ pub struct Upstream {
     /// Mirror of the breaker's consecutive failures, written under its lock:
     /// a success with none pending needs no lock.
     failures: AtomicU32,
+    /// Mirror of when an open breaker lets its probe through (milliseconds
+    /// since `epoch`): until then it refuses without a lock.
+    open_until_ms: AtomicU64,
+    /// Mirror of a half-open breaker's probe being out: refused without a lock.
+    probe_out: AtomicBool,
+    /// Origin of the millisecond mirrors.
+    epoch: Instant,
     /// Peak EWMA of response time (to the response header).
     ewma: crate::ewma::SharedEwma,
     penalty_cap: f64,
@@ -139,6 +146,9 @@ impl Upstream {
             breaker: Mutex::new(Breaker::new(&env.breaker)),
             breaker_state: AtomicU8::new(BreakerState::Closed as u8),
             failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            probe_out: AtomicBool::new(false),
+            epoch: Instant::now(),
             ewma: crate::ewma::SharedEwma::new(env.half_life, Instant::now()),
             penalty_cap: env.penalty_cap,
             inflight: AtomicI64::new(0),
@@ -176,15 +186,40 @@ impl Upstream {
         if !self.is_healthy() || self.is_drained() {
             return Admission::Refused;
         }
-        if self.breaker_state() == BreakerState::Closed {
-            return Admission::Allowed;
+        match self.breaker_state() {
+            BreakerState::Closed => return Admission::Allowed,
+            // Not due a probe yet, or the probe is out: refused without the lock.
+            BreakerState::Open if self.millis(now) < self.open_until_ms.load(Ordering::Relaxed) => {
+                return Admission::Refused
+            }
+            BreakerState::HalfOpen if self.probe_out.load(Ordering::Relaxed) => {
+                return Admission::Refused
+            }
+            _ => {}
         }
         let mut breaker = self.breaker();
         let (admission, transition) = breaker.admit(now);
+        self.mirror(&breaker);
         if let Some(t) = transition {
-            self.breaker_changed(&breaker, t);
+            self.breaker_changed(t);
         }
         admission
+    }
+
+    fn millis(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Copies the breaker's state into the lock-free mirrors; called with its
+    /// lock held, so the mirrors change in the same order as the breaker.
+    fn mirror(&self, breaker: &Breaker) {
+        self.breaker_state
+            .store(breaker.state() as u8, Ordering::Relaxed);
+        self.failures.store(breaker.failures(), Ordering::Relaxed);
+        self.probe_out.store(breaker.probe_out(), Ordering::Relaxed);
+        // Rounded down, so the lock-free refusal never outlasts the breaker.
+        let until = breaker.open_until().map_or(0, |t| self.millis(t));
+        self.open_until_ms.store(until, Ordering::Relaxed);
     }
 
     /// Whether it could take traffic, not counting a breaker due a probe: the
@@ -245,23 +280,21 @@ impl Upstream {
         }
         let mut breaker = self.breaker();
         let transition = breaker.record(ok, probe, now);
-        self.failures.store(breaker.failures(), Ordering::Relaxed);
+        self.mirror(&breaker);
         if let Some(t) = transition {
-            self.breaker_changed(&breaker, t);
+            self.breaker_changed(t);
         }
     }
 
     /// A probe ended without a result: the next request may probe.
     fn release_probe(&self) {
-        self.breaker().release_probe();
+        let mut breaker = self.breaker();
+        breaker.release_probe();
+        self.mirror(&breaker);
     }
 
-    /// Publishes a transition; called with the breaker's lock held, so the
-    /// mirrors change in the same order as the breaker.
-    fn breaker_changed(&self, breaker: &Breaker, t: Transition) {
-        self.breaker_state
-            .store(breaker.state() as u8, Ordering::Relaxed);
-        self.failures.store(breaker.failures(), Ordering::Relaxed);
+    /// Publishes a transition (metric, log, event).
+    fn breaker_changed(&self, t: Transition) {
         self.metrics.breaker.set(t.to.as_metric());
         log::warn!(
             "upstream {}: breaker {} -> {} ({})",

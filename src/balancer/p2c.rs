@@ -73,12 +73,14 @@ pub fn choose<R: Rng + ?Sized>(
             }
         }
     }
-    // Most upstreams are vetoed: ask all of them, cheapest first.
-    let mut ids: Vec<usize> = (0..cumulative.len())
+    // Most upstreams are vetoed: ask all of them, cheapest first (each cost
+    // computed once).
+    let mut ids: Vec<(f64, usize)> = (0..cumulative.len())
         .filter(|&i| cumulative[i] > if i == 0 { 0 } else { cumulative[i - 1] })
+        .map(|i| (cost(i), i))
         .collect();
-    ids.sort_by(|&x, &y| cost(x).total_cmp(&cost(y)));
-    ids.into_iter().find(|&i| accept(i))
+    ids.sort_by(|x, y| x.0.total_cmp(&y.0));
+    ids.into_iter().map(|(_, i)| i).find(|&i| accept(i))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod frontend;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;
+pub mod panic;
 pub mod proxy;
 pub mod state;
 pub mod sticky;
@@ -57,6 +58,10 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     server.add_service(background_service(
         "weights",
         weights::WeightsService::new(state.clone()),
+    ));
+    server.add_service(background_service(
+        "panic mode",
+        panic::PanicService::new(state.clone()),
     ));
     // The dashboard is a Pingora service so its socket is handed over on upgrade.
     let hub = Arc::new(dashboard::Hub::new());

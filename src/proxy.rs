@@ -94,9 +94,14 @@ struct ConnectionMemo {
 const NO_UPSTREAM_BODY: &str = "503 Service Unavailable: no upstream available\n";
 
 /// Whether `u` may take a request now; notes whether it was admitted as the
-/// breaker's probe.
-fn admit(u: &Upstream, now: Instant, probe: &mut bool) -> bool {
-    match u.admit(now) {
+/// breaker's probe. In panic mode breakers are overruled.
+fn admit(u: &Upstream, now: Instant, panic: bool, probe: &mut bool) -> bool {
+    let admission = if panic {
+        u.admit_in_panic()
+    } else {
+        u.admit(now)
+    };
+    match admission {
         Admission::Allowed => {
             *probe = false;
             true
@@ -174,7 +179,8 @@ impl Proxy {
         probe: &mut bool,
     ) -> Option<usize> {
         let state = &self.state;
-        let accept = |i: usize| admit(&table.upstreams()[i], now, probe);
+        let panic = state.balancer.in_panic();
+        let accept = |i: usize| admit(&table.upstreams()[i], now, panic, probe);
         match &state.sticky {
             Sticky::Off => None,
             Sticky::Cookie(sealer) => {
@@ -344,12 +350,13 @@ impl ProxyHttp for Proxy {
             None
         };
         let tried = &ctx.tried;
+        let panic = state.balancer.in_panic();
         let picked = sticky.or_else(|| {
             state.balancer.select(
                 &table,
                 |i| {
                     let u = &table.upstreams()[i];
-                    !tried.iter().any(|t| Arc::ptr_eq(t, u)) && admit(u, now, &mut probe)
+                    !tried.iter().any(|t| Arc::ptr_eq(t, u)) && admit(u, now, panic, &mut probe)
                 },
                 |i| state.balancer.cost(&table.upstreams()[i], now),
             )

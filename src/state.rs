@@ -66,6 +66,7 @@ impl SharedState {
                 Sticky::Cookie(s) => Some(s.clone()),
                 _ => None,
             },
+            changed: Arc::new(tokio::sync::Notify::new()),
         };
         let upstreams = config
             .lb
@@ -89,6 +90,11 @@ impl SharedState {
             draining: AtomicBool::new(false),
             draining_watch: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Woken when an upstream's eligibility may have changed.
+    pub fn eligibility_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.env.changed.clone()
     }
 
     /// The upstream called `name` in the table in force.
@@ -148,6 +154,7 @@ impl SharedState {
                 format!("{} removed by {source}", u.addr),
             );
         }
+        self.env.changed.notify_one();
         for u in &change.added {
             log::info!("upstream {} ({}) added by {source}", u.name, u.addr);
             self.events.push(

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge};
+use tokio::sync::Notify;
 
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::config::{BreakerConfig, UpstreamConfig};
@@ -33,6 +34,9 @@ pub struct UpstreamEnv {
     pub events: Arc<Events>,
     /// Seals sticky cookies; gives each upstream its cookie id.
     pub sealer: Option<Sealer>,
+    /// Woken whenever an upstream's eligibility may have changed (a breaker
+    /// transition, a health flip, a drain), so panic mode is reassessed.
+    pub changed: Arc<Notify>,
 }
 
 /// Per-upstream counters for the dashboard's rates.
@@ -108,6 +112,7 @@ pub struct Upstream {
     pub stats: UpstreamStats,
     metrics: Handles,
     events: Arc<Events>,
+    changed: Arc<Notify>,
 }
 
 impl Upstream {
@@ -155,6 +160,7 @@ impl Upstream {
             stats: UpstreamStats::default(),
             metrics: handles,
             events: env.events.clone(),
+            changed: env.changed.clone(),
         }
     }
 
@@ -238,7 +244,21 @@ impl Upstream {
 
     /// Drains (or enables) the upstream; returns what it was.
     pub fn set_drained(&self, drained: bool) -> bool {
-        self.drained.swap(drained, Ordering::Relaxed)
+        let was = self.drained.swap(drained, Ordering::Relaxed);
+        if was != drained {
+            self.changed.notify_one();
+        }
+        was
+    }
+
+    /// Whether it may take a request in panic mode, when breakers are
+    /// overruled: healthy and not drained.
+    pub fn admit_in_panic(&self) -> Admission {
+        if self.is_healthy() && !self.is_drained() {
+            Admission::Allowed
+        } else {
+            Admission::Refused
+        }
     }
 
     /// Takes a health-check verdict; a flip is logged, published and an event.
@@ -249,6 +269,7 @@ impl Upstream {
             log::warn!("upstream {}: health {verdict} ({detail})", self.name);
             self.events
                 .push(Some(&self.name), "health", format!("{verdict}: {detail}"));
+            self.changed.notify_one();
         }
     }
 
@@ -295,6 +316,7 @@ impl Upstream {
 
     /// Publishes a transition (metric, log, event).
     fn breaker_changed(&self, t: Transition) {
+        self.changed.notify_one();
         self.metrics.breaker.set(t.to.as_metric());
         log::warn!(
             "upstream {}: breaker {} -> {} ({})",
@@ -515,6 +537,7 @@ pub(crate) mod tests {
             metrics: Metrics::new(),
             events: Arc::new(Events::default()),
             sealer: None,
+            changed: Arc::new(Notify::new()),
         }
     }
 

@@ -95,7 +95,7 @@ async fn healthy_and_failing() -> (mock_backend::MockServer, mock_backend::MockS
     })
     .unwrap();
     let body = format!(
-        "  algorithm: weighted\n  circuit_breaker: {{ fail_threshold: 3, open_time: 500ms, max_open_time: 4s }}\n  upstreams:\n{}",
+        "  algorithm: weighted\n  circuit_breaker: {{ fail_threshold: 3, open_time: 500ms, max_open_time: 4s, failure_status: [500, 502, 503, 504] }}\n  upstreams:\n{}",
         upstreams_yaml(&[("a", a.addr(), 1), ("b", b.addr(), 1)])
     );
     let lb = Lb::start(&body).await;
@@ -245,4 +245,108 @@ async fn breaker_lets_no_burst_through_under_concurrency() {
     // Requests already on their way when the breaker opened may still land, one
     // per client at most; after that only single probes.
     assert!(to_b <= 3 + CLIENTS + 2, "{to_b} requests reached b");
+}
+
+/// An application server named `name`: `/bad` answers `status`, anything else
+/// 200, with `X-Backend: name`.
+async fn app(name: &'static str, status: u16) -> std::net::SocketAddr {
+    use axum::http::StatusCode;
+    let router = axum::Router::new().fallback(move |uri: axum::http::Uri| async move {
+        let code = if uri.path() == "/bad" {
+            StatusCode::from_u16(status).unwrap()
+        } else {
+            StatusCode::OK
+        };
+        (code, [("x-backend", name)], "answer\n")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    addr
+}
+
+/// Sends `n` requests to `path`; returns the statuses seen.
+async fn statuses(client: &reqwest::Client, lb: &Lb, path: &str, n: usize) -> Vec<u16> {
+    let mut seen = Vec::with_capacity(n);
+    for _ in 0..n {
+        seen.push(
+            client
+                .get(lb.url(path))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_the_application_fails_does_not_open_the_breakers() {
+    // Any application has a URL that answers 500; by default only gateway
+    // errors (and no answer at all) count against an upstream.
+    let (a, b) = (app("a", 500).await, app("b", 500).await);
+    let body = format!(
+        "  circuit_breaker: {{ fail_threshold: 2 }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("a", a, 1), ("b", b, 1)])
+    );
+    let lb = Lb::start(&body).await;
+    let client = reqwest::Client::new();
+    assert!(statuses(&client, &lb, "/bad", 20)
+        .await
+        .iter()
+        .all(|s| *s == 500));
+    assert!(statuses(&client, &lb, "/", 20)
+        .await
+        .iter()
+        .all(|s| *s == 200));
+    for name in ["a", "b"] {
+        let u = lb.upstream_state(name).await;
+        assert_eq!(u["breaker"], "closed", "{u}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_mode_keeps_serving_when_breakers_would_take_every_upstream_out() {
+    // A URL answering 502 everywhere opens every breaker; panic mode then
+    // balances over all healthy upstreams instead of answering 503.
+    let (a, b) = (app("a", 502).await, app("b", 502).await);
+    let body = format!(
+        "  algorithm: round_robin\n  retries: 0\n  circuit_breaker: {{ fail_threshold: 1, open_time: 30s, max_open_time: 60s }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("a", a, 1), ("b", b, 1)])
+    );
+    let lb = Lb::start(&body).await;
+    let client = reqwest::Client::new();
+    statuses(&client, &lb, "/bad", 4).await;
+    lb.wait_upstream("a", "a's breaker open", |u| u["breaker"] == "open")
+        .await;
+    lb.wait_upstream("b", "b's breaker open", |u| u["breaker"] == "open")
+        .await;
+    wait_for("panic mode", || async {
+        lb.state().await["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "panic")
+    })
+    .await;
+    let served = statuses(&client, &lb, "/", 20).await;
+    assert!(served.iter().all(|s| *s == 200), "{served:?}");
+    let events = lb.state().await["events"].clone();
+    let panic = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "panic")
+        .unwrap();
+    assert!(
+        panic["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("on: breakers leave 0 of 2"),
+        "{panic}"
+    );
 }

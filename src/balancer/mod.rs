@@ -10,7 +10,7 @@ pub mod p2c;
 pub mod table;
 pub mod wrr;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -52,6 +52,8 @@ pub struct Balancer {
     writer: Mutex<()>,
     /// Latency (f64 bits, seconds) assumed for upstreams without samples.
     neutral: AtomicU64,
+    /// Panic mode: breakers are overruled (see `crate::panic`).
+    panic: AtomicBool,
 }
 
 impl Balancer {
@@ -64,6 +66,7 @@ impl Balancer {
             cursor: AtomicUsize::new(0),
             writer: Mutex::new(()),
             neutral: AtomicU64::new(DEFAULT_LATENCY.to_bits()),
+            panic: AtomicBool::new(false),
         };
         b.publish(&b.table.load());
         b
@@ -149,6 +152,16 @@ impl Balancer {
         for (i, u) in table.upstreams().iter().enumerate() {
             u.publish_effective_weight(table.effective(i));
         }
+    }
+
+    /// Whether panic mode overrules breakers now.
+    pub fn in_panic(&self) -> bool {
+        self.panic.load(Ordering::Relaxed)
+    }
+
+    /// Sets panic mode; returns what it was.
+    pub fn set_panic(&self, panic: bool) -> bool {
+        self.panic.swap(panic, Ordering::Relaxed)
     }
 
     /// The latency assumed for upstreams without samples (seconds).

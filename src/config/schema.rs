@@ -124,7 +124,7 @@ impl Default for RawBreaker {
             fail_threshold: 3,
             open_time: "5s".into(),
             max_open_time: "60s".into(),
-            failure_status: vec![500, 502, 503, 504],
+            failure_status: vec![502, 503, 504],
         }
     }
 }

@@ -40,7 +40,7 @@ fn accepts_a_good_file_and_fills_defaults() {
     assert_eq!(c.lb.health_check.path, "/health");
     assert_eq!(c.lb.health_check.interval, Duration::from_secs(5));
     assert_eq!(c.lb.circuit_breaker.fail_threshold, 3);
-    assert_eq!(c.lb.circuit_breaker.failure_status, [500, 502, 503, 504]);
+    assert_eq!(c.lb.circuit_breaker.failure_status, [502, 503, 504]);
     assert_eq!(c.lb.sticky.mode, StickyMode::Off);
     assert_eq!(c.lb.sticky.max_age, Duration::from_secs(3600));
     assert_eq!(c.dashboard.admin_token, None);

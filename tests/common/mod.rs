@@ -111,14 +111,28 @@ impl Lb {
 
     /// [`Lb::start`] with extra `dashboard:` lines.
     pub async fn start_with(lb_body: &str, dashboard_body: &str) -> Lb {
-        let proxy = free_port();
-        let dashboard = free_port();
-        let yaml = config_yaml_with(proxy, dashboard, lb_body, dashboard_body);
-        Self::launch(&yaml, proxy, dashboard).await
+        // A port found free can be taken by another test's server before
+        // hybrid-lb binds it: then start again on other ports.
+        for _ in 0..5 {
+            let proxy = free_port();
+            let dashboard = free_port();
+            let yaml = config_yaml_with(proxy, dashboard, lb_body, dashboard_body);
+            if let Some(lb) = Self::try_launch(&yaml, proxy, dashboard).await {
+                return lb;
+            }
+        }
+        panic!("hybrid-lb found its ports taken five times over");
     }
 
     /// Starts hybrid-lb on a whole config file listening on `proxy` and `dashboard`.
     pub async fn launch(yaml: &str, proxy: u16, dashboard: u16) -> Lb {
+        Self::try_launch(yaml, proxy, dashboard)
+            .await
+            .unwrap_or_else(|| panic!("ports {proxy} and {dashboard} are taken by another process"))
+    }
+
+    /// [`Lb::launch`], or None when another process holds one of the ports.
+    async fn try_launch(yaml: &str, proxy: u16, dashboard: u16) -> Option<Lb> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lb.yaml");
         fs::write(&path, yaml).unwrap();
@@ -140,6 +154,9 @@ impl Lb {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = lb.child.try_wait() {
+                if lb.log().contains("Address already in use") {
+                    return None;
+                }
                 panic!("hybrid-lb exited with {status}:\n{}", lb.log());
             }
             let up = TcpStream::connect(lb.proxy).is_ok()
@@ -147,7 +164,16 @@ impl Lb {
                     .await
                     .is_ok_and(|r| r.status().is_success());
             if up {
-                break;
+                let pid = lb.child.id();
+                if listens_on(pid, proxy) && listens_on(pid, dashboard) {
+                    return Some(lb);
+                }
+                // Someone else answered on one of our ports.
+                if !other_listener(pid, proxy) && !other_listener(pid, dashboard) {
+                    // Not bound yet by anyone: keep waiting.
+                } else {
+                    return None;
+                }
             }
             assert!(
                 start.elapsed() < DEADLINE,
@@ -156,7 +182,6 @@ impl Lb {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        lb
     }
 
     pub fn pid(&self) -> u32 {
@@ -271,4 +296,55 @@ pub fn backend_of(resp: &reqwest::Response) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
+}
+
+/// Inodes of the sockets listening on 127.0.0.1 or any address at `port`.
+fn listening_inodes(port: u16) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT; state 0A is LISTEN; inode is field 9.
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && f.get(3) == Some(&"0A") {
+                if let Some(inode) = f.get(9) {
+                    inodes.push(inode.to_string());
+                }
+            }
+        }
+    }
+    inodes
+}
+
+/// The socket inodes process `pid` holds open.
+fn socket_inodes(pid: u32) -> Vec<String> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().to_string();
+            l.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Whether process `pid` holds a socket listening on `port`.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let mine = socket_inodes(pid);
+    listening_inodes(port).iter().any(|i| mine.contains(i))
+}
+
+/// Whether a process other than `pid` listens on `port`.
+fn other_listener(pid: u32, port: u16) -> bool {
+    let mine = socket_inodes(pid);
+    listening_inodes(port).iter().any(|i| !mine.contains(i))
 }

@@ -80,6 +80,9 @@ pub struct Config {
 pub struct LbConfig {
     pub listen: Vec<SocketAddr>,
     pub algorithm: Algorithm,
+    /// Peers whose forwarding headers (`X-Forwarded-*`, `X-Real-IP`,
+    /// `Forwarded`) are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub upstreams: Vec<UpstreamConfig>,
     pub health_check: HealthCheckConfig,
     pub circuit_breaker: BreakerConfig,
@@ -143,7 +146,6 @@ pub struct StickyConfig {
     pub max_age: Duration,
     /// From `lb.sticky.secret`, else `HLB_STICKY_SECRET` (read by [`Config::load`]).
     pub secret: Option<String>,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Sticky secrets shorter than this are refused.

@@ -18,6 +18,8 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
 
 /// Whether `name` is hop-by-hop in itself (RFC 9110 §7.6.1). `Transfer-Encoding`
 /// is left to Pingora, which re-frames bodies itself; an upgrade keeps
@@ -63,6 +65,9 @@ pub fn check_request(
     if size as u64 > max_header_bytes {
         return Some(431);
     }
+    if !host_ok(req) {
+        return Some(400);
+    }
     if let Some(cl) = first_cl {
         match cl.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
             Some(n) if n > max_body => return Some(413),
@@ -71,6 +76,84 @@ pub fn check_request(
         }
     }
     None
+}
+
+/// Why an upstream's response header cannot be passed on, if it cannot: a 101
+/// to a request that asked for no upgrade (HAProxy refuses it too), or a
+/// transfer coding other than chunked last (nginx: "unknown Transfer-Encoding"),
+/// which would turn into a close-delimited body.
+pub fn check_response(
+    resp: &pingora::http::ResponseHeader,
+    upgrade_asked: bool,
+) -> Option<&'static str> {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !upgrade_asked {
+        return Some("upstream switched protocols unasked");
+    }
+    let mut codings = resp.headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        let last = codings
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .last();
+        if !last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+            return Some("upstream answered with an unknown transfer coding");
+        }
+    }
+    None
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, and it must
+/// be a host name or address with an optional port, nothing else.
+fn host_ok(req: &RequestHeader) -> bool {
+    let mut hosts = req.headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => req.version != http::Version::HTTP_11,
+        (Some(h), None) => valid_host(h.as_bytes()),
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// `name`, `name:port`, `[v6]` or `[v6]:port`, in plain ASCII.
+fn valid_host(v: &[u8]) -> bool {
+    let (name, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let (addr, after) = (&rest[..end], &rest[end + 1..]);
+        if addr.is_empty()
+            || !addr
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+        {
+            return false;
+        }
+        match after {
+            [] => return true,
+            [b':', port @ ..] => (&b"v6"[..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|&b| b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        }
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(b));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|n| n <= 65535)
+    });
+    name_ok && port_ok
 }
 
 /// Whether the raw header block has a field called `name` (lowercase).
@@ -138,7 +221,8 @@ impl Client {
 /// `X-Forwarded-For` is extended and the rest it sent is kept; from anyone
 /// else, who could forge them, `X-Forwarded-For` starts afresh and a claimed
 /// `X-Forwarded-Proto`, `X-Real-IP` or `X-Forwarded-Host` is replaced by what
-/// the balancer saw (`Forwarded` is dropped).
+/// the balancer saw (`Forwarded`, `X-Forwarded-Port` and `True-Client-IP` are
+/// dropped).
 pub fn set_forwarding(
     req: &mut RequestHeader,
     client: Option<&Client>,
@@ -169,8 +253,10 @@ pub fn set_forwarding(
         req.insert_header("x-forwarded-proto", HeaderValue::from_static(scheme))?;
     }
     if !trusted {
-        if req.headers.contains_key(&FORWARDED) {
-            req.remove_header(&FORWARDED);
+        for claim in [&FORWARDED, &X_FORWARDED_PORT, &TRUE_CLIENT_IP] {
+            if req.headers.contains_key(claim) {
+                req.remove_header(claim);
+            }
         }
         if req.headers.contains_key(&X_FORWARDED_HOST) {
             match req.headers.get(HOST).cloned() {
@@ -190,6 +276,9 @@ mod tests {
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/path?q=1", None).unwrap();
+        if !headers.iter().any(|(k, _)| *k == "host") {
+            r.append_header("host", "lb.example").unwrap();
+        }
         for (k, v) in headers {
             r.append_header(k.to_string(), *v).unwrap();
         }
@@ -230,6 +319,10 @@ mod tests {
         let mut plain = req(&[("host", "shop.example")]);
         set_forwarding(&mut plain, Some(&client(false)), "http").unwrap();
         assert_eq!(plain.headers.len(), 3);
+        let mut claims = req(&[("x-forwarded-port", "443"), ("true-client-ip", "6.6.6.6")]);
+        set_forwarding(&mut claims, Some(&client(false)), "http").unwrap();
+        assert_eq!(get(&claims, "x-forwarded-port"), None);
+        assert_eq!(get(&claims, "true-client-ip"), None);
     }
 
     #[test]
@@ -269,6 +362,76 @@ mod tests {
             ["keep-alive", "te", "x-secret"]
         );
         assert!(hop_by_hop(&req(&[("accept", "*/*")]).headers, false).is_empty());
+    }
+
+    #[test]
+    fn broken_response_headers_are_found() {
+        use pingora::http::ResponseHeader;
+        let resp = |status: u16, te: Option<&str>| {
+            let mut r = ResponseHeader::build(status, None).unwrap();
+            if let Some(te) = te {
+                r.append_header("transfer-encoding", te).unwrap();
+            }
+            r
+        };
+        assert!(check_response(&resp(101, None), false).is_some());
+        assert_eq!(check_response(&resp(101, None), true), None);
+        assert!(check_response(&resp(200, Some("identity")), false).is_some());
+        assert!(check_response(&resp(200, Some("chunked, gzip")), false).is_some());
+        assert_eq!(
+            check_response(&resp(200, Some("gzip, chunked")), false),
+            None
+        );
+        assert_eq!(check_response(&resp(200, Some("Chunked")), false), None);
+        assert_eq!(check_response(&resp(200, None), false), None);
+    }
+
+    #[test]
+    fn the_host_header_is_checked() {
+        let with_host = |h: &[u8]| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            r.append_header("host", HeaderValue::from_bytes(h).unwrap())
+                .unwrap();
+            check_request(&r, None, 4096, 100)
+        };
+        for good in [
+            &b"example.com"[..],
+            b"example.com:8080",
+            b"127.0.0.1",
+            b"[::1]",
+            b"[::1]:443",
+            b"under_score.local",
+        ] {
+            assert_eq!(with_host(good), None, "{}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b""[..],
+            b"a.example, b.example",
+            b"example.com:99999",
+            b"example.com:",
+            b"example.com:80a",
+            b"exa mple.com",
+            b"[::1",
+            b"[::1]x",
+            b"caf\xc3\xa9.example",
+        ] {
+            assert_eq!(
+                with_host(bad),
+                Some(400),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // HTTP/1.1 needs one Host; HTTP/1.0 may go without.
+        let none = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(check_request(&none, None, 4096, 100), Some(400));
+        let mut old = RequestHeader::build("GET", b"/", None).unwrap();
+        old.set_version(http::Version::HTTP_10);
+        assert_eq!(check_request(&old, None, 4096, 100), None);
+        let mut two = RequestHeader::build("GET", b"/", None).unwrap();
+        two.append_header("host", "a.example").unwrap();
+        two.append_header("host", "b.example").unwrap();
+        assert_eq!(check_request(&two, None, 4096, 100), Some(400));
     }
 
     #[test]

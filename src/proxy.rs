@@ -158,13 +158,20 @@ impl Proxy {
         v.retry
     }
 
-    /// The peer for `u`, with the configured timeouts. An upgraded connection
-    /// (WebSocket) may idle: it gets no read timeout.
+    /// The peer for `u`, with the configured timeouts. Pingora keeps one read
+    /// timeout for the life of the upstream connection; an upgrade request's
+    /// is the larger of `timeouts.read` and `limits.keepalive_timeout`: it
+    /// bounds the wait for the 101 (a hung upstream cannot hold the request,
+    /// and its failure counts), and a tunnel may idle that long.
     fn peer(&self, u: &Upstream, upgrade: bool) -> Box<HttpPeer> {
-        let timeouts = &self.state.config.lb.timeouts;
+        let lb = &self.state.config.lb;
         let mut peer = HttpPeer::new(u.addr, false, String::new());
-        peer.options.connection_timeout = Some(timeouts.connect);
-        peer.options.read_timeout = (!upgrade).then_some(timeouts.read);
+        peer.options.connection_timeout = Some(lb.timeouts.connect);
+        peer.options.read_timeout = Some(if upgrade {
+            lb.timeouts.read.max(lb.limits.keepalive_timeout)
+        } else {
+            lb.timeouts.read
+        });
         Box::new(peer)
     }
 
@@ -223,10 +230,7 @@ impl Proxy {
     fn client<'c>(&self, session: &Session, ctx: &'c mut RequestCtx) -> Option<&'c Client> {
         if ctx.conn.client.is_none() {
             let ip = session.client_addr().and_then(|a| a.as_inet())?.ip();
-            ctx.conn.client = Some(Client::new(
-                ip,
-                &self.state.config.lb.sticky.trusted_proxies,
-            ));
+            ctx.conn.client = Some(Client::new(ip, &self.state.config.lb.trusted_proxies));
         }
         ctx.conn.client.as_ref()
     }
@@ -245,7 +249,7 @@ impl Proxy {
         Some(sticky::client_ip(
             peer,
             &xff,
-            &self.state.config.lb.sticky.trusted_proxies,
+            &self.state.config.lb.trusted_proxies,
         ))
     }
 }
@@ -426,6 +430,11 @@ impl ProxyHttp for Proxy {
         let upgraded = upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS;
         if upstream_response.status.is_informational() && !upgraded {
             return Ok(());
+        }
+        if let Some(why) = forwarding::check_response(upstream_response, session.is_upgrade_req()) {
+            // A broken answer is the upstream's failure, and never reaches the client.
+            self.settle(session, ctx, Outcome::Reset);
+            return Error::e_explain(HTTPStatus(502), why);
         }
         for name in forwarding::hop_by_hop(&upstream_response.headers, upgraded) {
             upstream_response.remove_header(&name);

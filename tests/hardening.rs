@@ -128,6 +128,12 @@ async fn malformed_requests_get_a_4xx_close_and_never_reach_the_upstream() {
         ("unknown Transfer-Encoding", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n".to_vec(), &[400, 501]),
         ("oversized header", big_header.into_bytes(), &[431, 400]),
         ("declared body over the limit", big_body.into_bytes(), &[413]),
+        ("HTTP/1.1 without Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), &[400]),
+        ("empty Host", b"GET / HTTP/1.1\r\nHost: \r\n\r\n".to_vec(), &[400]),
+        ("list-valued Host", b"GET / HTTP/1.1\r\nHost: a.example, b.example\r\n\r\n".to_vec(), &[400]),
+        ("two Hosts", b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n".to_vec(), &[400]),
+        ("non-ASCII Host", b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9.example\r\n\r\n".to_vec(), &[400]),
+        ("Host port out of range", b"GET / HTTP/1.1\r\nHost: a.example:70000\r\n\r\n".to_vec(), &[400]),
     ];
     for (what, bytes, expected) in cases {
         let (answer, closed) = raw(lb.proxy, &bytes);
@@ -458,4 +464,128 @@ async fn a_post_on_a_stale_pooled_connection_is_not_charged_to_the_upstream() {
     assert_eq!(only["errors_total"], 0, "{only}");
     let r = client.get(lb.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// A WebSocket-style upgrade request as raw bytes.
+const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_request_to_a_hung_upstream_times_out_and_counts() {
+    // Reads the request and never answers.
+    let addr = raw_upstream(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    })
+    .await;
+    let lb = Lb::start(&format!(
+        "  health_check: {{ interval: 1h }}\n  timeouts: {{ read: 300ms }}\n  limits: {{ keepalive_timeout: 1s }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("hung", addr, 1)])
+    ))
+    .await;
+    let proxy = lb.proxy;
+    // Until a 101 arrives the request is bounded (here by keepalive_timeout,
+    // the larger of the two): an answer, not a hang.
+    let (answer, _) = tokio::task::spawn_blocking(move || raw(proxy, UPGRADE_REQUEST))
+        .await
+        .unwrap();
+    assert_eq!(status(&answer), 504, "{answer:?}");
+    lb.wait_upstream("hung", "the failure counted", |u| u["errors_total"] == 1)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_tunnel_may_idle_past_the_read_timeout() {
+    // Answers 101, then echoes whatever comes.
+    let addr = raw_upstream(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        if s.read(&mut buf).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .await;
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let lb = Lb::start(&format!(
+        "  health_check: {{ interval: 1h }}\n  timeouts: {{ read: 300ms }}\n  limits: {{ keepalive_timeout: 5s }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("ws", addr, 1)])
+    ))
+    .await;
+    let proxy = lb.proxy;
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(UPGRADE_REQUEST).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        // Idle for longer than the read timeout, shorter than keepalive_timeout.
+        std::thread::sleep(Duration::from_millis(900));
+        s.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        back
+    })
+    .await
+    .unwrap();
+    assert_eq!(&echoed, b"ping");
+    let ws = lb.upstream_state("ws").await;
+    assert_eq!(ws["errors_total"], 0, "{ws}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_to_a_plain_request_and_an_unknown_transfer_coding_are_refused() {
+    let switching = raw_upstream(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        if s.read(&mut buf).await.unwrap_or(0) > 0 && !buf.starts_with(b"GET /health") {
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: evil\r\n\r\nraw bytes")
+                .await;
+        }
+    })
+    .await;
+    let identity = raw_upstream(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        if s.read(&mut buf).await.unwrap_or(0) > 0 && !buf.starts_with(b"GET /health") {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nsome body")
+                .await;
+        }
+    })
+    .await;
+    for (name, addr) in [("switching", switching), ("identity", identity)] {
+        let lb = Lb::start(&format!(
+            "  health_check: {{ interval: 1h }}\n  retries: 0\n  upstreams:\n{}",
+            upstreams_yaml(&[(name, addr, 1)])
+        ))
+        .await;
+        let proxy = lb.proxy;
+        let (answer, _) = tokio::task::spawn_blocking(move || {
+            raw(
+                proxy,
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(status(&answer), 502, "{name}: {answer:?}");
+        assert!(
+            !answer.contains("raw bytes") && !answer.contains("some body"),
+            "{name}: {answer:?}"
+        );
+    }
 }

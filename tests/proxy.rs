@@ -180,6 +180,11 @@ async fn forwarding_headers_are_set_and_host_kept() {
         .header("host", "app.example")
         .header("x-forwarded-for", "203.0.113.7")
         .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-port", "8443")
+        .header("x-real-ip", "203.0.113.7")
+        .header("true-client-ip", "203.0.113.7")
+        .header("forwarded", "for=203.0.113.7;host=evil.example")
         .send()
         .await
         .unwrap()
@@ -190,6 +195,15 @@ async fn forwarding_headers_are_set_and_host_kept() {
     // 127.0.0.1 is not a trusted proxy: its chain is replaced, not extended.
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
+    // The other claims it made are replaced by what the balancer saw, or dropped.
+    assert_eq!(headers["x-forwarded-host"], "app.example");
+    assert_eq!(headers["x-real-ip"], "127.0.0.1");
+    for dropped in ["x-forwarded-port", "true-client-ip", "forwarded"] {
+        assert!(
+            !headers.contains_key(dropped),
+            "{dropped} passed: {headers:?}"
+        );
+    }
 }
 
 /// 1-based line of the first line containing `needle`.

@@ -22,6 +22,8 @@ pub(super) struct RawLb {
     #[serde(default)]
     pub algorithm: Algorithm,
     #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub health_check: RawHealthCheck,
@@ -154,7 +156,8 @@ pub(super) struct RawSticky {
     pub cookie_name: String,
     pub max_age: String,
     pub secret: Option<String>,
-    pub trusted_proxies: Vec<String>,
+    /// Moved to `lb.trusted_proxies`: read only to say so.
+    pub trusted_proxies: Option<serde_yaml::Value>,
 }
 
 impl Default for RawSticky {
@@ -164,7 +167,7 @@ impl Default for RawSticky {
             cookie_name: "HLB_STICKY".into(),
             max_age: "1h".into(),
             secret: None,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: None,
         }
     }
 }

@@ -210,16 +210,16 @@ fn yaml_syntax_error_names_the_line() {
 fn short_secret_and_bad_cidr_are_refused() {
     let text = GOOD.replace(
         "  timeouts:",
-        "  sticky: { mode: cookie, secret: short, trusted_proxies: [\"10.0.0.0/8\", \"not-a-net\"] }\n  timeouts:",
+        "  trusted_proxies: [\"10.0.0.0/8\", \"not-a-net\"]\n  sticky: { mode: cookie, secret: short }\n  timeouts:",
     );
     let e = errors(&text);
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(
-        e[0].starts_with("lb.sticky.secret: must be at least 16 bytes"),
+        e[0].starts_with("lb.trusted_proxies[1]: `not-a-net`"),
         "{e:?}"
     );
     assert!(
-        e[1].starts_with("lb.sticky.trusted_proxies[1]: `not-a-net`"),
+        e[1].starts_with("lb.sticky.secret: must be at least 16 bytes"),
         "{e:?}"
     );
 }
@@ -246,4 +246,18 @@ fn sub_second_connection_timers_are_refused_by_key_and_line() {
         "{e}"
     );
     assert!(e.ends_with("(line 12)"), "{e}");
+}
+
+#[test]
+fn the_old_place_of_trusted_proxies_names_the_new_one() {
+    let text = GOOD.replace(
+        "  timeouts:",
+        "  sticky: { trusted_proxies: [\"10.0.0.0/8\"] }\n  timeouts:",
+    );
+    let e = one_error(&text);
+    assert!(
+        e.starts_with("lb.sticky.trusted_proxies: has moved to lb.trusted_proxies"),
+        "{e}"
+    );
+    assert!(e.ends_with("(line 11)"), "{e}");
 }

@@ -66,6 +66,7 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
     LbConfig {
         listen,
         algorithm: raw.algorithm,
+        trusted_proxies: trusted_proxies(&raw.trusted_proxies, c),
         upstreams: upstreams(&raw.upstreams, c),
         health_check: health_check(raw.health_check, c),
         circuit_breaker: circuit_breaker(raw.circuit_breaker, c),
@@ -192,26 +193,35 @@ fn sticky(s: RawSticky, c: &mut Checker) -> StickyConfig {
             );
         }
     }
-    let mut trusted_proxies = Vec::new();
-    for (i, p) in s.trusted_proxies.iter().enumerate() {
-        let parsed = p
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(net) => trusted_proxies.push(net),
-            Err(_) => c.fail(
-                &format!("lb.sticky.trusted_proxies[{i}]"),
-                format!("`{p}` is not a CIDR or an IP address, e.g. 10.0.0.0/8"),
-            ),
-        }
+    if s.trusted_proxies.is_some() {
+        c.fail(
+            "lb.sticky.trusted_proxies",
+            "has moved to lb.trusted_proxies (it governs every forwarding header, not only stickiness)",
+        );
     }
     StickyConfig {
         mode: s.mode,
         cookie_name: s.cookie_name,
         max_age: c.duration("lb.sticky.max_age", &s.max_age),
         secret: s.secret,
-        trusted_proxies,
     }
+}
+
+fn trusted_proxies(raw: &[String], c: &mut Checker) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let parsed = p
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => c.fail(
+                &format!("lb.trusted_proxies[{i}]"),
+                format!("`{p}` is not a CIDR or an IP address, e.g. 10.0.0.0/8"),
+            ),
+        }
+    }
+    nets
 }
 
 fn limits(l: &RawLimits, c: &mut Checker) -> LimitsConfig {

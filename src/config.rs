@@ -101,11 +101,16 @@ pub struct LimitsConfig {
     pub max_header_bytes: u64,
     /// Request body; larger bodies get 413.
     pub max_body: u64,
-    /// How long each read of a new connection's first request header may take
-    /// (whole seconds).
+    /// How long a request header may take to arrive whole, from the
+    /// connection's start (whole seconds).
     pub header_timeout: Duration,
     /// How long an idle keep-alive connection waits for its next request.
     pub keepalive_timeout: Duration,
+    /// Client connections open at once on the proxy listeners; more are
+    /// closed at once.
+    pub max_connections: usize,
+    /// Of those, how many one client address may hold.
+    pub max_connections_per_client: usize,
 }
 
 #[derive(Debug, Clone)]

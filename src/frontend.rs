@@ -1,10 +1,20 @@
-//! The proxy's connection loop: Pingora's HTTP/1 loop for a plain listener, with
-//! one change — the first request on a new connection waits at most
-//! `lb.limits.header_timeout` for each read of its header (Pingora's generic
-//! loop fixes this at 60 s). Later requests on the connection wait at most
-//! `keepalive_timeout`, set by the proxy's request filter.
+//! The proxy's connection loop: Pingora's HTTP/1 loop for a plain listener,
+//! with two guards in front.
+//!
+//! - Admission: over `lb.limits.max_connections` (or the per-client cap) a new
+//!   connection is closed before anything is read from it.
+//! - The header clock: a request header must arrive whole within
+//!   `lb.limits.header_timeout` (nginx's `client_header_timeout`, HAProxy's
+//!   `timeout http-request`), counted from the connection's start for its first
+//!   request and from the end of the previous one (plus the keep-alive idle
+//!   allowance) for the next. Pingora's own timers are per read, so a client
+//!   trickling a byte at a time could otherwise hold a connection forever. The
+//!   proxy reports "header read" through the connection's user context.
 
+use std::any::Any;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
@@ -12,22 +22,64 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
+use prometheus::IntCounter;
+use tokio::sync::oneshot;
 
+use crate::connections::{self, Admission};
 use crate::proxy::Proxy;
+
+/// Rides in the connection's user context into the proxy, which fires it as
+/// soon as the request header has been read; carries on whatever context the
+/// previous request on the connection left.
+pub struct HeaderClock {
+    pub arrived: oneshot::Sender<()>,
+    pub carried: Option<Box<dyn Any + Send + Sync>>,
+}
 
 pub struct Frontend {
     proxy: Arc<HttpProxy<Proxy>>,
-    /// Seconds each read of a new connection's first request header may take.
-    header_timeout: u64,
+    admission: Admission,
+    /// How long a request header may take to arrive whole.
+    header_timeout: Duration,
+    /// How long a keep-alive connection may idle before its next request.
+    keepalive_timeout: Duration,
+    header_timeouts: IntCounter,
 }
 
 impl Frontend {
-    pub fn new(proxy: HttpProxy<Proxy>, header_timeout: std::time::Duration) -> Self {
+    pub fn new(
+        proxy: HttpProxy<Proxy>,
+        admission: Admission,
+        header_timeout: Duration,
+        keepalive_timeout: Duration,
+        header_timeouts: IntCounter,
+    ) -> Self {
         Frontend {
             proxy: Arc::new(proxy),
-            header_timeout: header_timeout.as_secs().max(1),
+            admission,
+            header_timeout,
+            keepalive_timeout,
+            header_timeouts,
         }
     }
+}
+
+/// Runs `request` (one request's whole processing), but drops it (closing the
+/// connection) if `arrived` has not fired within `deadline`.
+async fn with_header_deadline<T>(
+    request: impl Future<Output = T>,
+    arrived: oneshot::Receiver<()>,
+    deadline: Duration,
+) -> Option<T> {
+    tokio::pin!(request);
+    tokio::select! {
+        biased;
+        out = &mut request => return Some(out),
+        // Fired, or dropped because the request ended: no more deadline.
+        _ = arrived => {}
+        _ = tokio::time::sleep(deadline) => return None,
+    }
+    Some(request.await)
 }
 
 #[async_trait]
@@ -37,24 +89,68 @@ impl ServerApp for Frontend {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _place = match connections::client_of(&stream).map(|ip| self.admission.admit(ip)) {
+            Some(Ok(place)) => Some(place),
+            Some(Err(why)) => {
+                log::debug!("connection refused: {why:?}");
+                return None;
+            }
+            None => None,
+        };
         let mut session = ServerSession::new_http1(stream);
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
-        } else {
-            session.set_keepalive(Some(self.header_timeout));
-        }
-        let mut result = self.proxy.process_new_http(session, shutdown).await;
-        while let Some((stream, persistent)) = result.map(|r| r.consume()) {
-            let mut session = ServerSession::new_http1(stream);
+        let secs = self.header_timeout.as_secs().max(1);
+        session.set_keepalive((!*shutdown.borrow()).then_some(secs));
+        let mut deadline = self.header_timeout;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            let carried = session.take_connection_user_context();
+            session.set_connection_user_context(Some(Box::new(HeaderClock {
+                arrived: tx,
+                carried,
+            })));
+            let Some(result) =
+                with_header_deadline(self.proxy.process_new_http(session, shutdown), rx, deadline)
+                    .await
+            else {
+                self.header_timeouts.inc();
+                log::debug!("request header not whole within {deadline:?}: connection closed");
+                return None;
+            };
+            let (stream, persistent) = result?.consume();
+            session = ServerSession::new_http1(stream);
             if let Some(settings) = persistent {
                 settings.apply_to_session(&mut session);
             }
-            result = self.proxy.process_new_http(session, shutdown).await;
+            deadline = self.keepalive_timeout + self.header_timeout;
         }
-        None
     }
 
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_header_that_never_completes_is_cut_at_the_deadline() {
+        let (_tx, rx) = oneshot::channel::<()>();
+        let never = std::future::pending::<()>();
+        let out = with_header_deadline(never, rx, Duration::from_secs(10)).await;
+        assert!(out.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_the_header_is_in_the_request_may_take_its_time() {
+        let (tx, rx) = oneshot::channel::<()>();
+        let slow = async move {
+            tx.send(()).unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            7
+        };
+        let out = with_header_deadline(slow, rx, Duration::from_secs(10)).await;
+        assert_eq!(out, Some(7));
     }
 }

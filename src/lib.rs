@@ -8,6 +8,7 @@ pub mod attempt;
 pub mod balancer;
 pub mod breaker;
 pub mod config;
+pub mod connections;
 pub mod dashboard;
 pub mod demo;
 pub mod events;
@@ -38,11 +39,21 @@ use crate::state::SharedState;
 pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<SharedState>> {
     let state = Arc::new(SharedState::new(config));
 
+    let limits = &state.config.lb.limits;
+    let admission = connections::Admission::new(
+        "proxy",
+        connections::fit_descriptor_limit(limits.max_connections),
+        limits.max_connections_per_client,
+        &state.metrics,
+    );
     let mut proxy = Service::new(
         "hybrid-lb proxy".to_string(),
         frontend::Frontend::new(
             http_proxy(&server.configuration, proxy::Proxy::new(state.clone())),
-            state.config.lb.limits.header_timeout,
+            admission,
+            limits.header_timeout,
+            limits.keepalive_timeout,
+            state.metrics.header_timeouts_total.clone(),
         ),
     );
     for addr in &state.config.lb.listen {

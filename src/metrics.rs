@@ -30,6 +30,12 @@ pub struct Metrics {
     pub retries_total: IntCounterVec,
     /// Requests answered 503 because no upstream was eligible.
     pub no_upstream_total: IntCounter,
+    /// Client connections open, by listener (`proxy`, `dashboard`).
+    pub connections: IntGaugeVec,
+    /// Connections closed at once for a cap, by listener and reason.
+    pub connections_refused: IntCounterVec,
+    /// Connections closed because a request header did not arrive whole in time.
+    pub header_timeouts_total: IntCounter,
 }
 
 impl Metrics {
@@ -105,6 +111,25 @@ impl Metrics {
         )
         .expect("metric");
 
+        let connections = gauge(
+            "hlb_connections",
+            "Client connections open, by listener",
+            &["listener"],
+        );
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "hlb_connections_refused_total",
+                "Connections closed at once for a connection cap",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("metric");
+        let header_timeouts_total = IntCounter::new(
+            "hlb_header_timeouts_total",
+            "Connections closed because a request header did not arrive whole within lb.limits.header_timeout",
+        )
+        .expect("metric");
+
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
@@ -116,6 +141,9 @@ impl Metrics {
             Box::new(sticky_total.clone()),
             Box::new(retries_total.clone()),
             Box::new(no_upstream_total.clone()),
+            Box::new(connections.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(header_timeouts_total.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -131,6 +159,9 @@ impl Metrics {
             sticky_total,
             retries_total,
             no_upstream_total,
+            connections,
+            connections_refused,
+            header_timeouts_total,
         }
     }
 

@@ -40,6 +40,7 @@ use crate::attempt::{Attempt, Facts, Outcome, Retry};
 use crate::balancer::Table;
 use crate::breaker::Admission;
 use crate::forwarding::{self, Client};
+use crate::frontend::HeaderClock;
 use crate::state::{SharedState, Sticky};
 use crate::sticky::{self, Decision, OpenedCookie, StickyResult};
 use crate::upstream::Upstream;
@@ -276,6 +277,18 @@ impl ProxyHttp for Proxy {
         ctx: &mut Self::CTX,
         prev: Box<dyn std::any::Any + Send + Sync>,
     ) {
+        // The frontend's header clock: the header is in, stop it; then take
+        // what the previous request on the connection left.
+        let prev = match prev.downcast::<HeaderClock>() {
+            Ok(clock) => {
+                let _ = clock.arrived.send(());
+                match clock.carried {
+                    Some(carried) => carried,
+                    None => return,
+                }
+            }
+            Err(other) => other,
+        };
         if let Ok(conn) = prev.downcast::<ConnectionMemo>() {
             ctx.conn = *conn;
         }

@@ -56,6 +56,8 @@ pub(super) struct RawLimits {
     pub max_body: RawSize,
     pub header_timeout: String,
     pub keepalive_timeout: String,
+    pub max_connections: i64,
+    pub max_connections_per_client: i64,
 }
 
 impl Default for RawLimits {
@@ -65,6 +67,8 @@ impl Default for RawLimits {
             max_body: RawSize::Text("10MiB".into()),
             header_timeout: "10s".into(),
             keepalive_timeout: "60s".into(),
+            max_connections: 10_000,
+            max_connections_per_client: 1_000,
         }
     }
 }

@@ -232,6 +232,21 @@ fn limits(l: &RawLimits, c: &mut Checker) -> LimitsConfig {
         // whole seconds: a value it would cut is refused, not silently changed.
         header_timeout: c.whole_seconds("lb.limits.header_timeout", &l.header_timeout),
         keepalive_timeout: c.whole_seconds("lb.limits.keepalive_timeout", &l.keepalive_timeout),
+        max_connections: c.at_least("lb.limits.max_connections", l.max_connections, 1) as usize,
+        max_connections_per_client: {
+            let n = c.at_least(
+                "lb.limits.max_connections_per_client",
+                l.max_connections_per_client,
+                1,
+            );
+            if n > l.max_connections.max(1) {
+                c.fail(
+                    "lb.limits.max_connections_per_client",
+                    "must be at most lb.limits.max_connections",
+                );
+            }
+            n as usize
+        },
     }
 }
 

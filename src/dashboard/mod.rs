@@ -47,15 +47,34 @@ struct App {
     hub: Arc<Hub>,
 }
 
+/// Connections the dashboard holds at once (live streams included), and of
+/// those, how many one address may hold.
+const MAX_CONNECTIONS: usize = 512;
+const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+/// Largest request header the dashboard reads.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 /// The sidecar as a Pingora service.
 pub struct DashboardApp {
     router: Router,
+    admission: crate::connections::Admission,
+    /// How long a request header may take, idle keep-alive time included:
+    /// `lb.limits.header_timeout`, as on the proxy.
+    header_timeout: Duration,
 }
 
 impl DashboardApp {
     pub fn new(state: Arc<SharedState>, hub: Arc<Hub>) -> Self {
+        let admission = crate::connections::Admission::new(
+            "dashboard",
+            MAX_CONNECTIONS,
+            MAX_CONNECTIONS_PER_CLIENT,
+            &state.metrics,
+        );
         DashboardApp {
+            header_timeout: state.config.lb.limits.header_timeout,
             router: router(App { state, hub }),
+            admission,
         }
     }
 }
@@ -71,8 +90,20 @@ impl ServerApp for DashboardApp {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()))
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let _place = match self.admission.admit(peer.ip()) {
+            Ok(place) => place,
+            Err(why) => {
+                log::debug!("dashboard connection from {peer} refused: {why:?}");
+                return None;
+            }
+        };
         let app = self.router.clone().layer(Extension(ConnectInfo(peer)));
+        // hyper's header timer runs from the start of each request, idle
+        // keep-alive time included: it bounds both.
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
         tokio::pin!(conn);
         let mut shutdown = shutdown.clone();

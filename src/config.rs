@@ -169,6 +169,10 @@ pub struct TimeoutsConfig {
 pub struct DashboardConfig {
     pub listen: SocketAddr,
     pub admin_token: Option<String>,
+    /// Host names the dashboard answers to, besides IP addresses and
+    /// `localhost` (lowercase): other names are refused, so a DNS-rebinding
+    /// page cannot read it.
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -357,3 +357,29 @@ async fn the_page_works_in_a_real_browser() {
     assert_eq!(send(&client, &lb, 20).await.get("b"), None);
     drop((a, b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebinding_page_cannot_read_the_dashboard() {
+    let a = mock("a").await;
+    let body = format!("  upstreams:\n{}", upstreams_yaml(&[("a", a.addr(), 1)]));
+    let lb = Lb::start_with(&body, "  hosts: [lb.internal]\n").await;
+    let client = reqwest::Client::new();
+    let as_host = |host: &'static str| {
+        client
+            .get(lb.url_dashboard("/api/state"))
+            .header("host", host)
+            .send()
+    };
+    assert_eq!(as_host("evil.example").await.unwrap().status(), 421);
+    assert_eq!(as_host("evil.example:5000").await.unwrap().status(), 421);
+    assert_eq!(as_host("lb.internal:5000").await.unwrap().status(), 200);
+    assert_eq!(as_host("localhost").await.unwrap().status(), 200);
+    // Its own address, as a browser opening it sends.
+    assert_eq!(
+        reqwest::get(lb.url_dashboard("/metrics"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

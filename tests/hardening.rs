@@ -589,3 +589,50 @@ async fn a_101_to_a_plain_request_and_an_unknown_transfer_coding_are_refused() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_expects_100_continue_does_not_stall() {
+    // An upstream that reads the body (hyper sends 100 Continue as it starts)
+    // and answers with its length.
+    let app = Router::new()
+        .fallback(|body: axum::body::Bytes| async move { format!("got {}", body.len()) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let lb = Lb::start(&format!(
+        "  upstreams:\n{}",
+        upstreams_yaml(&[("reader", addr, 1)])
+    ))
+    .await;
+    let proxy = lb.proxy;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        // The client waits for the interim answer before it sends the body
+        // (curl gives up waiting after 1 s; this one after 5 s).
+        let mut first = [0u8; 64];
+        let n = s.read(&mut first).unwrap_or(0);
+        let interim = String::from_utf8_lossy(&first[..n]).to_string();
+        s.write_all(b"hello").unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        (interim, String::from_utf8_lossy(&rest).to_string())
+    })
+    .await
+    .unwrap();
+    assert!(answer.0.starts_with("HTTP/1.1 100"), "{answer:?}");
+    assert!(
+        answer.1.contains("200 OK") && answer.1.ends_with("got 5"),
+        "{answer:?}"
+    );
+    assert!(
+        !answer.1.to_ascii_lowercase().contains("pingora"),
+        "{answer:?}"
+    );
+}

@@ -197,6 +197,7 @@ impl Default for RawTimeouts {
 pub(super) struct RawDashboard {
     pub listen: String,
     pub admin_token: Option<String>,
+    pub hosts: Vec<String>,
 }
 
 impl Default for RawDashboard {
@@ -204,6 +205,7 @@ impl Default for RawDashboard {
         RawDashboard {
             listen: "127.0.0.1:5000".into(),
             admin_token: None,
+            hosts: Vec::new(),
         }
     }
 }

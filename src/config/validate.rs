@@ -43,6 +43,11 @@ pub(super) fn validate(raw: RawFile, c: &mut Checker) -> Config {
             .addr("dashboard.listen", &d.listen)
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5000))),
         admin_token: d.admin_token.filter(|t| !t.is_empty()),
+        hosts: d
+            .hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect(),
     };
     let demo = raw.demo.map(|d| validate_demo(d, c));
     Config {

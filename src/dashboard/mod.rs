@@ -151,7 +151,48 @@ fn router(app: App) -> Router {
             app.clone(),
             close_when_draining,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            known_host_only,
+        ))
         .with_state(app)
+}
+
+/// Refuses requests whose `Host` names a host the dashboard does not know
+/// (421): a page on another site that rebinds its DNS name to this address
+/// would otherwise read `/api/state` and `/metrics` as same-origin.
+async fn known_host_only(State(app): State<App>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if host_allowed(host, &app.state.config.dashboard.hosts) {
+        next.run(req).await
+    } else {
+        (
+            axum::http::StatusCode::MISDIRECTED_REQUEST,
+            "unknown host: add it to dashboard.hosts\n",
+        )
+            .into_response()
+    }
+}
+
+/// IP literals and `localhost` always; names only when configured.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    let name = name.to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || names.iter().any(|n| *n == name)
 }
 
 /// While the process hands over to a new one, every answer asks the client to
@@ -221,4 +262,32 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
         )],
         app.state.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_known_hosts_are_answered() {
+        let names = vec!["lb.internal".to_string()];
+        for ok in [
+            "127.0.0.1:5000",
+            "10.1.2.3",
+            "[::1]:5000",
+            "localhost:5000",
+            "LB.internal:5000",
+        ] {
+            assert!(host_allowed(ok, &names), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:5000",
+            "",
+            "localhost.evil.example",
+            "[evil]",
+        ] {
+            assert!(!host_allowed(bad, &names), "{bad}");
+        }
+    }
 }

@@ -190,9 +190,7 @@ fn host_allowed(host: &str, names: &[String]) -> bool {
         None => host.rsplit_once(':').map_or(host, |(n, _)| n),
     };
     let name = name.to_ascii_lowercase();
-    name.parse::<std::net::Ipv4Addr>().is_ok()
-        || name == "localhost"
-        || names.iter().any(|n| *n == name)
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || names.contains(&name)
 }
 
 /// While the process hands over to a new one, every answer asks the client to

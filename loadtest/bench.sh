@@ -126,18 +126,7 @@ add "plain pingora" "http://127.0.0.1:$PP/" "$PLAIN"
 start_hybrid() { # name algorithm sticky-mode  → HLB (pid), HLB_PORT
   local name=$1 algorithm=$2 sticky=$3
   local port dash; port=$(free_port); dash=$(free_port)
-  pingora_keys "$work/$name.yaml"
-  cat >> "$work/$name.yaml" <<CONF
-lb:
-  listen: ["127.0.0.1:$port"]
-  algorithm: $algorithm
-  sticky: { mode: $sticky, secret: "bench-secret-0123456789abcdef" }
-  upstreams:
-    - { name: b1, addr: "127.0.0.1:$B1", weight: 1 }
-    - { name: b2, addr: "127.0.0.1:$B2", weight: 1 }
-dashboard:
-  listen: "127.0.0.1:$dash"
-CONF
+  hybrid_config "$work/$name.yaml" "$port" "$dash" "$algorithm" "$sticky" "$B1" "$B2"
   RUST_LOG=error "$BIN/hybrid-lb" -c "$work/$name.yaml" >/dev/null 2>&1 & HLB=$!; pids+=($HLB)
   wait_port "$port"
   HLB_PORT=$port

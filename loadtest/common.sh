@@ -21,3 +21,20 @@ pid_file: $1.pid
 upgrade_sock: $1.sock
 CONF
 }
+
+# Writes a one-thread hybrid-lb config to file $1: proxy on port $2, dashboard
+# on port $3, algorithm $4, sticky mode $5, upstreams b1 and b2 on ports $6, $7.
+hybrid_config() {
+  pingora_keys "$1"
+  cat >> "$1" <<CONF
+lb:
+  listen: ["127.0.0.1:$2"]
+  algorithm: $4
+  sticky: { mode: $5, secret: "bench-secret-0123456789abcdef" }
+  upstreams:
+    - { name: b1, addr: "127.0.0.1:$6", weight: 1 }
+    - { name: b2, addr: "127.0.0.1:$7", weight: 1 }
+dashboard:
+  listen: "127.0.0.1:$3"
+CONF
+}

@@ -588,13 +588,18 @@ pub(crate) mod tests {
         assert_eq!(u.breaker_state(), BreakerState::Closed);
     }
 
+    /// Opens `u`'s breaker (threshold 2, open 1 s) at `now`; returns when its
+    /// probe is due.
+    fn open_breaker(u: &Upstream, now: Instant) -> Instant {
+        u.record(false, false, now);
+        u.record(false, false, now);
+        now + Duration::from_secs(2)
+    }
+
     #[test]
     fn a_finished_probe_holds_no_reference() {
         let (u, _) = upstream();
-        let now = Instant::now();
-        u.record(false, false, now);
-        u.record(false, false, now);
-        let later = now + Duration::from_secs(2);
+        let later = open_breaker(&u, Instant::now());
         assert_eq!(u.admit(later), Admission::Probe);
         let probe = Probe::new(u.clone());
         assert_eq!(Arc::strong_count(&u), 2);
@@ -610,10 +615,7 @@ pub(crate) mod tests {
     #[test]
     fn a_dropped_probe_is_given_back() {
         let (u, _) = upstream();
-        let now = Instant::now();
-        u.record(false, false, now);
-        u.record(false, false, now);
-        let later = now + Duration::from_secs(2);
+        let later = open_breaker(&u, Instant::now());
         assert_eq!(u.admit(later), Admission::Probe);
         assert_eq!(u.admit(later), Admission::Refused);
         drop(Probe::new(u.clone()));

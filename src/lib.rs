@@ -17,6 +17,7 @@ pub mod forwarding;
 pub mod frontend;
 pub mod health;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod panic;
 pub mod proxy;

@@ -10,7 +10,7 @@ use hybrid_lb::config::Config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    hybrid_lb::logging::init();
     let mut opt = Opt::parse_args();
     let Some(path) = opt.conf.take() else {
         eprintln!("hybrid-lb: no config file given; run `hybrid-lb -c conf/lb.yaml`");

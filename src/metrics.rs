@@ -144,6 +144,7 @@ impl Metrics {
             Box::new(connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(header_timeouts_total.clone()),
+            Box::new(crate::logging::header_aborts().clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }

@@ -186,3 +186,30 @@ async fn the_dashboard_closes_idle_and_trickling_connections_and_caps_them() {
     let r = reqwest::get(lb.url_dashboard("/api/state")).await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_leaving_mid_header_are_counted_not_logged_as_errors() {
+    let up = mock("up").await;
+    let lb = Lb::start(&format!(
+        "  upstreams:\n{}",
+        upstreams_yaml(&[("up", up.addr(), 1)])
+    ))
+    .await;
+    for _ in 0..20 {
+        let mut s = connect_from([127, 0, 0, 1], lb.proxy).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Half: ")
+            .await
+            .unwrap();
+        drop(s);
+    }
+    wait_for("twenty aborts counted", || async {
+        lb.metrics()
+            .await
+            .contains("hlb_client_header_aborts_total 20")
+    })
+    .await;
+    let log = lb.log();
+    assert!(!log.contains("Fail to proxy"), "{log}");
+    // The server keeps serving.
+    assert_eq!(get_from([127, 0, 0, 1], lb.proxy).await, 200);
+}

@@ -98,6 +98,10 @@ impl ServerApp for Frontend {
             None => None,
         };
         let mut session = ServerSession::new_http1(stream);
+        // Pipelined requests (RFC 9112 §9.3.2) are answered one after the
+        // other, in order; the setting carries over to the connection's next
+        // requests.
+        session.set_pipelining_enabled(true);
         let secs = self.header_timeout.as_secs().max(1);
         session.set_keepalive((!*shutdown.borrow()).then_some(secs));
         let mut deadline = self.header_timeout;

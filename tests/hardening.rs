@@ -636,3 +636,31 @@ async fn an_upload_that_expects_100_continue_does_not_stall() {
         "{answer:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    // The mock upstream names the path it answered in its JSON body.
+    let up = mock("up").await;
+    let lb = Lb::start(&format!(
+        "  upstreams:\n{}",
+        upstreams_yaml(&[("up", up.addr(), 1)])
+    ))
+    .await;
+    let proxy = lb.proxy;
+    let answer = tokio::task::spawn_blocking(move || {
+        raw(
+            proxy,
+            b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\nGET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .unwrap()
+    .0;
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer}");
+    let at = |p: &str| answer.find(&format!("\"{p}\"")).unwrap_or(usize::MAX);
+    assert!(
+        at("/first") < at("/second") && at("/second") < at("/third"),
+        "{answer}"
+    );
+    assert!(at("/third") < usize::MAX, "{answer}");
+}

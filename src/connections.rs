@@ -9,10 +9,12 @@
 //! checks and the dashboard need theirs even when the cap is reached.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use pingora::protocols::Stream;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use tokio::sync::Notify;
 
 use pingora_limits::inflight::{Guard, Inflight};
 use prometheus::{IntCounter, IntGauge};
@@ -21,6 +23,11 @@ use crate::metrics::Metrics;
 
 /// Descriptors kept free for health checks, the dashboard, logs and the like.
 pub const RESERVE: u64 = 256;
+
+/// When the cap is full, a connection that has waited at least this long for
+/// a request header (idle keep-alive, or a header not yet whole) may be shed
+/// to make room, as nginx closes idle keep-alive connections when it runs out.
+pub const SHED_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +38,22 @@ pub enum Refusal {
     PerClient,
 }
 
+/// One held connection as the admission sees it.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// When it started waiting for a request header (milliseconds since the
+    /// admission's epoch, plus one); 0 while a request is in progress.
+    waiting_since: AtomicU64,
+    /// Woken to close the connection and give its place to a newcomer.
+    pub shed: Notify,
+}
+
 /// Counts client connections and admits or refuses new ones.
 pub struct Admission {
+    /// Held connections that could be shed under pressure.
+    slots: Mutex<Vec<Weak<Slot>>>,
+    epoch: Instant,
+    shed_total: IntCounter,
     max: usize,
     per_client: usize,
     open: Arc<AtomicUsize>,
@@ -47,6 +68,21 @@ pub struct Place {
     open: Arc<AtomicUsize>,
     _client: Guard,
     gauge: IntGauge,
+    pub slot: Arc<Slot>,
+    epoch: Instant,
+}
+
+impl Place {
+    /// The connection now waits for a request header: it may be shed.
+    pub fn waiting(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.slot.waiting_since.store(ms, Ordering::Relaxed);
+    }
+
+    /// A request is in progress: it is not shed.
+    pub fn busy(&self) {
+        self.slot.waiting_since.store(0, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Place {
@@ -60,6 +96,11 @@ impl Admission {
     /// Caps for the listener called `listener` in the metrics.
     pub fn new(listener: &str, max: usize, per_client: usize, metrics: &Metrics) -> Self {
         Admission {
+            slots: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
+            shed_total: metrics
+                .connections_refused
+                .with_label_values(&[listener, "shed"]),
             max,
             per_client,
             open: Arc::new(AtomicUsize::new(0)),
@@ -81,17 +122,55 @@ impl Admission {
             self.refused_per_client.inc();
             return Err(Refusal::PerClient);
         }
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max && !self.shed_one() {
             self.open.fetch_sub(1, Ordering::Relaxed);
             self.refused_full.inc();
             return Err(Refusal::Full);
         }
         self.gauge.inc();
+        let slot = Arc::new(Slot::default());
+        self.lock_slots().push(Arc::downgrade(&slot));
         Ok(Place {
             open: self.open.clone(),
             _client: guard,
             gauge: self.gauge.clone(),
+            slot,
+            epoch: self.epoch,
         })
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Slot>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the connection that has waited longest for a request header
+    /// (at least [`SHED_AFTER`]) to close; false if none qualifies. The
+    /// newcomer takes its place at once, so the count may run one over the cap
+    /// until the shed connection is gone.
+    fn shed_one(&self) -> bool {
+        let Some(cutoff) = self.epoch.elapsed().checked_sub(SHED_AFTER) else {
+            return false;
+        };
+        let limit = cutoff.as_millis() as u64 + 1;
+        let mut slots = self.lock_slots();
+        slots.retain(|w| w.strong_count() > 0);
+        let oldest = slots
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| {
+                let since = s.waiting_since.load(Ordering::Relaxed);
+                since != 0 && since <= limit
+            })
+            .min_by_key(|s| s.waiting_since.load(Ordering::Relaxed));
+        match oldest {
+            Some(slot) => {
+                slot.waiting_since.store(0, Ordering::Relaxed);
+                slot.shed.notify_one();
+                self.shed_total.inc();
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn open(&self) -> usize {
@@ -161,6 +240,27 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn when_full_the_longest_waiting_connection_is_shed_for_a_newcomer() {
+        let m = Metrics::new();
+        let a = Admission::new("proxy", 2, 2, &m);
+        let busy = a.admit(ip(1)).unwrap();
+        let idle = a.admit(ip(2)).unwrap();
+        busy.busy();
+        idle.waiting();
+        // Waiting, but not for long enough yet: refused.
+        assert_eq!(a.admit(ip(3)).err(), Some(Refusal::Full));
+        // Pretend it has waited past SHED_AFTER.
+        idle.slot.waiting_since.store(1, Ordering::Relaxed);
+        std::thread::sleep(SHED_AFTER + Duration::from_millis(20));
+        let newcomer = a.admit(ip(3)).unwrap();
+        // The idle connection was told to go; the busy one was not.
+        assert!(futures_util::FutureExt::now_or_never(idle.slot.shed.notified()).is_some());
+        assert!(futures_util::FutureExt::now_or_never(busy.slot.shed.notified()).is_none());
+        drop((idle, newcomer));
+        assert!(m.render().contains("reason=\"shed\"} 1"));
     }
 
     #[test]

@@ -65,19 +65,23 @@ impl Frontend {
 }
 
 /// Runs `request` (one request's whole processing), but drops it (closing the
-/// connection) if `arrived` has not fired within `deadline`.
+/// connection) if `arrived` has not fired within `deadline`, or if the
+/// connection is told to make room (`shed`) before it has.
 async fn with_header_deadline<T>(
     request: impl Future<Output = T>,
     arrived: oneshot::Receiver<()>,
     deadline: Duration,
+    shed: &tokio::sync::Notify,
+    on_arrival: impl FnOnce(),
 ) -> Option<T> {
     tokio::pin!(request);
     tokio::select! {
         biased;
         out = &mut request => return Some(out),
         // Fired, or dropped because the request ended: no more deadline.
-        _ = arrived => {}
+        _ = arrived => on_arrival(),
         _ = tokio::time::sleep(deadline) => return None,
+        _ = shed.notified() => return None,
     }
     Some(request.await)
 }
@@ -89,7 +93,7 @@ impl ServerApp for Frontend {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _place = match connections::client_of(&stream).map(|ip| self.admission.admit(ip)) {
+        let place = match connections::client_of(&stream).map(|ip| self.admission.admit(ip)) {
             Some(Ok(place)) => Some(place),
             Some(Err(why)) => {
                 log::debug!("connection refused: {why:?}");
@@ -97,6 +101,8 @@ impl ServerApp for Frontend {
             }
             None => None,
         };
+        let no_shed = tokio::sync::Notify::new();
+        let shed = place.as_ref().map_or(&no_shed, |p| &p.slot.shed);
         let mut session = ServerSession::new_http1(stream);
         // Pipelined requests (RFC 9112 §9.3.2) are answered one after the
         // other, in order; the setting carries over to the connection's next
@@ -112,9 +118,21 @@ impl ServerApp for Frontend {
                 arrived: tx,
                 carried,
             })));
-            let Some(result) =
-                with_header_deadline(self.proxy.process_new_http(session, shutdown), rx, deadline)
-                    .await
+            if let Some(p) = &place {
+                p.waiting();
+            }
+            let Some(result) = with_header_deadline(
+                self.proxy.process_new_http(session, shutdown),
+                rx,
+                deadline,
+                shed,
+                || {
+                    if let Some(p) = &place {
+                        p.busy();
+                    }
+                },
+            )
+            .await
             else {
                 self.header_timeouts.inc();
                 log::debug!("request header not whole within {deadline:?}: connection closed");
@@ -142,7 +160,8 @@ mod tests {
     async fn a_header_that_never_completes_is_cut_at_the_deadline() {
         let (_tx, rx) = oneshot::channel::<()>();
         let never = std::future::pending::<()>();
-        let out = with_header_deadline(never, rx, Duration::from_secs(10)).await;
+        let shed = tokio::sync::Notify::new();
+        let out = with_header_deadline(never, rx, Duration::from_secs(10), &shed, || {}).await;
         assert!(out.is_none());
     }
 
@@ -154,7 +173,18 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
             7
         };
-        let out = with_header_deadline(slow, rx, Duration::from_secs(10)).await;
+        let shed = tokio::sync::Notify::new();
+        let out = with_header_deadline(slow, rx, Duration::from_secs(10), &shed, || {}).await;
         assert_eq!(out, Some(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waiting_for_its_header_can_be_shed() {
+        let (_tx, rx) = oneshot::channel::<()>();
+        let shed = tokio::sync::Notify::new();
+        shed.notify_one();
+        let never = std::future::pending::<()>();
+        let out = with_header_deadline(never, rx, Duration::from_secs(10), &shed, || {}).await;
+        assert!(out.is_none());
     }
 }

@@ -93,56 +93,70 @@ async fn a_trickled_header_is_cut_at_the_header_timeout() {
     assert_eq!(get_from([127, 0, 0, 1], lb.proxy).await, 200);
 }
 
+/// Sends a GET on `s` without waiting for the answer.
+async fn send_get(s: &mut TcpStream) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_caps_close_new_connections_at_once_and_spare_other_clients() {
-    let up = mock("up").await;
+    // Every answer takes 1.5 s, so connections with a request in flight are
+    // busy for that long.
+    let up = mock_with(
+        "up",
+        mock_backend::Behaviour {
+            latency_ms: 1500,
+            ..Default::default()
+        },
+    )
+    .await;
     let lb = Lb::start(&format!(
-        "  limits: {{ max_connections: 12, max_connections_per_client: 4 }}\n  health_check: {{ interval: 200ms, timeout: 500ms }}\n  upstreams:\n{}",
+        "  limits: {{ max_connections: 12, max_connections_per_client: 4 }}\n  health_check: {{ interval: 200ms, timeout: 1s }}\n  upstreams:\n{}",
         upstreams_yaml(&[("up", up.addr(), 1)])
     ))
     .await;
-    // One address takes its four places with idle connections; its fifth is
-    // closed at once, while another address is served.
+    // One address takes its four places; its fifth is closed at once.
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(connect_from([127, 0, 0, 2], lb.proxy).await);
     }
     let mut fifth = connect_from([127, 0, 0, 2], lb.proxy).await;
-    assert!(closed_within(&mut fifth, Duration::from_secs(2)).await);
-    assert_eq!(get_from([127, 0, 0, 3], lb.proxy).await, 200);
-    // Fill the rest of the twelve from two more addresses.
+    assert!(closed_within(&mut fifth, Duration::from_secs(1)).await);
+    // Twelve places, every one with a request in flight: the thirteenth
+    // connection is closed at once, as nothing can be shed.
     for from in [[127, 0, 0, 4], [127, 0, 0, 5]] {
         for _ in 0..4 {
             held.push(connect_from(from, lb.proxy).await);
         }
     }
-    wait_for("twelve connections held", || async {
-        lb.metrics()
-            .await
-            .contains("hlb_connections{listener=\"proxy\"} 12")
+    for s in held.iter_mut() {
+        send_get(s).await;
+    }
+    wait_for("twelve requests in flight", || async {
+        lb.upstream_state("up").await["inflight"] == 12
     })
     .await;
     let mut over = connect_from([127, 0, 0, 6], lb.proxy).await;
-    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
-    // At the cap, health checks still have descriptors: the upstream stays up
-    // over several check intervals.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(closed_within(&mut over, Duration::from_millis(500)).await);
+    // At the cap, health checks still have descriptors.
     assert_eq!(lb.upstream_state("up").await["health"], "up");
-    let m = lb.metrics().await;
-    assert!(
-        m.contains("hlb_connections_refused_total{listener=\"proxy\",reason=\"per_client\"} 1"),
-        "{m}"
-    );
-    assert!(
-        m.contains("hlb_connections_refused_total{listener=\"proxy\",reason=\"full\"} 1"),
-        "{m}"
-    );
-    // Places come back when the holders leave.
-    drop(held);
-    wait_for("a newcomer served again", || async {
-        get_from([127, 0, 0, 6], lb.proxy).await == 200
+    // Once answered, the twelve sit idle; after a second of idling, a
+    // newcomer takes the place of the longest idle one instead of being
+    // turned away (as nginx reuses idle keep-alive connections).
+    wait_for("the twelve answered", || async {
+        lb.upstream_state("up").await["inflight"] == 0
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get_from([127, 0, 0, 6], lb.proxy).await, 200);
+    let m = lb.metrics().await;
+    for (reason, n) in [("per_client", 1), ("full", 1), ("shed", 1)] {
+        let line =
+            format!("hlb_connections_refused_total{{listener=\"proxy\",reason=\"{reason}\"}} {n}");
+        assert!(m.contains(&line), "{line}\n{m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,23 +2,28 @@
 //! it learns to the module that decides.
 //!
 //! ```text
+//! on_connection_reuse ─ stop the frontend's header clock; the connection's memo
+//!   ▼                   (client address and trust, opened sticky cookie)
 //! request_filter ──── forwarding::check_request: framing, header and body size (400/431/413)
 //!   ▼
 //! upstream_peer ───── stale pooled connection? ─► a fresh try on the same upstream
 //!   │                 sticky (cookie, IP ring) or balancer.select over the table in force,
-//!   │                 vetoing upstreams tried; Upstream::admit (health, drain, breaker)
+//!   │                 vetoing upstreams tried; Upstream::admit (health, drain, breaker;
+//!   │                 breakers overruled in panic mode)
 //!   │                 none ─► 503;  else Attempt::new (in-flight guard, breaker probe)
 //!   ├─ fail_to_connect ──── settle(ConnectFailed) ─► retry elsewhere? ─► upstream_peer
 //!   ├─ error_while_proxy ── settle(StalePooled | Reset | TimedOut | BrokeMidBody | Abandoned)
 //!   ▼                                              ─► retry? ─► upstream_peer
 //! upstream_request_filter ─ forwarding: X-Forwarded-* (Pingora strips hop-by-hop)
 //!   ▼
-//! upstream_response_filter ─ settle(Answered(status)): breaker, latency, counters
+//! upstream_response_filter ─ forwarding::check_response (a 101 unasked, an
+//!   ▼                        unknown coding: 502); settle(Answered(status))
 //!   ▼
 //! response_filter ─── draining: Connection: close; sticky Set-Cookie
 //! fail_to_proxy ───── 503 (no upstream, connect failed), 502, 504, or the 4xx
 //! logging ─────────── settle what is still open (a break, a timeout, a client gone);
 //!                     the response's duration
+//! persist_connection_context ─ hand the memo to the connection's next request
 //! ```
 //!
 //! What an outcome means (breaker, latency, counters, retry) is decided in one
@@ -214,7 +219,7 @@ impl Proxy {
             }
             Sticky::Ip => {
                 let ring = table.members.ring.as_ref()?;
-                let ip = self.client_ip(session)?;
+                let ip = self.client_ip(session, ctx)?;
                 // Nothing eligible on the ring: nothing moved, nothing counted.
                 let (i, own) = ring.select(ip, accept)?;
                 state.count_sticky(if own {
@@ -236,10 +241,14 @@ impl Proxy {
         ctx.conn.client.as_ref()
     }
 
-    /// The client's address for IP stickiness: `X-Forwarded-For` counts only
-    /// from a trusted proxy.
-    fn client_ip(&self, session: &Session) -> Option<IpAddr> {
-        let peer = session.client_addr().and_then(|a| a.as_inet())?.ip();
+    /// The client's address for IP stickiness: the connection's peer, worked
+    /// out once per connection; `X-Forwarded-For` is read only when that peer
+    /// is a trusted proxy.
+    fn client_ip(&self, session: &Session, ctx: &mut RequestCtx) -> Option<IpAddr> {
+        let client = self.client(session, ctx)?;
+        if !client.trusted {
+            return Some(client.ip);
+        }
         let xff: Vec<&str> = session
             .req_header()
             .headers
@@ -248,7 +257,7 @@ impl Proxy {
             .filter_map(|v| v.to_str().ok())
             .collect();
         Some(sticky::client_ip(
-            peer,
+            client.ip,
             &xff,
             &self.state.config.lb.trusted_proxies,
         ))

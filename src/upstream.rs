@@ -137,6 +137,8 @@ impl Upstream {
         handles.inflight.set(0);
         handles.base_weight.set(conf.weight as f64);
         handles.effective_weight.set(conf.weight as f64);
+        // One origin for every millisecond mirror of this upstream.
+        let epoch = Instant::now();
         Upstream {
             name: conf.name.clone(),
             addr: conf.addr,
@@ -153,8 +155,8 @@ impl Upstream {
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             probe_out: AtomicBool::new(false),
-            epoch: Instant::now(),
-            ewma: crate::ewma::SharedEwma::new(env.half_life, Instant::now()),
+            epoch,
+            ewma: crate::ewma::SharedEwma::new(env.half_life, epoch),
             penalty_cap: env.penalty_cap,
             inflight: AtomicI64::new(0),
             stats: UpstreamStats::default(),

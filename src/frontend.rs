@@ -26,14 +26,27 @@ use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
 use crate::connections::{self, Admission};
+use crate::header_cap::{Arming, HeaderCap};
 use crate::proxy::Proxy;
+use crate::state::SharedState;
 
 /// Rides in the connection's user context into the proxy, which fires it as
 /// soon as the request header has been read; carries on whatever context the
 /// previous request on the connection left.
 pub struct HeaderClock {
-    pub arrived: oneshot::Sender<()>,
-    pub carried: Option<Box<dyn Any + Send + Sync>>,
+    arrived: oneshot::Sender<()>,
+    cap: Arming,
+    carried: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl HeaderClock {
+    /// The request header is in: stops the clock and the header cap, and
+    /// hands back what the previous request left.
+    pub fn header_in(self) -> Option<Box<dyn Any + Send + Sync>> {
+        self.cap.header_in();
+        let _ = self.arrived.send(());
+        self.carried
+    }
 }
 
 pub struct Frontend {
@@ -44,22 +57,22 @@ pub struct Frontend {
     /// How long a keep-alive connection may idle before its next request.
     keepalive_timeout: Duration,
     header_timeouts: IntCounter,
+    /// `lb.limits.max_header_bytes`, enforced while the header is read.
+    max_header_bytes: usize,
+    headers_too_large: IntCounter,
 }
 
 impl Frontend {
-    pub fn new(
-        proxy: HttpProxy<Proxy>,
-        admission: Admission,
-        header_timeout: Duration,
-        keepalive_timeout: Duration,
-        header_timeouts: IntCounter,
-    ) -> Self {
+    pub fn new(proxy: HttpProxy<Proxy>, admission: Admission, state: &SharedState) -> Self {
+        let limits = &state.config.lb.limits;
         Frontend {
             proxy: Arc::new(proxy),
             admission,
-            header_timeout,
-            keepalive_timeout,
-            header_timeouts,
+            header_timeout: limits.header_timeout,
+            keepalive_timeout: limits.keepalive_timeout,
+            header_timeouts: state.metrics.header_timeouts_total.clone(),
+            max_header_bytes: limits.max_header_bytes as usize,
+            headers_too_large: state.metrics.headers_too_large_total.clone(),
         }
     }
 }
@@ -103,6 +116,11 @@ impl ServerApp for Frontend {
         };
         let no_shed = tokio::sync::Notify::new();
         let shed = place.as_ref().map_or(&no_shed, |p| &p.slot.shed);
+        let (stream, cap) = HeaderCap::wrap(
+            stream,
+            self.max_header_bytes,
+            self.headers_too_large.clone(),
+        );
         let mut session = ServerSession::new_http1(stream);
         // Pipelined requests (RFC 9112 §9.3.2) are answered one after the
         // other, in order; the setting carries over to the connection's next
@@ -114,8 +132,10 @@ impl ServerApp for Frontend {
         loop {
             let (tx, rx) = oneshot::channel();
             let carried = session.take_connection_user_context();
+            cap.next_request();
             session.set_connection_user_context(Some(Box::new(HeaderClock {
                 arrived: tx,
+                cap: cap.clone(),
                 carried,
             })));
             if let Some(p) = &place {

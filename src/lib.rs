@@ -15,6 +15,7 @@ pub mod events;
 pub mod ewma;
 pub mod forwarding;
 pub mod frontend;
+pub mod header_cap;
 pub mod health;
 pub mod lifecycle;
 pub mod logging;
@@ -52,9 +53,7 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
         frontend::Frontend::new(
             http_proxy(&server.configuration, proxy::Proxy::new(state.clone())),
             admission,
-            limits.header_timeout,
-            limits.keepalive_timeout,
-            state.metrics.header_timeouts_total.clone(),
+            &state,
         ),
     );
     for addr in &state.config.lb.listen {

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Connections closed because a request header did not arrive whole in time.
     pub header_timeouts_total: IntCounter,
+    /// Connections answered 431 while their header was read, past
+    /// `lb.limits.max_header_bytes`.
+    pub headers_too_large_total: IntCounter,
 }
 
 impl Metrics {
@@ -129,6 +132,11 @@ impl Metrics {
             "Connections closed because a request header did not arrive whole within lb.limits.header_timeout",
         )
         .expect("metric");
+        let headers_too_large_total = IntCounter::new(
+            "hlb_headers_too_large_total",
+            "Connections answered 431 and closed while reading a request header past lb.limits.max_header_bytes",
+        )
+        .expect("metric");
 
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
@@ -144,6 +152,7 @@ impl Metrics {
             Box::new(connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(header_timeouts_total.clone()),
+            Box::new(headers_too_large_total.clone()),
             Box::new(crate::logging::header_aborts().clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -163,6 +172,7 @@ impl Metrics {
             connections,
             connections_refused,
             header_timeouts_total,
+            headers_too_large_total,
         }
     }
 

@@ -289,13 +289,10 @@ impl ProxyHttp for Proxy {
         // The frontend's header clock: the header is in, stop it; then take
         // what the previous request on the connection left.
         let prev = match prev.downcast::<HeaderClock>() {
-            Ok(clock) => {
-                let _ = clock.arrived.send(());
-                match clock.carried {
-                    Some(carried) => carried,
-                    None => return,
-                }
-            }
+            Ok(clock) => match clock.header_in() {
+                Some(carried) => carried,
+                None => return,
+            },
             Err(other) => other,
         };
         if let Ok(conn) = prev.downcast::<ConnectionMemo>() {

@@ -177,6 +177,67 @@ async fn malformed_requests_get_a_4xx_close_and_never_reach_the_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unterminated_header_is_refused_at_the_cap_not_buffered() {
+    let (lb, hits) =
+        lb_with_echo("  limits: { max_header_bytes: 4KiB, header_timeout: 60s }\n").await;
+    // 64 KiB of a header that never ends. Refused while reading, it is
+    // answered 431 at once; buffered towards Pingora's 1 MiB, it would wait
+    // out the 60 s header timeout with nothing said.
+    let mut s = TcpStream::connect(lb.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        .unwrap();
+    s.write_all(&vec![b'a'; 64 * 1024]).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status(&answer), 431, "{answer:?}");
+    assert!(closed, "connection left open after the 431");
+    assert_eq!(hits.load(Ordering::Relaxed), 0);
+    let metrics = lb.metrics().await;
+    assert!(
+        metrics.contains("hlb_headers_too_large_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_under_the_cap_with_large_bodies_and_pipelining_pass() {
+    let (lb, hits) = lb_with_echo("  limits: { max_header_bytes: 4KiB }\n").await;
+    // A 3 KiB header and a 200 KiB body in one write: the body is not
+    // counted as header.
+    let body = "b".repeat(200 * 1024);
+    let post = |connection: &str| {
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\nX-Pad: {}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            "p".repeat(3000),
+            body.len()
+        )
+    };
+    let (answer, _) = raw(lb.proxy, post("close").as_bytes());
+    assert_eq!(status(&answer), 200, "{answer:.200}");
+    // Two pipelined POSTs with large bodies, then a GET: three answers, in
+    // order; the second's body, read after its header came from the first
+    // read, is not taken for a header either.
+    let last = "GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let one = post("keep-alive");
+    let (answer, closed) = raw(lb.proxy, format!("{one}{one}{last}").as_bytes());
+    assert!(closed);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer:.300}");
+    assert_eq!(hits.load(Ordering::Relaxed), 4);
+    assert!(lb.metrics().await.contains("hlb_headers_too_large_total 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_do_not_slow_anyone_else() {
     let (lb, _) = lb_with_echo("").await;
     let mut idle = Vec::new();

@@ -202,6 +202,54 @@ async fn the_dashboard_closes_idle_and_trickling_connections_and_caps_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dashboard_sheds_its_longest_idle_connection_for_a_newcomer() {
+    let up = mock("up").await;
+    let lb = Lb::start(&format!(
+        "  limits: {{ header_timeout: 60s }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("up", up.addr(), 1)])
+    ))
+    .await;
+    // All 512 places taken by idle connections, 64 from each of 8 addresses.
+    let mut held = Vec::new();
+    for last in 10..18 {
+        for _ in 0..64 {
+            held.push(connect_from([127, 0, 0, last], lb.dashboard).await);
+        }
+    }
+    // Once they have idled past the shedding age, a newcomer is served: an
+    // idle one is closed to make room (without shedding, every newcomer would
+    // be refused for the whole 60 s header timeout).
+    let dashboard = lb.dashboard;
+    wait_for(
+        "a newcomer served while the dashboard is full",
+        || async move {
+            let mut s = connect_from([127, 0, 0, 1], dashboard).await;
+            let _ = s
+                .write_all(
+                    b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+            out.starts_with(b"HTTP/1.1 200")
+        },
+    )
+    .await;
+    let mut shed = 0;
+    for s in &mut held {
+        if closed_within(s, Duration::from_millis(1)).await {
+            shed += 1;
+        }
+    }
+    assert!(shed >= 1, "no idle connection was shed");
+    let metrics = lb.metrics().await;
+    assert!(
+        metrics.contains("hlb_connections_refused_total{listener=\"dashboard\",reason=\"shed\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_leaving_mid_header_are_counted_not_logged_as_errors() {
     let up = mock("up").await;
     let lb = Lb::start(&format!(

@@ -90,14 +90,33 @@ impl ServerApp for DashboardApp {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()))
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let _place = match self.admission.admit(peer.ip()) {
-            Ok(place) => place,
+        let place = match self.admission.admit(peer.ip()) {
+            Ok(place) => Arc::new(place),
             Err(why) => {
                 log::debug!("dashboard connection from {peer} refused: {why:?}");
                 return None;
             }
         };
-        let app = self.router.clone().layer(Extension(ConnectInfo(peer)));
+        // Waiting for a request (or streaming events, once the stream's head
+        // is sent) the connection may be shed for a newcomer when the
+        // dashboard is full; a browser's EventSource reconnects by itself.
+        place.waiting();
+        let marks = place.clone();
+        let app = self
+            .router
+            .clone()
+            .layer(Extension(ConnectInfo(peer)))
+            .layer(axum::middleware::from_fn(
+                move |req: Request, next: Next| {
+                    let marks = marks.clone();
+                    async move {
+                        marks.busy();
+                        let response = next.run(req).await;
+                        marks.waiting();
+                        response
+                    }
+                },
+            ));
         // hyper's header timer runs from the start of each request, idle
         // keep-alive time included: it bounds both.
         let conn = hyper::server::conn::http1::Builder::new()
@@ -110,6 +129,7 @@ impl ServerApp for DashboardApp {
         if !*shutdown.borrow() {
             tokio::select! {
                 _ = conn.as_mut() => return None,
+                _ = place.slot.shed.notified() => return None,
                 _ = shutdown.changed() => {}
             }
         }

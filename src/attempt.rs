@@ -407,11 +407,7 @@ mod tests {
         let env = crate::upstream::tests::env(
             "lb:\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n  circuit_breaker: { fail_threshold: 2 }\n",
         );
-        let conf = crate::config::UpstreamConfig {
-            name: "a".into(),
-            addr: "127.0.0.1:1".parse().unwrap(),
-            weight: 1,
-        };
+        let conf = crate::config::UpstreamConfig::new("a", "127.0.0.1:1".parse().unwrap(), 1);
         Arc::new(Upstream::new(&conf, &env))
     }
 

@@ -83,7 +83,11 @@ pub struct LbConfig {
     /// Peers whose forwarding headers (`X-Forwarded-*`, `X-Real-IP`,
     /// `Forwarded`) are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The upstreams named by address.
     pub upstreams: Vec<UpstreamConfig>,
+    /// The entries whose members DNS supplies.
+    pub discovered: Vec<DiscoveredGroup>,
+    pub discovery: DiscoveryConfig,
     pub health_check: HealthCheckConfig,
     pub circuit_breaker: BreakerConfig,
     pub dynamic_weights: DynamicWeightsConfig,
@@ -113,11 +117,74 @@ pub struct LimitsConfig {
     pub max_connections_per_client: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// The `dns:` or `srv:` entry it was discovered from, if any.
+    pub group: Option<String>,
+    /// SRV priority within its group: lower is preferred; 0 otherwise.
+    pub priority: u16,
+}
+
+impl UpstreamConfig {
+    /// An upstream named by the operator (config or admin API).
+    pub fn new(name: impl Into<String>, addr: SocketAddr, weight: u32) -> Self {
+        UpstreamConfig {
+            name: name.into(),
+            addr,
+            weight,
+            group: None,
+            priority: 0,
+        }
+    }
+}
+
+/// Where a discovered group's members come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverySource {
+    /// `dns: "host:port"`: one upstream per A/AAAA record, on `port`.
+    Dns { host: String, port: u16 },
+    /// `srv: "_svc._tcp.domain"`: targets, ports, weights and priorities.
+    Srv { name: String },
+}
+
+impl DiscoverySource {
+    /// `dns` or `srv`: the label of its metrics and events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DiscoverySource::Dns { .. } => "dns",
+            DiscoverySource::Srv { .. } => "srv",
+        }
+    }
+}
+
+impl std::fmt::Display for DiscoverySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiscoverySource::Dns { host, port } => write!(f, "{host}:{port}"),
+            DiscoverySource::Srv { name } => f.write_str(name),
+        }
+    }
+}
+
+/// An upstream entry with `dns:` or `srv:`: a group whose members follow DNS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveredGroup {
+    pub name: String,
+    pub source: DiscoverySource,
+    /// Each member's weight (`dns:`); SRV records carry their own.
+    pub weight: u32,
+}
+
+/// `lb.discovery`.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// Name servers to ask; empty means the system's (`/etc/resolv.conf`).
+    pub resolvers: Vec<SocketAddr>,
+    /// Re-resolve at least this often (sooner when the answer's TTL is shorter).
+    pub refresh: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::lb::discovery::ServiceDiscovery;
-use pingora::lb::health_check::{HealthObserve, HttpHealthCheck};
+use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::*;
@@ -43,6 +43,41 @@ impl HealthObserve for Observer {
                 u.set_health(healthy, &detail);
             }
         }
+    }
+}
+
+/// Pingora's HTTP check, with each result also shown to the upstreams at that
+/// address that joined at run time and await their first passing checks
+/// (Pingora itself takes a new backend as healthy until a check fails).
+struct Checks {
+    http: HttpHealthCheck,
+    state: Arc<SharedState>,
+}
+
+#[async_trait]
+impl HealthCheck for Checks {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        let result = self.http.check(target).await;
+        if let Some(addr) = target.addr.as_inet() {
+            let passes = self.state.config.lb.health_check.healthy_threshold;
+            let table = self.state.balancer.load();
+            for u in table.upstreams().iter().filter(|u| u.addr == *addr) {
+                u.first_check(result.is_ok(), passes);
+            }
+        }
+        result
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.http.health_status_change(target, healthy).await
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        self.http.backend_summary(target)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.http.health_threshold(success)
     }
 }
 
@@ -99,7 +134,10 @@ pub fn service(state: Arc<SharedState>) -> Result<LoadBalancer<RoundRobin>> {
     let mut backends = Backends::new(Box::new(TableDiscovery {
         state: state.clone(),
     }));
-    backends.set_health_check(Box::new(check));
+    backends.set_health_check(Box::new(Checks {
+        http: check,
+        state: state.clone(),
+    }));
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
     lb.health_check_frequency = Some(hc_conf.interval);
     lb.update_frequency = Some(SET_REFRESH);

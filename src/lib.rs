@@ -11,6 +11,7 @@ pub mod config;
 pub mod connections;
 pub mod dashboard;
 pub mod demo;
+pub mod discovery;
 pub mod events;
 pub mod ewma;
 pub mod forwarding;
@@ -19,6 +20,7 @@ pub mod header_cap;
 pub mod health;
 pub mod lifecycle;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod panic;
 pub mod proxy;
@@ -39,6 +41,8 @@ use crate::state::SharedState;
 
 /// Adds every service of hybrid-lb to `server` and returns the shared state.
 pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<SharedState>> {
+    let mut config = config;
+    discovery::resolve_at_start(&mut config);
     let state = Arc::new(SharedState::new(config));
 
     let limits = &state.config.lb.limits;
@@ -71,6 +75,10 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
         weights::WeightsService::new(state.clone()),
     ));
     server.add_service(background_service(
+        "discovery",
+        discovery::DiscoveryService::new(state.clone()),
+    ));
+    server.add_service(background_service(
         "panic mode",
         panic::PanicService::new(state.clone()),
     ));
@@ -87,6 +95,7 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
         "dashboard ticker",
         dashboard::TickerService::new(state.clone(), hub),
     ));
+    server.add_service(background_service("memory", memory::MemoryService));
     server.add_service(background_service(
         "lifecycle",
         lifecycle::LifecycleService::new(state.clone(), server.watch_execution_phase()),

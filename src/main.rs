@@ -10,6 +10,7 @@ use hybrid_lb::config::Config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    hybrid_lb::memory::init();
     hybrid_lb::logging::init();
     let mut opt = Opt::parse_args();
     let Some(path) = opt.conf.take() else {

@@ -39,6 +39,9 @@ pub struct Metrics {
     /// Connections answered 431 while their header was read, past
     /// `lb.limits.max_header_bytes`.
     pub headers_too_large_total: IntCounter,
+    /// DNS answers for discovered groups, by source (`dns`, `srv`) and
+    /// result (`changed`, `unchanged`, `refused`).
+    pub discovery_updates_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -138,6 +141,15 @@ impl Metrics {
         )
         .expect("metric");
 
+        let discovery_updates_total = IntCounterVec::new(
+            Opts::new(
+                "hlb_discovery_updates_total",
+                "DNS answers for discovered upstream groups, by source and result",
+            ),
+            &["source", "result"],
+        )
+        .expect("metric");
+
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
@@ -153,6 +165,7 @@ impl Metrics {
             Box::new(connections_refused.clone()),
             Box::new(header_timeouts_total.clone()),
             Box::new(headers_too_large_total.clone()),
+            Box::new(discovery_updates_total.clone()),
             Box::new(crate::logging::header_aborts().clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -173,6 +186,7 @@ impl Metrics {
             connections_refused,
             header_timeouts_total,
             headers_too_large_total,
+            discovery_updates_total,
         }
     }
 

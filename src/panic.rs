@@ -4,8 +4,9 @@
 //! client can ask for a URL that errors), so selection overrules breakers and
 //! balances over every healthy upstream, and an event says so.
 //!
-//! Reassessed whenever an upstream's breaker, health or drain changes, and on
-//! every weights tick; the request path reads one flag.
+//! Reassessed whenever an upstream's breaker, health or drain changes, and at
+//! least once a second; the request path reads one flag. SRV priorities'
+//! standby is settled first, since a target held back is not in the count.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,10 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::balancer::standby::{standby, Member};
+use crate::breaker::BreakerState;
 use crate::state::SharedState;
+use crate::upstream::Upstream;
 
 /// Whether `eligible` of `healthy` upstreams (healthy and not drained) is too
 /// few: fewer than half.
@@ -26,9 +30,10 @@ pub fn in_panic(healthy: usize, eligible: usize) -> bool {
 /// and records an event.
 pub fn assess(state: &SharedState) {
     let table = state.balancer.load();
+    assess_standby(table.upstreams());
     let (mut healthy, mut eligible) = (0, 0);
     for u in table.upstreams() {
-        if u.is_healthy() && !u.is_drained() {
+        if u.is_available() {
             healthy += 1;
             if u.is_usable() {
                 eligible += 1;
@@ -47,6 +52,25 @@ pub fn assess(state: &SharedState) {
         };
         log::warn!("panic mode {detail}");
         state.events.push(None, "panic", detail);
+    }
+}
+
+/// Holds back SRV targets of a priority above their group's preferred one.
+fn assess_standby(upstreams: &[Arc<Upstream>]) {
+    if upstreams.iter().all(|u| u.group.is_none()) {
+        return;
+    }
+    let members: Vec<Member> = upstreams
+        .iter()
+        .map(|u| Member {
+            group: u.group.as_deref(),
+            priority: u.priority(),
+            eligible: u.is_healthy() && !u.is_drained() && u.breaker_state() != BreakerState::Open,
+            healthy: u.is_healthy() && !u.is_drained(),
+        })
+        .collect();
+    for (u, standby) in upstreams.iter().zip(standby(&members)) {
+        u.set_standby(standby);
     }
 }
 

@@ -112,6 +112,8 @@ impl SharedState {
                 name: u.name.clone(),
                 addr: u.addr,
                 weight: u.base_weight(),
+                group: u.group.clone(),
+                priority: u.priority(),
             })
             .collect()
     }
@@ -139,9 +141,13 @@ impl SharedState {
     }
 
     fn apply(&self, configs: &[UpstreamConfig], source: &str) -> Change {
-        let change = self
-            .balancer
-            .replace(configs, |c| Upstream::new(c, &self.env));
+        // Whatever joins at run time takes traffic only once health checks pass.
+        let passes = self.config.lb.health_check.healthy_threshold;
+        let change = self.balancer.replace(configs, |c| {
+            let u = Upstream::new(c, &self.env);
+            u.await_checks(passes);
+            u
+        });
         let table = self.balancer.load();
         for u in &change.removed {
             if table.members.get(&u.name).is_none() {

@@ -8,7 +8,9 @@
 //! requests normally.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -85,8 +87,19 @@ pub struct Upstream {
     base_weight: AtomicU32,
     /// `dynamic`'s latency factor (f64 bits), set by the weights tick.
     factor: AtomicU64,
-    /// Verdict of the active health checks (starts healthy, as Pingora's does).
+    /// The `dns:` or `srv:` entry it was discovered from, if any.
+    pub group: Option<String>,
+    /// SRV priority in its group (lower preferred).
+    priority: AtomicU16,
+    /// A lower-priority SRV target held back while its group's preferred
+    /// priority has an eligible member.
+    standby: AtomicBool,
+    /// Verdict of the active health checks (starts healthy, as Pingora's does,
+    /// unless it joined at run time: see `awaiting_checks`).
     healthy: AtomicBool,
+    /// Joined at run time: takes no traffic until this many health checks in
+    /// a row pass (0: not waiting).
+    awaiting_checks: AtomicUsize,
     /// Taken out of rotation by the operator.
     drained: AtomicBool,
     /// The breaker; locked only to admit while not closed, and to record a
@@ -148,7 +161,11 @@ impl Upstream {
                 .map_or([0; 8], |s| s.upstream_key(&conf.name)),
             base_weight: AtomicU32::new(conf.weight),
             factor: AtomicU64::new(1f64.to_bits()),
+            group: conf.group.clone(),
+            priority: AtomicU16::new(conf.priority),
+            standby: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
+            awaiting_checks: AtomicUsize::new(0),
             drained: AtomicBool::new(false),
             breaker: Mutex::new(Breaker::new(&env.breaker)),
             breaker_state: AtomicU8::new(BreakerState::Closed as u8),
@@ -191,7 +208,7 @@ impl Upstream {
     /// Whether this upstream may take a request now: healthy, not drained, and
     /// its breaker admits it. The one place eligibility is decided.
     pub fn admit(&self, now: Instant) -> Admission {
-        if !self.is_healthy() || self.is_drained() {
+        if !self.is_healthy() || self.is_drained() || self.is_standby() {
             return Admission::Refused;
         }
         match self.breaker_state() {
@@ -233,7 +250,72 @@ impl Upstream {
     /// Whether it could take traffic, not counting a breaker due a probe: the
     /// set over which `dynamic` takes the fastest latency.
     pub fn is_usable(&self) -> bool {
-        self.is_healthy() && !self.is_drained() && self.breaker_state() == BreakerState::Closed
+        self.is_available() && self.breaker_state() == BreakerState::Closed
+    }
+
+    /// Healthy, not drained and not held in standby: what panic mode counts
+    /// and balances over.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_drained() && !self.is_standby()
+    }
+
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Relaxed)
+    }
+
+    /// Holds back (or releases) a lower-priority SRV target; true if it changed.
+    pub fn set_standby(&self, standby: bool) -> bool {
+        let changed = self.standby.swap(standby, Ordering::Relaxed) != standby;
+        if changed {
+            let what = if standby {
+                "standby: a preferred SRV priority has eligible targets"
+            } else {
+                "in use: no preferred SRV target is eligible"
+            };
+            self.events.push(Some(&self.name), "srv", what.to_string());
+            self.changed.notify_one();
+        }
+        changed
+    }
+
+    pub fn priority(&self) -> u16 {
+        self.priority.load(Ordering::Relaxed)
+    }
+
+    pub fn set_priority(&self, priority: u16) {
+        self.priority.store(priority, Ordering::Relaxed);
+    }
+
+    /// Joined at run time: out of rotation until `passes` health checks in a
+    /// row pass.
+    pub fn await_checks(&self, passes: usize) {
+        self.awaiting_checks.store(passes.max(1), Ordering::Relaxed);
+        self.healthy.store(false, Ordering::Relaxed);
+        self.metrics.up.set(0);
+    }
+
+    /// Whether it is still waiting for its first passing checks.
+    pub fn is_awaiting_checks(&self) -> bool {
+        self.awaiting_checks.load(Ordering::Relaxed) > 0
+    }
+
+    /// Takes one health check's result while it awaits its first passes
+    /// (`passes` in a row needed); a failure starts the count again.
+    pub fn first_check(&self, ok: bool, passes: usize) {
+        let left = self.awaiting_checks.load(Ordering::Relaxed);
+        if left == 0 {
+            return;
+        }
+        if !ok {
+            self.awaiting_checks.store(passes.max(1), Ordering::Relaxed);
+            return;
+        }
+        if left == 1 {
+            self.awaiting_checks.store(0, Ordering::Relaxed);
+            self.set_health(true, &format!("passed its first {passes} health checks"));
+        } else {
+            self.awaiting_checks.store(left - 1, Ordering::Relaxed);
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -256,7 +338,7 @@ impl Upstream {
     /// Whether it may take a request in panic mode, when breakers are
     /// overruled: healthy and not drained.
     pub fn admit_in_panic(&self) -> Admission {
-        if self.is_healthy() && !self.is_drained() {
+        if self.is_available() {
             Admission::Allowed
         } else {
             Admission::Refused
@@ -265,6 +347,10 @@ impl Upstream {
 
     /// Takes a health-check verdict; a flip is logged, published and an event.
     pub fn set_health(&self, healthy: bool, detail: &str) {
+        if !healthy {
+            // Its first checks are moot once Pingora's own verdict is in.
+            self.awaiting_checks.store(0, Ordering::Relaxed);
+        }
         if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
             self.metrics.up.set(healthy as i64);
             let verdict = if healthy { "up" } else { "down" };
@@ -545,11 +631,7 @@ pub(crate) mod tests {
 
     fn upstream() -> (Arc<Upstream>, UpstreamEnv) {
         let env = env("lb:\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n  circuit_breaker: { fail_threshold: 2, open_time: 1s }\n");
-        let conf = UpstreamConfig {
-            name: "a".into(),
-            addr: "127.0.0.1:1".parse().unwrap(),
-            weight: 3,
-        };
+        let conf = UpstreamConfig::new("a", "127.0.0.1:1".parse().unwrap(), 3);
         (Arc::new(Upstream::new(&conf, &env)), env)
     }
 

@@ -21,27 +21,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn echo_upstream() -> (SocketAddr, Arc<AtomicU64>) {
     let hits = Arc::new(AtomicU64::new(0));
     let counter = hits.clone();
-    let app = Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
-        let counter = counter.clone();
-        async move {
-            if uri.path() != "/health" {
-                counter.fetch_add(1, Ordering::Relaxed);
+    // The body is read whole before the answer, as an application would, so
+    // the answer never races its own request body.
+    let app = Router::new().fallback(
+        move |uri: axum::http::Uri, headers: HeaderMap, _body: axum::body::Bytes| {
+            let counter = counter.clone();
+            async move {
+                if uri.path() != "/health" {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                let map: HashMap<String, String> = headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                    .collect();
+                (
+                    [
+                        ("keep-alive", "timeout=5"),
+                        ("x-private-hop", "secret"),
+                        ("connection", "x-private-hop"),
+                    ],
+                    axum::Json(map),
+                )
+                    .into_response()
             }
-            let map: HashMap<String, String> = headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                .collect();
-            (
-                [
-                    ("keep-alive", "timeout=5"),
-                    ("x-private-hop", "secret"),
-                    ("connection", "x-private-hop"),
-                ],
-                axum::Json(map),
-            )
-                .into_response()
-        }
-    });
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -33,7 +33,8 @@ async fn the_table_is_replaced_under_load_without_a_failed_request() {
     };
     let (a, b, c) = (mock_with("a", slow).await, mock("b").await, mock("c").await);
     let body = format!(
-        "  algorithm: round_robin\n  upstreams:\n{}",
+        // Quick checks: an upstream added at run time serves once they pass.
+        "  algorithm: round_robin\n  health_check: {{ interval: 200ms, healthy_threshold: 2 }}\n  upstreams:\n{}",
         upstreams_yaml(&[("a", a.addr(), 1), ("b", b.addr(), 1)])
     );
     let lb = Arc::new(Lb::start_with(&body, &format!("  admin_token: {TOKEN}\n")).await);
@@ -188,4 +189,55 @@ async fn the_table_is_replaced_under_load_without_a_failed_request() {
     let text = events.to_string();
     assert!(text.contains("added by admin"), "{text}");
     assert!(text.contains("removed by admin"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_added_at_run_time_serves_only_once_its_checks_pass() {
+    let a = mock("a").await;
+    let sick = mock_with(
+        "late",
+        Behaviour {
+            healthy: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = format!(
+        "  algorithm: round_robin\n  health_check: {{ interval: 200ms, healthy_threshold: 2 }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("a", a.addr(), 1)])
+    );
+    let lb = Lb::start_with(&body, &format!("  admin_token: {TOKEN}\n")).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(lb.url_dashboard("/api/upstreams"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "late", "addr": sick.addr().to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Failing its checks, it never gets a request (Pingora alone would take
+    // it as healthy until its checks had failed twice).
+    assert_eq!(lb.upstream_state("late").await["health"], "down");
+    for _ in 0..40 {
+        let r = client.get(lb.url("/")).send().await.unwrap();
+        assert_eq!(backend_of(&r), "a");
+    }
+    // Once they pass, it takes its share.
+    sick.set(&mock_backend::BehaviourPatch {
+        healthy: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    let lb = &lb;
+    wait_for("the late upstream to serve", || async move {
+        let r = reqwest::get(lb.url("/")).await.unwrap();
+        backend_of(&r) == "late"
+    })
+    .await;
+    let events = lb.state().await["events"].to_string();
+    assert!(
+        events.contains("passed its first 2 health checks"),
+        "{events}"
+    );
 }

@@ -7,6 +7,7 @@
 
 pub mod dynamic;
 pub mod p2c;
+pub mod standby;
 pub mod table;
 pub mod wrr;
 
@@ -120,10 +121,11 @@ impl Balancer {
         let mut next = Vec::with_capacity(configs.len());
         for c in configs {
             match current.members.get(&c.name) {
-                Some(u) if u.addr == c.addr => {
+                Some(u) if u.addr == c.addr && u.group == c.group => {
                     if u.base_weight() != c.weight {
                         u.set_base_weight(c.weight);
                     }
+                    u.set_priority(c.priority);
                     change.kept += 1;
                     next.push(u.clone());
                 }
@@ -236,10 +238,9 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| UpstreamConfig {
-                name: format!("u{i}"),
-                addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
-                weight: w,
+            .map(|(i, &w)| {
+                let addr = format!("127.0.0.1:{}", 1000 + i).parse().unwrap();
+                UpstreamConfig::new(format!("u{i}"), addr, w)
             })
             .collect()
     }

@@ -26,6 +26,8 @@ pub(super) struct RawLb {
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
+    pub discovery: RawDiscovery,
+    #[serde(default)]
     pub health_check: RawHealthCheck,
     #[serde(default)]
     pub circuit_breaker: RawBreaker,
@@ -84,9 +86,28 @@ pub(super) fn default_retries() -> i64 {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
     pub name: String,
-    pub addr: String,
+    /// Exactly one of `addr`, `dns` and `srv`.
+    pub addr: Option<String>,
+    pub dns: Option<String>,
+    pub srv: Option<String>,
     #[serde(default = "default_weight")]
     pub weight: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDiscovery {
+    pub resolvers: Vec<String>,
+    pub refresh: String,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        RawDiscovery {
+            resolvers: Vec::new(),
+            refresh: "5s".into(),
+        }
+    }
 }
 
 pub(super) fn default_weight() -> i64 {

@@ -261,3 +261,69 @@ fn the_old_place_of_trusted_proxies_names_the_new_one() {
     );
     assert!(e.ends_with("(line 11)"), "{e}");
 }
+
+#[test]
+fn dns_and_srv_entries_become_discovered_groups() {
+    let text = GOOD.replace(
+        "  timeouts:",
+        "    - { name: api, dns: \"api.internal:8080\", weight: 2 }\n    - { name: grpc, srv: \"_grpc._tcp.api.consul\" }\n  discovery: { resolvers: [\"10.0.0.2:53\"], refresh: 2s }\n  timeouts:",
+    );
+    let (c, _) = Config::parse(&text).unwrap();
+    assert_eq!(c.lb.upstreams.len(), 2);
+    assert_eq!(
+        c.lb.discovered,
+        [
+            DiscoveredGroup {
+                name: "api".into(),
+                source: DiscoverySource::Dns {
+                    host: "api.internal".into(),
+                    port: 8080
+                },
+                weight: 2
+            },
+            DiscoveredGroup {
+                name: "grpc".into(),
+                source: DiscoverySource::Srv {
+                    name: "_grpc._tcp.api.consul".into()
+                },
+                weight: 1
+            },
+        ]
+    );
+    assert_eq!(c.lb.discovery.resolvers, ["10.0.0.2:53".parse().unwrap()]);
+    assert_eq!(c.lb.discovery.refresh, Duration::from_secs(2));
+    let (c, _) = Config::parse(GOOD).unwrap();
+    assert_eq!(c.lb.discovery.refresh, Duration::from_secs(5));
+    assert!(c.lb.discovery.resolvers.is_empty());
+}
+
+#[test]
+fn a_discovery_entry_is_refused_by_key_and_line() {
+    let bad = GOOD.replace(
+        "  timeouts:",
+        "    - { name: both, addr: \"127.0.0.1:1\", dns: \"a.internal:80\" }\n    - { name: noport, dns: \"a.internal\" }\n    - { name: \"a@b\", srv: \"_x._tcp.y\" }\n  discovery: { resolvers: [\"ns.internal\"], refresh: 10ms }\n  timeouts:",
+    );
+    let e = errors(&bad);
+    assert_eq!(e.len(), 5, "{e:?}");
+    assert!(
+        e[0].starts_with("lb.upstreams[2]: needs exactly one of addr")
+            && e[0].ends_with("(line 11)"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("lb.upstreams[3].dns: `a.internal` is not host:port"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("lb.upstreams[4].name: `a@b` may not hold"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].starts_with("lb.discovery.resolvers[0]: `ns.internal` is not a name server address"),
+        "{e:?}"
+    );
+    assert!(
+        e[4].starts_with("lb.discovery.refresh: must be at least 100ms"),
+        "{e:?}"
+    );
+}

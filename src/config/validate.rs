@@ -68,11 +68,14 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
         .filter_map(|(i, a)| c.addr(&format!("lb.listen[{i}]"), a))
         .collect();
 
+    let (upstreams, discovered) = upstreams(&raw.upstreams, c);
     LbConfig {
         listen,
         algorithm: raw.algorithm,
         trusted_proxies: trusted_proxies(&raw.trusted_proxies, c),
-        upstreams: upstreams(&raw.upstreams, c),
+        upstreams,
+        discovered,
+        discovery: discovery(&raw.discovery, c),
         health_check: health_check(raw.health_check, c),
         circuit_breaker: circuit_breaker(raw.circuit_breaker, c),
         dynamic_weights: dynamic_weights(raw.dynamic_weights, c),
@@ -86,17 +89,25 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
     }
 }
 
-fn upstreams(raw: &[RawUpstream], c: &mut Checker) -> Vec<UpstreamConfig> {
+fn upstreams(raw: &[RawUpstream], c: &mut Checker) -> (Vec<UpstreamConfig>, Vec<DiscoveredGroup>) {
     if raw.is_empty() {
         c.fail("lb.upstreams", "needs at least one upstream");
     }
     let mut names = HashSet::new();
     let mut upstreams = Vec::new();
+    let mut discovered = Vec::new();
     for (i, u) in raw.iter().enumerate() {
         let key = format!("lb.upstreams[{i}]");
         let name = u.name.trim();
         if name.is_empty() {
             c.fail(&format!("{key}.name"), "must not be empty");
+        } else if name.contains('@') || name.contains('/') || name.chars().any(char::is_whitespace)
+        {
+            // Discovered members are named `{entry}@{address}`.
+            c.fail(
+                &format!("{key}.name"),
+                format!("`{name}` may not hold `@`, `/` or spaces"),
+            );
         } else if !names.insert(name.to_string()) {
             c.fail(
                 &format!("{key}.name"),
@@ -107,15 +118,94 @@ fn upstreams(raw: &[RawUpstream], c: &mut Checker) -> Vec<UpstreamConfig> {
         if weight > 10_000 {
             c.fail(&format!("{key}.weight"), "must be at most 10000");
         }
-        if let Some(addr) = c.addr(&format!("{key}.addr"), &u.addr) {
-            upstreams.push(UpstreamConfig {
-                name: name.to_string(),
-                addr,
-                weight: weight.min(10_000) as u32,
-            });
+        let weight = weight.min(10_000) as u32;
+        match (&u.addr, &u.dns, &u.srv) {
+            (Some(addr), None, None) => {
+                if let Some(addr) = c.addr(&format!("{key}.addr"), addr) {
+                    upstreams.push(UpstreamConfig::new(name, addr, weight));
+                }
+            }
+            (None, Some(dns), None) => {
+                if let Some(source) = dns_source(&format!("{key}.dns"), dns, c) {
+                    discovered.push(DiscoveredGroup {
+                        name: name.to_string(),
+                        source,
+                        weight,
+                    });
+                }
+            }
+            (None, None, Some(srv)) => {
+                let srv = srv.trim();
+                if srv.is_empty() || srv.contains(':') {
+                    c.fail(
+                        &format!("{key}.srv"),
+                        format!("`{srv}` is not an SRV name; write e.g. _http._tcp.api.internal"),
+                    );
+                } else {
+                    discovered.push(DiscoveredGroup {
+                        name: name.to_string(),
+                        source: DiscoverySource::Srv {
+                            name: srv.to_string(),
+                        },
+                        weight,
+                    });
+                }
+            }
+            _ => c.fail(
+                &key,
+                "needs exactly one of addr (ip:port), dns (host:port) or srv (_service._proto.domain)",
+            ),
         }
     }
-    upstreams
+    (upstreams, discovered)
+}
+
+/// `dns: "host:port"`.
+fn dns_source(key: &str, text: &str, c: &mut Checker) -> Option<DiscoverySource> {
+    let text = text.trim();
+    let parsed = text.rsplit_once(':').and_then(|(host, port)| {
+        let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (!host.is_empty() && !host.chars().any(char::is_whitespace)).then(|| DiscoverySource::Dns {
+            host: host.to_string(),
+            port,
+        })
+    });
+    if parsed.is_none() {
+        c.fail(
+            key,
+            format!("`{text}` is not host:port; write e.g. api.internal:8080"),
+        );
+    }
+    parsed
+}
+
+fn discovery(d: &RawDiscovery, c: &mut Checker) -> DiscoveryConfig {
+    let resolvers = d
+        .resolvers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let key = format!("lb.discovery.resolvers[{i}]");
+            match r.trim().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.fail(
+                        &key,
+                        format!(
+                            "`{r}` is not a name server address; write ip:port, e.g. 10.0.0.2:53"
+                        ),
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    let refresh = c.duration("lb.discovery.refresh", &d.refresh);
+    if !refresh.is_zero() && refresh < std::time::Duration::from_millis(100) {
+        c.fail("lb.discovery.refresh", "must be at least 100ms");
+    }
+    DiscoveryConfig { resolvers, refresh }
 }
 
 fn health_check(h: RawHealthCheck, c: &mut Checker) -> HealthCheckConfig {

@@ -236,11 +236,7 @@ fn parse_add(body: &[u8]) -> Result<UpstreamConfig, AdminError> {
             b.addr
         ))
     })?;
-    Ok(UpstreamConfig {
-        name: name.to_string(),
-        addr,
-        weight: weight(b.weight)?,
-    })
+    Ok(UpstreamConfig::new(name, addr, weight(b.weight)?))
 }
 
 /// `POST /api/upstreams`: adds an upstream; 201, 409 on a taken name.

@@ -302,11 +302,11 @@ mod tests {
         // a leaves; b moves to the front of the table; c arrives.
         let mut next = s.upstream_configs();
         next.remove(0);
-        next.push(crate::config::UpstreamConfig {
-            name: "c".into(),
-            addr: "127.0.0.1:3".parse().unwrap(),
-            weight: 1,
-        });
+        next.push(crate::config::UpstreamConfig::new(
+            "c",
+            "127.0.0.1:3".parse().unwrap(),
+            1,
+        ));
         s.replace_upstreams(&next, "test");
         hub.tick(&s, &mut windows, t + Duration::from_secs(1));
         let snap = hub.snapshot(&s);

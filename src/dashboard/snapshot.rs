@@ -170,10 +170,23 @@ fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Insta
     if u.is_drained() {
         return "drained by the operator: takes no new requests".into();
     }
+    if u.is_awaiting_checks() {
+        let hc = &state.config.lb.health_check;
+        return format!(
+            "joining: takes traffic once GET {} passes {} times in a row",
+            hc.path, hc.healthy_threshold
+        );
+    }
     if !u.is_healthy() {
         return format!(
             "out of rotation: GET {} is failing",
             state.config.lb.health_check.path
+        );
+    }
+    if u.is_standby() {
+        return format!(
+            "standby: SRV priority {} serves only when no target of a preferred priority is eligible",
+            u.priority()
         );
     }
     match u.breaker_state() {

@@ -79,6 +79,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct LbConfig {
     pub listen: Vec<SocketAddr>,
+    /// HTTP/2 with prior knowledge on the plain listeners, beside HTTP/1.1.
+    pub h2c: bool,
+    pub tls: Option<TlsConfig>,
     pub algorithm: Algorithm,
     /// Peers whose forwarding headers (`X-Forwarded-*`, `X-Real-IP`,
     /// `Forwarded`) are believed.
@@ -230,6 +233,35 @@ pub const SECRET_ENV: &str = "HLB_STICKY_SECRET";
 pub struct TimeoutsConfig {
     pub connect: Duration,
     pub read: Duration,
+}
+
+/// `lb.tls`: the HTTPS listeners.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Picked by SNI against the names each carries; the first is the default.
+    pub certificates: Vec<CertificatePaths>,
+    /// Offer HTTP/2 by ALPN beside HTTP/1.1.
+    pub http2: bool,
+    pub min_version: TlsVersion,
+    /// The plain listeners answer 308 to `https://`.
+    pub redirect_http: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificatePaths {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// The lowest TLS version a client may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
 }
 
 #[derive(Debug, Clone)]

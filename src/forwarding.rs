@@ -216,6 +216,30 @@ impl Client {
     }
 }
 
+/// Where `lb.tls.redirect_http` sends a plain request for `host` (its port,
+/// if any, dropped) and `path`: the same host and path on the HTTPS port.
+pub fn https_location(host: &str, tls_port: u16, path: &str) -> String {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(host, |(ip, _)| ip),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = if host.starts_with('[') {
+        format!("[{name}]")
+    } else {
+        name.to_string()
+    };
+    let name = if name.is_empty() {
+        "localhost".to_string()
+    } else {
+        name
+    };
+    if tls_port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{tls_port}{path}")
+    }
+}
+
 /// Sets the forwarding headers on a request going upstream. `X-Forwarded-For`
 /// and `X-Forwarded-Proto` are always set. From a trusted client,
 /// `X-Forwarded-For` is extended and the rest it sent is kept; from anyone
@@ -448,5 +472,19 @@ mod tests {
         assert_eq!(check_request(&both, None, 1024, 100), None);
         let long = req(&[("x-filler", &"a".repeat(2000))]);
         assert_eq!(check_request(&long, None, 1024, 100), Some(431));
+    }
+
+    #[test]
+    fn plain_requests_are_sent_to_the_same_host_and_path_over_https() {
+        assert_eq!(
+            https_location("a.test:8080", 443, "/x?y=1"),
+            "https://a.test/x?y=1"
+        );
+        assert_eq!(https_location("a.test", 8443, "/"), "https://a.test:8443/");
+        assert_eq!(
+            https_location("[::1]:8080", 8443, "/p"),
+            "https://[::1]:8443/p"
+        );
+        assert_eq!(https_location("", 443, "/"), "https://localhost/");
     }
 }

@@ -20,15 +20,17 @@ use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
+use pingora::protocols::ALPN;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::oneshot;
 
 use crate::connections::{self, Admission};
 use crate::header_cap::{Arming, HeaderCap};
 use crate::proxy::Proxy;
 use crate::state::SharedState;
+use crate::tls::listener::TlsListener;
 
 /// Rides in the connection's user context into the proxy, which fires it as
 /// soon as the request header has been read; carries on whatever context the
@@ -60,12 +62,26 @@ pub struct Frontend {
     /// `lb.limits.max_header_bytes`, enforced while the header is read.
     max_header_bytes: usize,
     headers_too_large: IntCounter,
+    /// The HTTPS listeners, if any.
+    tls: Option<TlsListener>,
+    /// HTTP/2 with prior knowledge on the plain listeners.
+    h2c: bool,
+    /// Connections by listener kind and protocol.
+    protocols: IntCounterVec,
 }
 
 impl Frontend {
-    pub fn new(proxy: HttpProxy<Proxy>, admission: Admission, state: &SharedState) -> Self {
+    pub fn new(
+        proxy: HttpProxy<Proxy>,
+        admission: Admission,
+        tls: Option<TlsListener>,
+        state: &SharedState,
+    ) -> Self {
         let limits = &state.config.lb.limits;
         Frontend {
+            tls,
+            h2c: state.config.lb.h2c,
+            protocols: state.metrics.downstream_connections_total.clone(),
             proxy: Arc::new(proxy),
             admission,
             header_timeout: limits.header_timeout,
@@ -99,6 +115,34 @@ async fn with_header_deadline<T>(
     Some(request.await)
 }
 
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Frontend {
+    /// Whether the connection speaks HTTP/2: by ALPN on TLS, or by the h2c
+    /// preface on a plain listener with `lb.h2c` (the preface is peeked, not
+    /// read, so an HTTP/1.1 client is served as usual). `None` if the client
+    /// went away or sent nothing within the header timeout.
+    async fn speaks_h2(&self, stream: &mut Stream) -> Option<bool> {
+        if stream.get_ssl_digest().is_some() {
+            return Some(matches!(stream.selected_alpn_proto(), Some(ALPN::H2)));
+        }
+        if !self.h2c {
+            return Some(false);
+        }
+        let mut buf = [0u8; H2_PREFACE.len()];
+        match tokio::time::timeout(self.header_timeout, stream.try_peek(&mut buf)).await {
+            Ok(Ok(true)) => Some(buf == *H2_PREFACE),
+            Ok(Ok(false)) => Some(false),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                self.header_timeouts.inc();
+                None
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ServerApp for Frontend {
     async fn process_new(
@@ -106,6 +150,19 @@ impl ServerApp for Frontend {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let out = self.serve(stream, shutdown).await;
+        crate::memory::after_connection();
+        out
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+impl Frontend {
+    /// One client connection, from admission to its last request.
+    async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let place = match connections::client_of(&stream).map(|ip| self.admission.admit(ip)) {
             Some(Ok(place)) => Some(place),
             Some(Err(why)) => {
@@ -114,6 +171,22 @@ impl ServerApp for Frontend {
             }
             None => None,
         };
+        let (stream, listener) = match &self.tls {
+            Some(tls) if tls.serves(&stream) => {
+                (tls.handshake(stream, self.header_timeout).await?, "tls")
+            }
+            _ => (stream, "plain"),
+        };
+        let mut stream = stream;
+        if self.speaks_h2(&mut stream).await? {
+            // Pingora's own HTTP/2 server: streams are framed and bounded by
+            // the h2 layer, so the HTTP/1 guards below do not apply.
+            self.protocols.with_label_values(&[listener, "h2"]).inc();
+            let out = ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            drop(place);
+            return out;
+        }
+        self.protocols.with_label_values(&[listener, "h1"]).inc();
         let no_shed = tokio::sync::Notify::new();
         let shed = place.as_ref().map_or(&no_shed, |p| &p.slot.shed);
         let (stream, cap) = HeaderCap::wrap(
@@ -165,10 +238,6 @@ impl ServerApp for Frontend {
             }
             deadline = self.keepalive_timeout + self.header_timeout;
         }
-    }
-
-    async fn cleanup(&self) {
-        self.proxy.http_cleanup().await;
     }
 }
 

@@ -26,6 +26,7 @@ pub mod panic;
 pub mod proxy;
 pub mod state;
 pub mod sticky;
+pub mod tls;
 pub mod upstream;
 pub mod weights;
 
@@ -52,15 +53,40 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
         limits.max_connections_per_client,
         &state.metrics,
     );
+    let mut http = http_proxy(&server.configuration, proxy::Proxy::new(state.clone()));
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = state.config.lb.h2c;
+    // An idle HTTP/2 connection is closed as an idle HTTP/1 one would be.
+    options.h2_idle_timeout = Some(limits.keepalive_timeout);
+    http.server_options = Some(options);
+    // The HTTPS listeners are plain sockets to Pingora (so they are handed
+    // over on upgrade like the others); the frontend does the handshake.
+    let tls = match &state.config.lb.tls {
+        Some(conf) => {
+            let store = Arc::new(tls::CertStore::load_all(&conf.certificates).map_err(|e| {
+                pingora::Error::explain(pingora::ErrorType::InvalidCert, e.to_string())
+            })?);
+            server.add_service(background_service(
+                "certificate rotation",
+                tls::rotation::RotationService::new(store.clone(), state.events.clone()),
+            ));
+            state.set_certificates(store.clone());
+            Some(tls::listener::TlsListener::new(
+                tls::server_config(store, conf),
+                conf.listen.clone(),
+                state.metrics.tls_handshakes_total.clone(),
+            ))
+        }
+        None => None,
+    };
     let mut proxy = Service::new(
         "hybrid-lb proxy".to_string(),
-        frontend::Frontend::new(
-            http_proxy(&server.configuration, proxy::Proxy::new(state.clone())),
-            admission,
-            &state,
-        ),
+        frontend::Frontend::new(http, admission, tls, &state),
     );
     for addr in &state.config.lb.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    for addr in state.config.lb.tls.iter().flat_map(|t| &t.listen) {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);

@@ -38,6 +38,31 @@ impl BackgroundService for MemoryService {
     }
 }
 
+/// Called on a proxy worker thread when one of its connections ends: at most
+/// once a second per thread, returns what that thread's own heap holds free
+/// (which a collect on another thread cannot reach), so a burst of closed
+/// connections gives its buffers back.
+pub fn after_connection() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= COLLECT_EVERY);
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if due {
+        collect();
+    }
+}
+
 fn collect() {
     #[cfg(feature = "mimalloc")]
     // SAFETY: mi_collect may be called from any thread at any time; without

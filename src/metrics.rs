@@ -42,6 +42,10 @@ pub struct Metrics {
     /// DNS answers for discovered groups, by source (`dns`, `srv`) and
     /// result (`changed`, `unchanged`, `refused`).
     pub discovery_updates_total: IntCounterVec,
+    /// TLS handshakes by negotiated version (`TLSv1.3`, …), or `failed`.
+    pub tls_handshakes_total: IntCounterVec,
+    /// Client connections by listener (`plain`, `tls`) and protocol (`h1`, `h2`).
+    pub downstream_connections_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -150,6 +154,23 @@ impl Metrics {
         )
         .expect("metric");
 
+        let tls_handshakes_total = IntCounterVec::new(
+            Opts::new(
+                "hlb_tls_handshakes_total",
+                "TLS handshakes on the HTTPS listeners by negotiated version, or failed",
+            ),
+            &["version"],
+        )
+        .expect("metric");
+        let downstream_connections_total = IntCounterVec::new(
+            Opts::new(
+                "hlb_downstream_connections_total",
+                "Client connections by listener kind and protocol",
+            ),
+            &["listener", "protocol"],
+        )
+        .expect("metric");
+
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
@@ -166,6 +187,8 @@ impl Metrics {
             Box::new(header_timeouts_total.clone()),
             Box::new(headers_too_large_total.clone()),
             Box::new(discovery_updates_total.clone()),
+            Box::new(tls_handshakes_total.clone()),
+            Box::new(downstream_connections_total.clone()),
             Box::new(crate::logging::header_aborts().clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -187,6 +210,8 @@ impl Metrics {
             header_timeouts_total,
             headers_too_large_total,
             discovery_updates_total,
+            tls_handshakes_total,
+            downstream_connections_total,
         }
     }
 

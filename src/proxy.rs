@@ -322,6 +322,31 @@ impl ProxyHttp for Proxy {
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
         }
+        if let Some(tls) = self
+            .state
+            .config
+            .lb
+            .tls
+            .as_ref()
+            .filter(|t| t.redirect_http)
+        {
+            if !over_tls(session) {
+                let req = session.req_header();
+                let host = req
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or(req.uri.host())
+                    .unwrap_or("");
+                let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                let location = forwarding::https_location(host, tls.listen[0].port(), path);
+                let mut resp = ResponseHeader::build(308, Some(2))?;
+                resp.insert_header(http::header::LOCATION, location)?;
+                resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+                session.write_response_header(Box::new(resp), true).await?;
+                return Ok(true);
+            }
+        }
         Ok(false)
     }
 
@@ -437,7 +462,8 @@ impl ProxyHttp for Proxy {
         // Hop-by-hop request headers are already gone: Pingora's standard
         // upstream request policy strips them (and those `Connection` names)
         // before this filter runs.
-        forwarding::set_forwarding(upstream_request, self.client(session, ctx), "http")
+        let scheme = if over_tls(session) { "https" } else { "http" };
+        forwarding::set_forwarding(upstream_request, self.client(session, ctx), scheme)
     }
 
     async fn upstream_response_filter(
@@ -605,6 +631,14 @@ async fn write_unavailable(session: &mut Session) -> Result<()> {
         .as_downstream_mut()
         .write_error_response(resp, body)
         .await
+}
+
+/// Whether the client's connection is TLS.
+fn over_tls(session: &Session) -> bool {
+    session
+        .as_downstream()
+        .digest()
+        .is_some_and(|d| d.ssl_digest.is_some())
 }
 
 #[cfg(test)]

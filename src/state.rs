@@ -45,6 +45,8 @@ pub struct SharedState {
     /// for tasks that wait on it.
     draining: AtomicBool,
     draining_watch: tokio::sync::watch::Sender<bool>,
+    /// The HTTPS listeners' certificates, for the dashboard.
+    certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
 }
 
 impl SharedState {
@@ -89,7 +91,18 @@ impl SharedState {
             edits: Mutex::new(()),
             draining: AtomicBool::new(false),
             draining_watch: tokio::sync::watch::channel(false).0,
+            certificates: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the certificate store the HTTPS listeners serve from.
+    pub fn set_certificates(&self, store: Arc<crate::tls::CertStore>) {
+        let _ = self.certificates.set(store);
+    }
+
+    /// The HTTPS listeners' certificates, if there are any.
+    pub fn certificates(&self) -> Option<&Arc<crate::tls::CertStore>> {
+        self.certificates.get()
     }
 
     /// Woken when an upstream's eligibility may have changed.

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{Algorithm, StickyMode};
+use super::{Algorithm, StickyMode, TlsVersion};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct RawFile {
@@ -19,6 +19,9 @@ pub(super) struct RawFile {
 pub(super) struct RawLb {
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
+    #[serde(default)]
+    pub h2c: bool,
+    pub tls: Option<RawTls>,
     #[serde(default)]
     pub algorithm: Algorithm,
     #[serde(default)]
@@ -256,5 +259,35 @@ pub(super) struct RawDemoBackend {
 }
 
 pub(super) fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    #[serde(default = "default_tls_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    #[serde(default)]
+    pub redirect_http: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+}
+
+pub(super) fn default_tls_listen() -> Vec<String> {
+    vec!["0.0.0.0:8443".into()]
+}
+
+pub(super) fn default_true() -> bool {
     true
 }

@@ -71,6 +71,8 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
     let (upstreams, discovered) = upstreams(&raw.upstreams, c);
     LbConfig {
         listen,
+        h2c: raw.h2c,
+        tls: raw.tls.as_ref().map(|t| tls(t, c)),
         algorithm: raw.algorithm,
         trusted_proxies: trusted_proxies(&raw.trusted_proxies, c),
         upstreams,
@@ -178,6 +180,44 @@ fn dns_source(key: &str, text: &str, c: &mut Checker) -> Option<DiscoverySource>
         );
     }
     parsed
+}
+
+fn tls(t: &RawTls, c: &mut Checker) -> TlsConfig {
+    if t.listen.is_empty() {
+        c.fail("lb.tls.listen", "needs at least one address");
+    }
+    let listen = t
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| c.addr(&format!("lb.tls.listen[{i}]"), a))
+        .collect();
+    if t.certificates.is_empty() {
+        c.fail(
+            "lb.tls.certificates",
+            "needs at least one { cert, key } pair (PEM files)",
+        );
+    }
+    let mut certificates = Vec::new();
+    for (i, pair) in t.certificates.iter().enumerate() {
+        let key = format!("lb.tls.certificates[{i}]");
+        let paths = CertificatePaths {
+            cert: pair.cert.trim().into(),
+            key: pair.key.trim().into(),
+        };
+        // Checked now, so `-t` and a reload refuse a pair that cannot serve.
+        if let Err(why) = crate::tls::load(&paths) {
+            c.fail(&format!("{key}.{}", why.part()), why.to_string());
+        }
+        certificates.push(paths);
+    }
+    TlsConfig {
+        listen,
+        certificates,
+        http2: t.http2,
+        min_version: t.min_version,
+        redirect_http: t.redirect_http,
+    }
 }
 
 fn discovery(d: &RawDiscovery, c: &mut Checker) -> DiscoveryConfig {

@@ -29,6 +29,44 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamSnapshot>,
     /// Newest first.
     pub events: Vec<Event>,
+    /// The HTTPS listeners' certificates, in config order.
+    pub certificates: Vec<CertificateSnapshot>,
+}
+
+/// A certificate in force on the HTTPS listeners.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateSnapshot {
+    pub cert: String,
+    pub names: Vec<String>,
+    /// When it expires (RFC 3339, UTC).
+    pub expires: String,
+    pub days_left: f64,
+    /// Under [`EXPIRY_WARNING_DAYS`] days left.
+    pub expiring: bool,
+}
+
+/// A certificate with fewer days left than this is flagged.
+pub const EXPIRY_WARNING_DAYS: f64 = 14.0;
+
+/// The certificates in force, as of `now` (Unix seconds).
+pub fn certificates(state: &SharedState, now: f64) -> Vec<CertificateSnapshot> {
+    let Some(store) = state.certificates() else {
+        return Vec::new();
+    };
+    store
+        .current()
+        .iter()
+        .map(|c| {
+            let days_left = (c.not_after as f64 - now) / 86_400.0;
+            CertificateSnapshot {
+                cert: c.paths.cert.display().to_string(),
+                names: c.names.clone(),
+                expires: crate::tls::rotation::expiry_text(c.not_after),
+                days_left: (days_left * 10.0).round() / 10.0,
+                expiring: days_left < EXPIRY_WARNING_DAYS,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +142,7 @@ pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapsho
         sticky_stats: sticky(state),
         upstreams,
         events: state.events.newest_first(),
+        certificates: certificates(state, unix_time()),
     }
 }
 

@@ -1,0 +1,81 @@
+//! The HTTPS listeners' side of a connection: telling a TLS listener's
+//! connection from a plain one, and the handshake, bounded in time (a client
+//! that starts one and stalls holds nothing for long) and counted by version.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use prometheus::IntCounterVec;
+use rustls::ServerConfig;
+
+pub struct TlsListener {
+    acceptor: Acceptor,
+    /// The `lb.tls.listen` addresses.
+    addrs: Vec<SocketAddr>,
+    handshakes: IntCounterVec,
+}
+
+impl TlsListener {
+    pub fn new(
+        config: Arc<ServerConfig>,
+        addrs: Vec<SocketAddr>,
+        handshakes: IntCounterVec,
+    ) -> Self {
+        TlsListener {
+            acceptor: Acceptor::from_server_config(config),
+            addrs,
+            handshakes,
+        }
+    }
+
+    /// Whether `stream` was accepted on one of the HTTPS listeners.
+    pub fn serves(&self, stream: &Stream) -> bool {
+        let Some(local) = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()))
+        else {
+            return false;
+        };
+        self.addrs
+            .iter()
+            .any(|a| a.port() == local.port() && (a.ip() == local.ip() || a.ip().is_unspecified()))
+    }
+
+    /// The TLS handshake on `stream`, within `limit`; `None` if it failed or
+    /// took too long (counted as `failed`).
+    pub async fn handshake(&self, stream: Stream, limit: Duration) -> Option<Stream> {
+        let l4 = match stream.into_any().downcast::<L4Stream>() {
+            Ok(l4) => *l4,
+            Err(_) => {
+                log::error!("tls: an accepted connection is not a plain socket");
+                return None;
+            }
+        };
+        match tokio::time::timeout(limit, self.acceptor.tls_handshake(l4)).await {
+            Ok(Ok(tls)) => {
+                let tls: Stream = Box::new(tls);
+                // Pingora names them `TLSv1_3`; the metric says `TLSv1.3`.
+                let version = tls
+                    .get_ssl_digest()
+                    .map(|d| d.version.replace('_', "."))
+                    .unwrap_or_default();
+                self.handshakes.with_label_values(&[&version]).inc();
+                Some(tls)
+            }
+            Ok(Err(e)) => {
+                log::debug!("tls handshake failed: {e}");
+                self.handshakes.with_label_values(&["failed"]).inc();
+                None
+            }
+            Err(_) => {
+                log::debug!("tls handshake not done within {limit:?}");
+                self.handshakes.with_label_values(&["failed"]).inc();
+                None
+            }
+        }
+    }
+}

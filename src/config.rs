@@ -129,10 +129,12 @@ pub struct UpstreamConfig {
     pub group: Option<String>,
     /// SRV priority within its group: lower is preferred; 0 otherwise.
     pub priority: u16,
+    /// How to speak to it.
+    pub protocol: UpstreamProtocol,
 }
 
 impl UpstreamConfig {
-    /// An upstream named by the operator (config or admin API).
+    /// A plain HTTP/1.1 upstream named by the operator (config or admin API).
     pub fn new(name: impl Into<String>, addr: SocketAddr, weight: u32) -> Self {
         UpstreamConfig {
             name: name.into(),
@@ -140,7 +142,35 @@ impl UpstreamConfig {
             weight,
             group: None,
             priority: 0,
+            protocol: UpstreamProtocol::default(),
         }
+    }
+}
+
+/// How an upstream is spoken to: HTTP/2 (`h2: true`, h2c without TLS) and
+/// TLS (`tls:`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UpstreamProtocol {
+    pub h2: bool,
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `tls: { sni, verify, ca }` of an upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// The name sent by SNI and checked against its certificate.
+    pub sni: String,
+    /// Verify its certificate (against `ca`, or the system's roots); off only
+    /// when `verify: false` is written out.
+    pub verify: bool,
+    pub ca_path: Option<std::path::PathBuf>,
+    /// `ca`'s certificates, loaded with the config.
+    pub ca: Option<std::sync::Arc<pingora::protocols::tls::CaType>>,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.sni, self.verify, &self.ca_path) == (&other.sni, other.verify, &other.ca_path)
     }
 }
 
@@ -179,6 +209,8 @@ pub struct DiscoveredGroup {
     pub source: DiscoverySource,
     /// Each member's weight (`dns:`); SRV records carry their own.
     pub weight: u32,
+    /// How each member is spoken to.
+    pub protocol: UpstreamProtocol,
 }
 
 /// `lb.discovery`.

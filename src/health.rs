@@ -15,6 +15,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::*;
 
+use crate::config::UpstreamProtocol;
 use crate::state::SharedState;
 
 /// Takes Pingora's health flips into the shared state (metric, event).
@@ -46,22 +47,43 @@ impl HealthObserve for Observer {
     }
 }
 
-/// Pingora's HTTP check, with each result also shown to the upstreams at that
-/// address that joined at run time and await their first passing checks
-/// (Pingora itself takes a new backend as healthy until a check fails).
+/// Pingora's HTTP check, one per protocol upstreams are spoken to (plain,
+/// HTTP/2, TLS with its SNI and CA), each result also shown to the upstreams
+/// at that address that joined at run time and await their first passing
+/// checks (Pingora itself takes a new backend as healthy until a check fails).
 struct Checks {
-    http: HttpHealthCheck,
+    /// The plain HTTP/1.1 check first.
+    by_protocol: Vec<(UpstreamProtocol, HttpHealthCheck)>,
+    observer: Observer,
     state: Arc<SharedState>,
+}
+
+impl Checks {
+    fn for_target(&self, addr: Option<std::net::SocketAddr>) -> &HttpHealthCheck {
+        let table = self.state.balancer.load();
+        let protocol = addr.and_then(|a| {
+            table
+                .upstreams()
+                .iter()
+                .find(|u| u.addr == a)
+                .map(|u| u.protocol.clone())
+        });
+        let (_, check) = protocol
+            .and_then(|p| self.by_protocol.iter().find(|(q, _)| *q == p))
+            .unwrap_or(&self.by_protocol[0]);
+        check
+    }
 }
 
 #[async_trait]
 impl HealthCheck for Checks {
     async fn check(&self, target: &Backend) -> Result<()> {
-        let result = self.http.check(target).await;
-        if let Some(addr) = target.addr.as_inet() {
+        let addr = target.addr.as_inet().copied();
+        let result = self.for_target(addr).check(target).await;
+        if let Some(addr) = addr {
             let passes = self.state.config.lb.health_check.healthy_threshold;
             let table = self.state.balancer.load();
-            for u in table.upstreams().iter().filter(|u| u.addr == *addr) {
+            for u in table.upstreams().iter().filter(|u| u.addr == addr) {
                 u.first_check(result.is_ok(), passes);
             }
         }
@@ -69,16 +91,49 @@ impl HealthCheck for Checks {
     }
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
-        self.http.health_status_change(target, healthy).await
-    }
-
-    fn backend_summary(&self, target: &Backend) -> String {
-        self.http.backend_summary(target)
+        self.observer.observe(target, healthy).await
     }
 
     fn health_threshold(&self, success: bool) -> usize {
-        self.http.health_threshold(success)
+        self.by_protocol[0].1.health_threshold(success)
     }
+}
+
+/// The check for upstreams spoken to with `protocol`.
+fn http_check(state: &SharedState, protocol: &UpstreamProtocol) -> Result<HttpHealthCheck> {
+    let hc_conf = &state.config.lb.health_check;
+    let host = protocol
+        .tls
+        .as_ref()
+        .map(|t| t.sni.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let mut check = HttpHealthCheck::new(&host, protocol.tls.is_some());
+    let mut req = RequestHeader::build("GET", hc_conf.path.as_bytes(), None)?;
+    req.insert_header("Host", host.as_str())?;
+    req.insert_header("User-Agent", "hybrid-lb-health-check")?;
+    check.req = req;
+    // The same peer as requests get, so a check speaks the upstream's own
+    // protocol (h2, TLS with its SNI and CA); the address is the target's.
+    check.peer_template = crate::peer::peer(([127, 0, 0, 1], 0).into(), protocol);
+    check.peer_template.options.connection_timeout = Some(hc_conf.timeout);
+    check.peer_template.options.read_timeout = Some(hc_conf.timeout);
+    check.peer_template.options.total_connection_timeout = Some(hc_conf.timeout);
+    check.consecutive_success = hc_conf.healthy_threshold;
+    check.consecutive_failure = hc_conf.unhealthy_threshold;
+    // Pingora passes only 200; like HAProxy, any 2xx or 3xx passes.
+    check.validator = Some(Box::new(|resp| {
+        let code = resp.status.as_u16();
+        if (200..400).contains(&code) {
+            Ok(())
+        } else {
+            Error::e_explain(
+                CustomCode("health check status", code),
+                "during http health check",
+            )
+        }
+    }));
+    Ok(check)
 }
 
 /// The addresses in the upstream table, as Pingora's discovery.
@@ -105,37 +160,30 @@ const SET_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 /// The health-check service: add it to the server as a background service.
 pub fn service(state: Arc<SharedState>) -> Result<LoadBalancer<RoundRobin>> {
     let hc_conf = &state.config.lb.health_check;
-    let mut check = HttpHealthCheck::new("localhost", false);
-    let mut req = RequestHeader::build("GET", hc_conf.path.as_bytes(), None)?;
-    req.insert_header("Host", "localhost")?;
-    req.insert_header("User-Agent", "hybrid-lb-health-check")?;
-    check.req = req;
-    check.peer_template.options.connection_timeout = Some(hc_conf.timeout);
-    check.peer_template.options.read_timeout = Some(hc_conf.timeout);
-    check.peer_template.options.total_connection_timeout = Some(hc_conf.timeout);
-    check.consecutive_success = hc_conf.healthy_threshold;
-    check.consecutive_failure = hc_conf.unhealthy_threshold;
-    // Pingora passes only 200; like HAProxy, any 2xx or 3xx passes.
-    check.validator = Some(Box::new(|resp| {
-        let code = resp.status.as_u16();
-        if (200..400).contains(&code) {
-            Ok(())
-        } else {
-            Error::e_explain(
-                CustomCode("health check status", code),
-                "during http health check",
-            )
+    let lb_conf = &state.config.lb;
+    let mut protocols = vec![UpstreamProtocol::default()];
+    let configured = lb_conf
+        .upstreams
+        .iter()
+        .map(|u| &u.protocol)
+        .chain(lb_conf.discovered.iter().map(|g| &g.protocol));
+    for p in configured {
+        if !protocols.contains(p) {
+            protocols.push(p.clone());
         }
-    }));
-    check.health_changed_callback = Some(Box::new(Observer {
-        state: state.clone(),
-    }));
-
+    }
+    let by_protocol = protocols
+        .into_iter()
+        .map(|p| http_check(&state, &p).map(|c| (p, c)))
+        .collect::<Result<Vec<_>>>()?;
     let mut backends = Backends::new(Box::new(TableDiscovery {
         state: state.clone(),
     }));
     backends.set_health_check(Box::new(Checks {
-        http: check,
+        by_protocol,
+        observer: Observer {
+            state: state.clone(),
+        },
         state: state.clone(),
     }));
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);

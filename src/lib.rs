@@ -23,6 +23,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod panic;
+pub mod peer;
 pub mod proxy;
 pub mod state;
 pub mod sticky;

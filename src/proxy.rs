@@ -171,7 +171,7 @@ impl Proxy {
     /// and its failure counts), and a tunnel may idle that long.
     fn peer(&self, u: &Upstream, upgrade: bool) -> Box<HttpPeer> {
         let lb = &self.state.config.lb;
-        let mut peer = HttpPeer::new(u.addr, false, String::new());
+        let mut peer = crate::peer::peer(u.addr, &u.protocol);
         peer.options.connection_timeout = Some(lb.timeouts.connect);
         peer.options.read_timeout = Some(if upgrade {
             lb.timeouts.read.max(lb.limits.keepalive_timeout)

@@ -127,6 +127,7 @@ impl SharedState {
                 weight: u.base_weight(),
                 group: u.group.clone(),
                 priority: u.priority(),
+                protocol: u.protocol.clone(),
             })
             .collect()
     }

@@ -89,6 +89,8 @@ pub struct Upstream {
     factor: AtomicU64,
     /// The `dns:` or `srv:` entry it was discovered from, if any.
     pub group: Option<String>,
+    /// How it is spoken to (HTTP/2, TLS).
+    pub protocol: crate::config::UpstreamProtocol,
     /// SRV priority in its group (lower preferred).
     priority: AtomicU16,
     /// A lower-priority SRV target held back while its group's preferred
@@ -162,6 +164,7 @@ impl Upstream {
             base_weight: AtomicU32::new(conf.weight),
             factor: AtomicU64::new(1f64.to_bits()),
             group: conf.group.clone(),
+            protocol: conf.protocol.clone(),
             priority: AtomicU16::new(conf.priority),
             standby: AtomicBool::new(false),
             healthy: AtomicBool::new(true),

@@ -121,7 +121,7 @@ impl Balancer {
         let mut next = Vec::with_capacity(configs.len());
         for c in configs {
             match current.members.get(&c.name) {
-                Some(u) if u.addr == c.addr && u.group == c.group => {
+                Some(u) if u.addr == c.addr && u.group == c.group && u.protocol == c.protocol => {
                     if u.base_weight() != c.weight {
                         u.set_base_weight(c.weight);
                     }

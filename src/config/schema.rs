@@ -95,6 +95,17 @@ pub(super) struct RawUpstream {
     pub srv: Option<String>,
     #[serde(default = "default_weight")]
     pub weight: i64,
+    #[serde(default)]
+    pub h2: bool,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstreamTls {
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -279,14 +279,16 @@ fn dns_and_srv_entries_become_discovered_groups() {
                     host: "api.internal".into(),
                     port: 8080
                 },
-                weight: 2
+                weight: 2,
+                protocol: Default::default(),
             },
             DiscoveredGroup {
                 name: "grpc".into(),
                 source: DiscoverySource::Srv {
                     name: "_grpc._tcp.api.consul".into()
                 },
-                weight: 1
+                weight: 1,
+                protocol: Default::default(),
             },
         ]
     );

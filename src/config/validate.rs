@@ -121,10 +121,26 @@ fn upstreams(raw: &[RawUpstream], c: &mut Checker) -> (Vec<UpstreamConfig>, Vec<
             c.fail(&format!("{key}.weight"), "must be at most 10000");
         }
         let weight = weight.min(10_000) as u32;
+        // The host name the entry gives, if any: the default SNI.
+        let host = u
+            .addr
+            .as_deref()
+            .or(u.dns.as_deref())
+            .and_then(|a| a.trim().rsplit_once(':').map(|(h, _)| h.to_string()))
+            .filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('['));
+        let protocol = UpstreamProtocol {
+            h2: u.h2,
+            tls: u
+                .tls
+                .as_ref()
+                .map(|t| upstream_tls(&format!("{key}.tls"), t, host, c)),
+        };
         match (&u.addr, &u.dns, &u.srv) {
             (Some(addr), None, None) => {
                 if let Some(addr) = c.addr(&format!("{key}.addr"), addr) {
-                    upstreams.push(UpstreamConfig::new(name, addr, weight));
+                    let mut conf = UpstreamConfig::new(name, addr, weight);
+                    conf.protocol = protocol;
+                    upstreams.push(conf);
                 }
             }
             (None, Some(dns), None) => {
@@ -133,6 +149,7 @@ fn upstreams(raw: &[RawUpstream], c: &mut Checker) -> (Vec<UpstreamConfig>, Vec<
                         name: name.to_string(),
                         source,
                         weight,
+                        protocol,
                     });
                 }
             }
@@ -150,6 +167,7 @@ fn upstreams(raw: &[RawUpstream], c: &mut Checker) -> (Vec<UpstreamConfig>, Vec<
                             name: srv.to_string(),
                         },
                         weight,
+                        protocol,
                     });
                 }
             }
@@ -160,6 +178,48 @@ fn upstreams(raw: &[RawUpstream], c: &mut Checker) -> (Vec<UpstreamConfig>, Vec<
         }
     }
     (upstreams, discovered)
+}
+
+/// An upstream's `tls:`: SNI defaults to the entry's host name; verifying
+/// (the default) needs a name to check the certificate against; `ca` must
+/// hold PEM certificates.
+fn upstream_tls(
+    key: &str,
+    t: &RawUpstreamTls,
+    host: Option<String>,
+    c: &mut Checker,
+) -> UpstreamTls {
+    let verify = t.verify.unwrap_or(true);
+    let sni = t
+        .sni
+        .as_deref()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or(host)
+        .unwrap_or_default();
+    if verify && sni.is_empty() {
+        c.fail(
+            &format!("{key}.sni"),
+            "needed to verify the certificate of an upstream given by IP address \
+             (or write verify: false)",
+        );
+    }
+    let ca_path = t.ca.as_deref().map(|p| std::path::PathBuf::from(p.trim()));
+    let ca = ca_path
+        .as_ref()
+        .and_then(|path| match crate::tls::load_ca(path) {
+            Ok(ca) => Some(ca),
+            Err(why) => {
+                c.fail(&format!("{key}.ca"), why);
+                None
+            }
+        });
+    UpstreamTls {
+        sni,
+        verify,
+        ca_path,
+        ca,
+    }
 }
 
 /// `dns: "host:port"`.

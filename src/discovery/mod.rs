@@ -53,6 +53,7 @@ pub fn members(group: &DiscoveredGroup, targets: &[Target]) -> Vec<UpstreamConfi
             weight: t.weight.min(10_000),
             group: Some(group.name.clone()),
             priority: t.priority,
+            protocol: group.protocol.clone(),
         })
         .collect()
 }
@@ -302,6 +303,7 @@ mod tests {
                 port: 80,
             },
             weight: 2,
+            protocol: Default::default(),
         }
     }
 

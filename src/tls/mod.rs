@@ -142,6 +142,26 @@ fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     Ok((names, cert.validity().not_after.timestamp()))
 }
 
+/// The CA certificates in the PEM file at `path`, as upstream peers take them.
+pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not PEM certificates: {e}", path.display()))?;
+    if ders.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    let certs: Vec<pingora::utils::tls::WrappedX509> = ders
+        .into_iter()
+        .map(|d| {
+            pingora::utils::tls::WrappedX509::new(d.as_ref().to_vec(), |raw| {
+                pingora::utils::tls::parse_x509(raw)
+            })
+        })
+        .collect();
+    Ok(certs.into())
+}
+
 /// Whether certificate name `pattern` covers `host` (both lower-case): equal,
 /// or `*.rest` with `host` one label followed by `.rest` (RFC 6125 §6.4.3).
 pub fn name_matches(pattern: &str, host: &str) -> bool {

@@ -154,6 +154,34 @@ function render(s) {
   $("#total-rps").textContent = fmt(rps);
   $("#total-errors").textContent = rps > 0 ? `${fmt((errs / rps) * 100, 2)}%` : "0%";
   renderEvents(s.events);
+  renderListeners(s.listeners, s.certificates || []);
+}
+
+// Connections by protocol on each kind of listener, and the certificates in
+// force with their expiry (flagged under 14 days).
+function renderListeners(mix, certs) {
+  if (mix) {
+    const parts = [`plain: ${mix.plain_h1} HTTP/1.1, ${mix.plain_h2} h2c`];
+    const versions = Object.entries(mix.tls_handshakes || {});
+    if (versions.length > 0) {
+      const hs = versions.map(([v, n]) => `${v} ${n}`).join(", ");
+      parts.push(`TLS: ${mix.tls_h1} HTTP/1.1, ${mix.tls_h2} h2 (handshakes: ${hs})`);
+    }
+    $("#listener-mix").textContent = `connections since start · ${parts.join(" · ")}`;
+  }
+  const table = $("#certificates");
+  table.hidden = certs.length === 0;
+  const body = table.querySelector("tbody");
+  body.replaceChildren(...certs.map((c) => {
+    const tr = document.createElement("tr");
+    tr.classList.toggle("expiring", c.expiring);
+    for (const text of [c.cert, c.names.join(", "), c.expires, c.expiring ? `${fmt(c.days_left)} ⚠ renew soon` : fmt(c.days_left)]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    return tr;
+  }));
 }
 
 function renderEvents(events) {

@@ -23,8 +23,22 @@ fn certificate(
     file: &str,
     names: &[&str],
 ) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+    certificate_for(dir, file, names, 365)
+}
+
+/// [`certificate`], valid for `days` from now.
+fn certificate_for(
+    dir: &Path,
+    file: &str,
+    names: &[&str],
+    days: i64,
+) -> (PathBuf, PathBuf, CertificateDer<'static>) {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let made = rcgen::generate_simple_self_signed(names).unwrap();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    let signing_key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&signing_key).unwrap();
+    let made = rcgen::CertifiedKey { cert, signing_key };
     let (cert, key) = (
         dir.join(format!("{file}.crt")),
         dir.join(format!("{file}.key")),
@@ -138,7 +152,8 @@ struct Site {
 async fn site(tls_extra: &str, extra: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let (a_cert, a_key, a) = certificate(dir.path(), "a", &["a.test", "*.wild.test"]);
-    let (b_cert, b_key, b) = certificate(dir.path(), "b", &["b.test"]);
+    // b expires soon: the dashboard flags it.
+    let (b_cert, b_key, b) = certificate_for(dir.path(), "b", &["b.test"], 5);
     let up = mock("up").await;
     let tls_port = free_port();
     let lb = Lb::start(&format!(
@@ -197,6 +212,16 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     assert_eq!(certs.len(), 2);
     assert_eq!(certs[1]["names"][0], "b.test");
     assert!(certs[0]["expires"].as_str().is_some());
+    let expiring = (
+        certs[0]["expiring"].as_bool(),
+        certs[1]["expiring"].as_bool(),
+    );
+    assert_eq!(expiring, (Some(false), Some(true)));
+    let mix = &state["listeners"];
+    assert!(
+        mix["tls_h2"].as_u64() >= Some(1) && mix["tls_h1"].as_u64() >= Some(1),
+        "{mix}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,4 +346,84 @@ async fn h2c_and_http1_share_a_plain_port() {
         );
         assert!(metrics.contains(&series), "{metrics}");
     }
+}
+
+/// Kills the new process of a reload when the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_hands_over_the_https_listener_without_a_failed_request() {
+    let mut s = site("", "").await;
+    let trust = client(&[&s.a, &s.b], &[b"h2", b"http/1.1"], false);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stream = {
+        let (stop, sent, failed, trust, addr) = (
+            stop.clone(),
+            sent.clone(),
+            failed.clone(),
+            trust.clone(),
+            s.tls,
+        );
+        tokio::spawn(async move {
+            let until = std::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match fetch(&trust, addr, "b.test").await {
+                    Ok(seen) if seen.status == 200 => {}
+                    other => {
+                        eprintln!("{other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let sent_ref = &sent;
+    wait_for("traffic", || async move {
+        sent_ref.load(Ordering::Relaxed) > 50
+    })
+    .await;
+
+    // The same config again, taking over the sockets (-u), then SIGQUIT.
+    let yaml = s.lb.dir.path().join("lb.yaml");
+    let log = std::fs::File::create(s.lb.dir.path().join("new.log")).unwrap();
+    let _new = Child(
+        std::process::Command::new(binary())
+            .arg("-u")
+            .arg("-c")
+            .arg(&yaml)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let sock = format!("/tmp/hybrid-lb-test-{}.sock", s.lb.proxy.port());
+    wait_for("the new process's upgrade socket", || {
+        let sock = sock.clone();
+        async move { Path::new(&sock).exists() }
+    })
+    .await;
+    s.lb.signal("QUIT");
+    s.lb.wait_exit().await;
+    let after = sent.load(Ordering::Relaxed);
+    wait_for("traffic to the new process", || async move {
+        sent_ref.load(Ordering::Relaxed) > after + 50
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    stream.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "HTTPS requests failed across the reload ({} sent)",
+        sent.load(Ordering::Relaxed)
+    );
 }

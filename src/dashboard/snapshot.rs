@@ -31,6 +31,45 @@ pub struct Snapshot {
     pub events: Vec<Event>,
     /// The HTTPS listeners' certificates, in config order.
     pub certificates: Vec<CertificateSnapshot>,
+    /// Client connections so far by listener and protocol, and TLS
+    /// handshakes by version.
+    pub listeners: ListenerMix,
+}
+
+/// What clients have spoken on each kind of listener since start.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerMix {
+    pub plain_h1: u64,
+    pub plain_h2: u64,
+    pub tls_h1: u64,
+    pub tls_h2: u64,
+    /// `TLSv1.3`, `TLSv1.2`, `failed` → handshakes.
+    pub tls_handshakes: std::collections::BTreeMap<String, u64>,
+}
+
+fn listener_mix(state: &SharedState) -> ListenerMix {
+    let m = &state.metrics;
+    let conns = |l: &str, p: &str| {
+        m.downstream_connections_total
+            .with_label_values(&[l, p])
+            .get()
+    };
+    let mut tls_handshakes = std::collections::BTreeMap::new();
+    if state.config.lb.tls.is_some() {
+        for v in ["TLSv1.3", "TLSv1.2", "failed"] {
+            tls_handshakes.insert(
+                v.to_string(),
+                m.tls_handshakes_total.with_label_values(&[v]).get(),
+            );
+        }
+    }
+    ListenerMix {
+        plain_h1: conns("plain", "h1"),
+        plain_h2: conns("plain", "h2"),
+        tls_h1: conns("tls", "h1"),
+        tls_h2: conns("tls", "h2"),
+        tls_handshakes,
+    }
 }
 
 /// A certificate in force on the HTTPS listeners.
@@ -143,6 +182,7 @@ pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapsho
         upstreams,
         events: state.events.newest_first(),
         certificates: certificates(state, unix_time()),
+        listeners: listener_mix(state),
     }
 }
 

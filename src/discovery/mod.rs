@@ -247,6 +247,8 @@ impl BackgroundService for DiscoveryService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let groups = &self.state.config.lb.discovered;
         if groups.is_empty() {
+            // Nothing to follow; stay until shutdown rather than log an exit.
+            let _ = shutdown.changed().await;
             return;
         }
         let resolver = match Resolver::new(&self.state.config.lb.discovery) {

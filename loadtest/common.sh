@@ -38,3 +38,28 @@ dashboard:
   listen: "127.0.0.1:$3"
 CONF
 }
+
+# Installs, from Debian, whichever of wrk, nginx and HAProxy is missing.
+install_peers() {
+  local need=()
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+  command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+  [ ${#need[@]} -eq 0 ] && return 0
+  echo "installing ${need[*]}" >&2
+  local sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}" >/dev/null \
+    || { "${sudo[@]}" apt-get update >/dev/null && "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
+}
+
+# Stops a process: SIGTERM, then SIGKILL if it is still there after 3 s.
+stop() {
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 30); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
+
+tree() { echo "$1"; pgrep -P "$1" || true; }          # a process and its children
+# CPU ticks (user + system) of a process and its children so far.
+cpu_ticks() { local t=0; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }

@@ -19,28 +19,14 @@ CONNS=${CONNS:-64}
 RESULTS=${RESULTS:-loadtest/results/tls-latest.csv}
 mkdir -p "$(dirname "$RESULTS")"
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "tls bench: installing ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  as_root apt-get install -y --no-install-recommends "${need[@]}" >/dev/null \
-    || { as_root apt-get update >/dev/null && as_root apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
-fi
+. loadtest/common.sh
+install_peers
 export PATH="$PATH:/usr/sbin"
 cargo build --release --quiet --bins
 BIN=target/release
 
 work=$(mktemp -d)
 pids=()
-stop() {
-  kill -TERM "$1" 2>/dev/null || return 0
-  for _ in $(seq 30); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$1" 2>/dev/null || true
-}
 cleanup() {
   [ -f "$work/nginx.pid" ] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
   for p in "${pids[@]}"; do stop "$p"; done
@@ -48,9 +34,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. loadtest/common.sh
-tree() { echo "$1"; pgrep -P "$1" || true; }
-cpu_ticks() { local t=0; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
 
 # One certificate for all three (HAProxy wants certificate and key in one file).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \

@@ -139,6 +139,57 @@ where
     Ok(resp.status().as_u16())
 }
 
+/// New HTTPS connections to `addr` as `sni`, one request each, one after
+/// the other until stopped (at most 60 s); counts those sent and failed.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream {
+    fn start(tls: TlsConnector, addr: SocketAddr, sni: &'static str) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (s, n, f) = (stop.clone(), sent.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let until = std::time::Instant::now() + Duration::from_secs(60);
+            while !s.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                n.fetch_add(1, Ordering::Relaxed);
+                match fetch(&tls, addr, sni).await {
+                    Ok(seen) if seen.status == 200 => {}
+                    other => {
+                        eprintln!("{other:?}");
+                        f.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Stream {
+            stop,
+            sent,
+            failed,
+            task,
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Stops it; (sent, failed).
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let counts = (self.sent.clone(), self.failed.clone());
+        self.task.await.unwrap();
+        (
+            counts.0.load(Ordering::Relaxed),
+            counts.1.load(Ordering::Relaxed),
+        )
+    }
+}
+
 struct Site {
     lb: Lb,
     tls: SocketAddr,
@@ -231,30 +282,7 @@ async fn a_rotated_certificate_serves_new_connections_without_a_failed_request()
     let (c_cert, c_key, c) = certificate(dir, "next", &["b.test"]);
     let trust = client(&[&s.a, &s.b, &c], &[b"http/1.1"], false);
 
-    // A stream of new connections, each with one request, until stopped.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let stream = {
-        let (stop, sent, failed, trust, addr) = (
-            stop.clone(),
-            sent.clone(),
-            failed.clone(),
-            trust.clone(),
-            s.tls,
-        );
-        tokio::spawn(async move {
-            let until = std::time::Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
-                sent.fetch_add(1, Ordering::Relaxed);
-                match fetch(&trust, addr, "b.test").await {
-                    Ok(seen) if seen.status == 200 => {}
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-    };
+    let stream = Stream::start(trust.clone(), s.tls, "b.test");
     rotate((&c_cert, &c_key), (&dir.join("b.crt"), &dir.join("b.key")));
     let (t, addr) = (&trust, s.tls);
     let c_ref = &c;
@@ -281,14 +309,9 @@ async fn a_rotated_certificate_serves_new_connections_without_a_failed_request()
     .await;
     assert_eq!(fetch(&trust, s.tls, "b.test").await.unwrap().cert, c);
 
-    stop.store(true, Ordering::Relaxed);
-    stream.await.unwrap();
-    assert!(sent.load(Ordering::Relaxed) > 10);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed across the rotation"
-    );
+    let (sent, failed) = stream.finish().await;
+    assert!(sent > 10);
+    assert_eq!(failed, 0, "requests failed across the rotation");
     let events = s.lb.state().await["events"].to_string();
     assert!(
         events.contains("new certificate for b.test in force"),
@@ -362,35 +385,9 @@ impl Drop for Child {
 async fn a_reload_hands_over_the_https_listener_without_a_failed_request() {
     let mut s = site("", "").await;
     let trust = client(&[&s.a, &s.b], &[b"h2", b"http/1.1"], false);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let stream = {
-        let (stop, sent, failed, trust, addr) = (
-            stop.clone(),
-            sent.clone(),
-            failed.clone(),
-            trust.clone(),
-            s.tls,
-        );
-        tokio::spawn(async move {
-            let until = std::time::Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
-                sent.fetch_add(1, Ordering::Relaxed);
-                match fetch(&trust, addr, "b.test").await {
-                    Ok(seen) if seen.status == 200 => {}
-                    other => {
-                        eprintln!("{other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-    };
-    let sent_ref = &sent;
-    wait_for("traffic", || async move {
-        sent_ref.load(Ordering::Relaxed) > 50
-    })
-    .await;
+    let stream = Stream::start(trust, s.tls, "b.test");
+    let stream_ref = &stream;
+    wait_for("traffic", || async move { stream_ref.sent() > 50 }).await;
 
     // The same config again, taking over the sockets (-u), then SIGQUIT.
     let yaml = s.lb.dir.path().join("lb.yaml");
@@ -413,17 +410,14 @@ async fn a_reload_hands_over_the_https_listener_without_a_failed_request() {
     .await;
     s.lb.signal("QUIT");
     s.lb.wait_exit().await;
-    let after = sent.load(Ordering::Relaxed);
+    let after = stream.sent();
     wait_for("traffic to the new process", || async move {
-        sent_ref.load(Ordering::Relaxed) > after + 50
+        stream_ref.sent() > after + 50
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    stream.await.unwrap();
+    let (sent, failed) = stream.finish().await;
     assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "HTTPS requests failed across the reload ({} sent)",
-        sent.load(Ordering::Relaxed)
+        failed, 0,
+        "HTTPS requests failed across the reload ({sent} sent)"
     );
 }

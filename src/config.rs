@@ -93,10 +93,13 @@ pub struct LbConfig {
     pub discovery: DiscoveryConfig,
     pub health_check: HealthCheckConfig,
     pub circuit_breaker: BreakerConfig,
+    pub outlier: OutlierConfig,
     pub dynamic_weights: DynamicWeightsConfig,
     pub sticky: StickyConfig,
     /// Extra attempts, each on another upstream, after a connect failure.
     pub retries: usize,
+    /// A new or recovered upstream ramps its weight over this (zero: off).
+    pub slow_start: Duration,
     pub timeouts: TimeoutsConfig,
     pub limits: LimitsConfig,
 }
@@ -229,6 +232,20 @@ pub struct HealthCheckConfig {
     pub timeout: Duration,
     pub healthy_threshold: usize,
     pub unhealthy_threshold: usize,
+}
+
+/// `lb.outlier`: failure-rate ejection (Envoy's outlier detection).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierConfig {
+    /// Ejected when at least this share of its attempts failed in an interval.
+    pub failure_rate: f64,
+    /// Attempts an upstream needs in an interval to be judged.
+    pub min_requests: u64,
+    pub interval: Duration,
+    /// The first ejection's length; each repeat doubles it.
+    pub ejection_time: Duration,
+    /// At most this share of the upstreams out at once; 0 turns ejection off.
+    pub max_ejection_percent: u32,
 }
 
 #[derive(Debug, Clone)]

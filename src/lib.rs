@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod outlier;
 pub mod panic;
 pub mod peer;
 pub mod proxy;
@@ -104,6 +105,10 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     server.add_service(background_service(
         "discovery",
         discovery::DiscoveryService::new(state.clone()),
+    ));
+    server.add_service(background_service(
+        "ejection",
+        outlier::OutlierService::new(state.clone()),
     ));
     server.add_service(background_service(
         "panic mode",

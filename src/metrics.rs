@@ -18,6 +18,8 @@ pub struct Metrics {
     pub upstream_inflight: IntGaugeVec,
     /// 1 when active health checks pass, 0 when they fail.
     pub upstream_up: IntGaugeVec,
+    /// 1 while ejected for its failure rate (`lb.outlier`).
+    pub upstream_ejected: IntGaugeVec,
     /// 0 closed, 1 half-open, 2 open.
     pub upstream_breaker_state: IntGaugeVec,
     /// Selection weight by kind: `base` (the operator's) or `effective` (in force).
@@ -171,11 +173,21 @@ impl Metrics {
         )
         .expect("metric");
 
+        let upstream_ejected = IntGaugeVec::new(
+            Opts::new(
+                "hlb_upstream_ejected",
+                "1 while the upstream is ejected for its failure rate",
+            ),
+            &["upstream"],
+        )
+        .expect("metric");
+
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
             Box::new(upstream_inflight.clone()),
             Box::new(upstream_up.clone()),
+            Box::new(upstream_ejected.clone()),
             Box::new(upstream_breaker_state.clone()),
             Box::new(upstream_weight.clone()),
             Box::new(upstream_latency_ewma_seconds.clone()),
@@ -199,6 +211,7 @@ impl Metrics {
             request_duration_seconds,
             upstream_inflight,
             upstream_up,
+            upstream_ejected,
             upstream_breaker_state,
             upstream_weight,
             upstream_latency_ewma_seconds,

@@ -29,6 +29,11 @@ pub fn in_panic(healthy: usize, eligible: usize) -> bool {
 /// Reassesses panic mode from the table in force; on a change, sets the flag
 /// and records an event.
 pub fn assess(state: &SharedState) {
+    // A recovered upstream's slow start is in force at once, not at the
+    // next weights tick.
+    if crate::weights::advance_ramps(state, std::time::Instant::now()) {
+        state.balancer.refresh();
+    }
     let table = state.balancer.load();
     assess_standby(table.upstreams());
     let (mut healthy, mut eligible) = (0, 0);

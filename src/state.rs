@@ -69,6 +69,7 @@ impl SharedState {
                 _ => None,
             },
             changed: Arc::new(tokio::sync::Notify::new()),
+            slow_start: config.lb.slow_start,
         };
         let upstreams = config
             .lb
@@ -76,7 +77,12 @@ impl SharedState {
             .iter()
             .map(|c| Arc::new(Upstream::new(c, &env)))
             .collect();
-        let balancer = Balancer::new(config.lb.algorithm, matches!(sticky, Sticky::Ip), upstreams);
+        let balancer = Balancer::new(
+            config.lb.algorithm,
+            matches!(sticky, Sticky::Ip),
+            !config.lb.slow_start.is_zero(),
+            upstreams,
+        );
         let sticky_series =
             StickyResult::ALL.map(|r| metrics.sticky_total.with_label_values(&[r.as_str()]));
         SharedState {

@@ -39,6 +39,9 @@ pub struct UpstreamEnv {
     /// Woken whenever an upstream's eligibility may have changed (a breaker
     /// transition, a health flip, a drain), so panic mode is reassessed.
     pub changed: Arc<Notify>,
+    /// `lb.slow_start`: how long a recovered or new upstream ramps its
+    /// weight (zero: off).
+    pub slow_start: Duration,
 }
 
 /// Per-upstream counters for the dashboard's rates.
@@ -61,6 +64,7 @@ pub struct UpstreamStats {
 struct Handles {
     inflight: IntGauge,
     up: IntGauge,
+    ejected: IntGauge,
     breaker: IntGauge,
     base_weight: Gauge,
     effective_weight: Gauge,
@@ -87,6 +91,18 @@ pub struct Upstream {
     base_weight: AtomicU32,
     /// `dynamic`'s latency factor (f64 bits), set by the weights tick.
     factor: AtomicU64,
+    /// Ejected for its failure rate until then (milliseconds since `epoch`);
+    /// 0 when not ejected.
+    ejected_until_ms: AtomicU64,
+    /// Ejections not yet lived down (each doubles the next).
+    ejections: AtomicU32,
+    /// Slow start: the share of its weight it takes now (f64 bits, 1 when
+    /// not ramping), set with the weights tick.
+    ramp: AtomicU64,
+    /// When its slow start began (milliseconds since `epoch`, plus one); 0
+    /// when not ramping.
+    ramp_since_ms: AtomicU64,
+    slow_start: Duration,
     /// The `dns:` or `srv:` entry it was discovered from, if any.
     pub group: Option<String>,
     /// How it is spoken to (HTTP/2, TLS).
@@ -137,6 +153,7 @@ impl Upstream {
         let handles = Handles {
             inflight: m.upstream_inflight.with_label_values(&[name]),
             up: m.upstream_up.with_label_values(&[name]),
+            ejected: m.upstream_ejected.with_label_values(&[name]),
             breaker: m.upstream_breaker_state.with_label_values(&[name]),
             base_weight: m.upstream_weight.with_label_values(&[name, "base"]),
             effective_weight: m.upstream_weight.with_label_values(&[name, "effective"]),
@@ -163,6 +180,11 @@ impl Upstream {
                 .map_or([0; 8], |s| s.upstream_key(&conf.name)),
             base_weight: AtomicU32::new(conf.weight),
             factor: AtomicU64::new(1f64.to_bits()),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            ramp: AtomicU64::new(1f64.to_bits()),
+            ramp_since_ms: AtomicU64::new(0),
+            slow_start: env.slow_start,
             group: conf.group.clone(),
             protocol: conf.protocol.clone(),
             priority: AtomicU16::new(conf.priority),
@@ -192,6 +214,7 @@ impl Upstream {
         let name = self.name.as_str();
         let _ = m.upstream_inflight.remove_label_values(&[name]);
         let _ = m.upstream_up.remove_label_values(&[name]);
+        let _ = m.upstream_ejected.remove_label_values(&[name]);
         let _ = m.upstream_breaker_state.remove_label_values(&[name]);
         let _ = m.upstream_weight.remove_label_values(&[name, "base"]);
         let _ = m.upstream_weight.remove_label_values(&[name, "effective"]);
@@ -211,7 +234,7 @@ impl Upstream {
     /// Whether this upstream may take a request now: healthy, not drained, and
     /// its breaker admits it. The one place eligibility is decided.
     pub fn admit(&self, now: Instant) -> Admission {
-        if !self.is_healthy() || self.is_drained() || self.is_standby() {
+        if !self.is_healthy() || self.is_drained() || self.is_standby() || self.is_ejected_at(now) {
             return Admission::Refused;
         }
         match self.breaker_state() {
@@ -253,7 +276,58 @@ impl Upstream {
     /// Whether it could take traffic, not counting a breaker due a probe: the
     /// set over which `dynamic` takes the fastest latency.
     pub fn is_usable(&self) -> bool {
-        self.is_available() && self.breaker_state() == BreakerState::Closed
+        self.is_available()
+            && self.breaker_state() == BreakerState::Closed
+            && !self.is_ejected_at(Instant::now())
+    }
+
+    /// Whether it is ejected for its failure rate at `now`.
+    pub fn is_ejected_at(&self, now: Instant) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && self.millis(now) < until
+    }
+
+    /// When its ejection ends, if it is ejected at `now`.
+    pub fn ejected_until(&self, now: Instant) -> Option<Instant> {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        (until != 0 && self.millis(now) < until).then(|| self.epoch + Duration::from_millis(until))
+    }
+
+    /// Ejections not yet lived down.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Ejects it from `now` for `length`; `why` goes into the event.
+    pub fn eject(&self, now: Instant, length: Duration, why: &str) {
+        let until = self.millis(now) + length.as_millis() as u64;
+        self.ejected_until_ms.store(until.max(1), Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        self.metrics.ejected.set(1);
+        log::warn!("upstream {}: ejected for {length:?} ({why})", self.name);
+        self.events.push(
+            Some(&self.name),
+            "ejection",
+            format!("ejected for {length:?}: {why}"),
+        );
+        self.changed.notify_one();
+    }
+
+    /// After an interval not ejected: says so once an ejection has run out,
+    /// and lives down one past ejection when `healthy_interval`.
+    pub fn after_interval(&self, now: Instant, healthy_interval: bool) {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        if until != 0 && self.millis(now) >= until {
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
+            self.metrics.ejected.set(0);
+            self.events
+                .push(Some(&self.name), "ejection", "back in rotation".into());
+            self.changed.notify_one();
+        } else if until == 0 && healthy_interval {
+            let _ = self
+                .ejections
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 
     /// Healthy, not drained and not held in standby: what panic mode counts
@@ -355,6 +429,9 @@ impl Upstream {
             self.awaiting_checks.store(0, Ordering::Relaxed);
         }
         if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            if healthy && !self.slow_start.is_zero() {
+                self.start_ramp(Instant::now());
+            }
             self.metrics.up.set(healthy as i64);
             let verdict = if healthy { "up" } else { "down" };
             log::warn!("upstream {}: health {verdict} ({detail})", self.name);
@@ -472,6 +549,45 @@ impl Upstream {
 
     pub fn set_factor(&self, factor: f64) {
         self.factor.store(factor.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The share of its weight slow start gives it now (1: all).
+    pub fn ramp(&self) -> f64 {
+        f64::from_bits(self.ramp.load(Ordering::Relaxed))
+    }
+
+    /// Begins its slow start at `now`: a tenth of its weight at once.
+    pub fn start_ramp(&self, now: Instant) {
+        self.ramp_since_ms
+            .store(self.millis(now) + 1, Ordering::Relaxed);
+        self.ramp.store(0.1f64.to_bits(), Ordering::Relaxed);
+        self.events.push(
+            Some(&self.name),
+            "slow start",
+            format!(
+                "ramping from 10% to its full weight over {:?}",
+                self.slow_start
+            ),
+        );
+    }
+
+    /// Moves its slow start on to `now`; true while it ramps (and on the
+    /// advance that ends it), so the table is refreshed. The ramp ends (with
+    /// an event) once the window has passed.
+    pub fn advance_ramp(&self, now: Instant) -> bool {
+        let since = self.ramp_since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return false;
+        }
+        let elapsed = Duration::from_millis(self.millis(now).saturating_sub(since - 1));
+        let share = crate::balancer::slow_start::ramp(elapsed, self.slow_start);
+        if share >= 1.0 {
+            self.ramp_since_ms.store(0, Ordering::Relaxed);
+            self.events
+                .push(Some(&self.name), "slow start", "done: full weight".into());
+        }
+        self.ramp.store(share.to_bits(), Ordering::Relaxed);
+        true
     }
 
     /// Publishes the weight in force.
@@ -629,6 +745,7 @@ pub(crate) mod tests {
             events: Arc::new(Events::default()),
             sealer: None,
             changed: Arc::new(Notify::new()),
+            slow_start: c.lb.slow_start,
         }
     }
 

@@ -42,12 +42,29 @@ pub fn tick(state: &SharedState, now: Instant) {
     if let Some(neutral) = out.neutral {
         state.balancer.set_neutral_latency(neutral);
     }
+    let ramped = advance_ramps(state, now);
     if state.balancer.algorithm() == Algorithm::Dynamic {
         for (u, f) in upstreams.iter().zip(&out.factors) {
             u.set_factor(*f);
         }
         state.balancer.refresh();
+    } else if ramped {
+        state.balancer.refresh();
     }
+}
+
+/// Moves every slow start on to `now`; true if any upstream is ramping (the
+/// table then needs refreshing).
+pub fn advance_ramps(state: &SharedState, now: Instant) -> bool {
+    if state.config.lb.slow_start.is_zero() {
+        return false;
+    }
+    let table = state.balancer.load();
+    let mut changed = false;
+    for u in table.upstreams() {
+        changed |= u.advance_ramp(now);
+    }
+    changed
 }
 
 pub struct WeightsService {
@@ -101,5 +118,38 @@ mod tests {
         let t = s.balancer.table();
         assert_eq!(t.effective(1), 4.0);
         assert_eq!(t.upstreams()[1].recent_latency(now, Duration::MAX), None);
+    }
+
+    #[test]
+    fn a_recovered_upstream_ramps_from_a_tenth_of_its_weight() {
+        let text = "lb:\n  algorithm: weighted\n  slow_start: 10s\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\", weight: 2 }\n    - { name: b, addr: \"127.0.0.1:2\", weight: 2 }\n";
+        let s = SharedState::new(Config::parse(text).unwrap().0);
+        let b = s.upstream("b").unwrap();
+        b.set_health(false, "test");
+        let now = Instant::now();
+        b.set_health(true, "test");
+        tick(&s, now);
+        let t = s.balancer.table();
+        assert_eq!(t.effective(0), 2.0, "a is not ramping");
+        assert!((t.effective(1) - 0.2).abs() < 0.11, "{}", t.effective(1));
+        tick(&s, now + Duration::from_secs(5));
+        let t = s.balancer.table();
+        assert!(
+            (t.effective(1) - 1.1).abs() < 0.11,
+            "half way: {}",
+            t.effective(1)
+        );
+        tick(&s, now + Duration::from_secs(10));
+        assert_eq!(s.balancer.table().effective(1), 2.0);
+        let events: Vec<String> = s
+            .events
+            .newest_first()
+            .iter()
+            .map(|e| e.detail.clone())
+            .collect();
+        assert!(
+            events.iter().any(|e| e == "done: full weight"),
+            "{events:?}"
+        );
     }
 }

@@ -350,3 +350,38 @@ async fn panic_mode_keeps_serving_when_breakers_would_take_every_upstream_out() 
         "{panic}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_upstream_ramps_back_to_its_share_under_slow_start() {
+    let (a, b) = (mock("a").await, mock("b").await);
+    let body = format!(
+        "  algorithm: weighted\n  slow_start: 6s\n{HEALTH}  upstreams:\n{}",
+        upstreams_yaml(&[("a", a.addr(), 4), ("b", b.addr(), 4)])
+    );
+    let lb = Lb::start(&body).await;
+    let patch = |healthy| BehaviourPatch {
+        healthy: Some(healthy),
+        ..Default::default()
+    };
+    b.set(&patch(false)).unwrap();
+    lb.wait_upstream("b", "down", |u| u["health"] == "down")
+        .await;
+    b.set(&patch(true)).unwrap();
+    // Back up, it takes a fraction of its weight at first, not all of it at
+    // once (without slow start its effective weight is 4 the moment it is up) ...
+    let up = lb
+        .wait_upstream("b", "up on part of its weight", |u| {
+            u["health"] == "up" && u["effective_weight"].as_f64() < Some(4.0)
+        })
+        .await;
+    assert!(
+        up["reason"].as_str().unwrap().starts_with("slow start"),
+        "{up}"
+    );
+    // ... and all of it once the window has passed.
+    lb.wait_upstream("b", "full weight", |u| u["effective_weight"] == 4.0)
+        .await;
+    let events = lb.state().await["events"].to_string();
+    assert!(events.contains("ramping from 10%"), "{events}");
+    assert!(events.contains("done: full weight"), "{events}");
+}

@@ -6,7 +6,9 @@
 //! admin API, discovery) take a small mutex so that their rebuilds do not race.
 
 pub mod dynamic;
+pub mod outlier;
 pub mod p2c;
+pub mod slow_start;
 pub mod standby;
 pub mod table;
 pub mod wrr;
@@ -45,6 +47,8 @@ pub struct Change {
 #[derive(Debug)]
 pub struct Balancer {
     algorithm: Algorithm,
+    /// Fixed-point scale of the selection weights.
+    scale: u32,
     /// Whether tables carry client-IP mode's ring.
     ip_ring: bool,
     table: ArcSwap<Table>,
@@ -58,12 +62,21 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    pub fn new(algorithm: Algorithm, ip_ring: bool, upstreams: Vec<Arc<Upstream>>) -> Self {
+    /// A balancer over `upstreams`; `ramps` says slow start is on, so weights
+    /// need a finer scale.
+    pub fn new(
+        algorithm: Algorithm,
+        ip_ring: bool,
+        ramps: bool,
+        upstreams: Vec<Arc<Upstream>>,
+    ) -> Self {
         let members = Arc::new(Members::new(upstreams, ip_ring));
+        let scale = table::scale(algorithm, ramps);
         let b = Balancer {
             algorithm,
+            scale,
             ip_ring,
-            table: ArcSwap::from_pointee(Table::new(members, algorithm)),
+            table: ArcSwap::from_pointee(Table::new(members, algorithm, scale)),
             cursor: AtomicUsize::new(0),
             writer: Mutex::new(()),
             neutral: AtomicU64::new(DEFAULT_LATENCY.to_bits()),
@@ -97,7 +110,7 @@ impl Balancer {
     pub fn refresh(&self) -> bool {
         let _w = self.write_lock();
         let current = self.table.load_full();
-        let next = Table::new(current.members.clone(), self.algorithm);
+        let next = Table::new(current.members.clone(), self.algorithm, self.scale);
         if next.weights == current.weights {
             return false;
         }
@@ -143,7 +156,7 @@ impl Balancer {
             .cloned()
             .collect();
         let members = Arc::new(Members::new(next, self.ip_ring));
-        let table = Table::new(members, self.algorithm);
+        let table = Table::new(members, self.algorithm, self.scale);
         self.publish(&table);
         self.table.store(Arc::new(table));
         change
@@ -251,7 +264,7 @@ mod tests {
             .iter()
             .map(|c| Arc::new(Upstream::new(c, &env)))
             .collect();
-        (Balancer::new(algorithm, false, ups), env)
+        (Balancer::new(algorithm, false, false, ups), env)
     }
 
     fn picks(b: &Balancer, n: usize) -> Vec<usize> {

@@ -85,17 +85,22 @@ pub struct Table {
 }
 
 impl Table {
-    /// The table of `members` with each upstream's current weight.
-    pub fn new(members: Arc<Members>, algorithm: Algorithm) -> Self {
+    /// The table of `members` with each upstream's current weight, at `scale`.
+    pub fn new(members: Arc<Members>, algorithm: Algorithm, scale: u32) -> Self {
         let weights = members
             .upstreams
             .iter()
-            .map(|u| selection_weight(algorithm, u))
+            .map(|u| selection_weight(algorithm, u, scale))
             .collect();
-        Self::with_weights(members, weights, algorithm)
+        Self::with_weights(members, weights, algorithm, scale)
     }
 
-    pub fn with_weights(members: Arc<Members>, weights: Vec<u32>, algorithm: Algorithm) -> Self {
+    pub fn with_weights(
+        members: Arc<Members>,
+        weights: Vec<u32>,
+        algorithm: Algorithm,
+        scale: u32,
+    ) -> Self {
         let (cycle, cumulative) = match algorithm {
             Algorithm::P2c => (Vec::new(), p2c::cumulative(&weights)),
             _ => (wrr::schedule(&weights), Vec::new()),
@@ -103,7 +108,7 @@ impl Table {
         Table {
             members,
             weights,
-            scale: scale(algorithm),
+            scale,
             cycle,
             cumulative,
         }
@@ -119,22 +124,34 @@ impl Table {
     }
 }
 
-fn scale(algorithm: Algorithm) -> u32 {
+/// The fixed-point scale of selection weights: two decimals of `dynamic`'s
+/// latency factor; a tenth for the others while slow start ramps weights;
+/// whole weights otherwise.
+pub fn scale(algorithm: Algorithm, ramps: bool) -> u32 {
     match algorithm {
         Algorithm::Dynamic => DYNAMIC_SCALE,
+        _ if ramps => super::slow_start::RAMP_SCALE,
         _ => 1,
     }
 }
 
-/// An upstream's integer selection weight under `algorithm`.
-pub fn selection_weight(algorithm: Algorithm, u: &Upstream) -> u32 {
-    let base = u.base_weight();
-    match algorithm {
-        Algorithm::RoundRobin => u32::from(base > 0),
-        Algorithm::Weighted | Algorithm::P2c => base,
-        Algorithm::Dynamic if base == 0 => 0,
-        Algorithm::Dynamic => {
-            ((base as f64 * u.factor() * DYNAMIC_SCALE as f64).round() as u32).max(1)
-        }
+/// An upstream's integer selection weight under `algorithm`, at `scale`:
+/// its base weight (1 for round robin), times `dynamic`'s latency factor,
+/// times its slow-start ramp; never 0 for a weight above 0.
+pub fn selection_weight(algorithm: Algorithm, u: &Upstream, scale: u32) -> u32 {
+    let base = match algorithm {
+        Algorithm::RoundRobin => u32::from(u.base_weight() > 0),
+        _ => u.base_weight(),
+    };
+    if base == 0 {
+        return 0;
     }
+    let factor = match algorithm {
+        Algorithm::Dynamic => u.factor(),
+        _ => 1.0,
+    };
+    if scale == 1 {
+        return base;
+    }
+    ((base as f64 * factor * u.ramp() * scale as f64).round() as u32).max(1)
 }

@@ -40,6 +40,21 @@ impl Checker<'_> {
         }
     }
 
+    /// A duration where zero means off.
+    pub fn duration_or_zero(&mut self, key: &str, text: &str) -> Duration {
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) => d,
+            Err(_) if text.trim() == "0" => Duration::ZERO,
+            Err(e) => {
+                self.fail(
+                    key,
+                    format!("`{text}` is not a duration ({e}); write e.g. 0s (off), 30s, 2m"),
+                );
+                Duration::ZERO
+            }
+        }
+    }
+
     /// A duration that must be a whole number of seconds (for timers that count
     /// seconds); a fraction is refused rather than cut.
     pub fn whole_seconds(&mut self, key: &str, text: &str) -> Duration {

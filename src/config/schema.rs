@@ -35,11 +35,15 @@ pub(super) struct RawLb {
     #[serde(default)]
     pub circuit_breaker: RawBreaker,
     #[serde(default)]
+    pub outlier: RawOutlier,
+    #[serde(default)]
     pub dynamic_weights: RawDynamicWeights,
     #[serde(default)]
     pub sticky: RawSticky,
     #[serde(default = "default_retries")]
     pub retries: i64,
+    #[serde(default = "default_slow_start")]
+    pub slow_start: String,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
@@ -81,6 +85,10 @@ impl Default for RawLimits {
 pub(super) fn default_listen() -> Vec<String> {
     vec!["0.0.0.0:8080".into()]
 }
+pub(super) fn default_slow_start() -> String {
+    "0s".into()
+}
+
 pub(super) fn default_retries() -> i64 {
     1
 }
@@ -166,6 +174,28 @@ impl Default for RawBreaker {
             open_time: "5s".into(),
             max_open_time: "60s".into(),
             failure_status: vec![502, 503, 504],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawOutlier {
+    pub failure_rate: f64,
+    pub min_requests: i64,
+    pub interval: String,
+    pub ejection_time: String,
+    pub max_ejection_percent: i64,
+}
+
+impl Default for RawOutlier {
+    fn default() -> Self {
+        RawOutlier {
+            failure_rate: 0.3,
+            min_requests: 20,
+            interval: "10s".into(),
+            ejection_time: "30s".into(),
+            max_ejection_percent: 50,
         }
     }
 }

@@ -329,3 +329,16 @@ fn a_discovery_entry_is_refused_by_key_and_line() {
         "{e:?}"
     );
 }
+
+#[test]
+fn slow_start_is_off_by_default_and_takes_a_duration() {
+    let (c, _) = Config::parse(GOOD).unwrap();
+    assert!(c.lb.slow_start.is_zero());
+    let on = GOOD.replace("  timeouts:", "  slow_start: 30s\n  timeouts:");
+    assert_eq!(
+        Config::parse(&on).unwrap().0.lb.slow_start,
+        Duration::from_secs(30)
+    );
+    let bad = GOOD.replace("  timeouts:", "  slow_start: soon\n  timeouts:");
+    assert!(one_error(&bad).starts_with("lb.slow_start: `soon` is not a duration"));
+}

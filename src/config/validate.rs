@@ -80,9 +80,11 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
         discovery: discovery(&raw.discovery, c),
         health_check: health_check(raw.health_check, c),
         circuit_breaker: circuit_breaker(raw.circuit_breaker, c),
+        outlier: outlier(&raw.outlier, c),
         dynamic_weights: dynamic_weights(raw.dynamic_weights, c),
         sticky: sticky(raw.sticky, c),
         retries: c.at_least("lb.retries", raw.retries, 0) as usize,
+        slow_start: c.duration_or_zero("lb.slow_start", &raw.slow_start),
         timeouts: TimeoutsConfig {
             connect: c.duration("lb.timeouts.connect", &raw.timeouts.connect),
             read: c.duration("lb.timeouts.read", &raw.timeouts.read),
@@ -351,6 +353,25 @@ fn circuit_breaker(b: RawBreaker, c: &mut Checker) -> BreakerConfig {
         open_time,
         max_open_time,
         failure_status,
+    }
+}
+
+fn outlier(o: &RawOutlier, c: &mut Checker) -> OutlierConfig {
+    if !(o.failure_rate > 0.0 && o.failure_rate <= 1.0) {
+        c.fail("lb.outlier.failure_rate", "must be above 0 and at most 1");
+    }
+    if !(0..=100).contains(&o.max_ejection_percent) {
+        c.fail(
+            "lb.outlier.max_ejection_percent",
+            "must be between 0 (off) and 100",
+        );
+    }
+    OutlierConfig {
+        failure_rate: o.failure_rate.clamp(0.0, 1.0),
+        min_requests: c.at_least("lb.outlier.min_requests", o.min_requests, 1) as u64,
+        interval: c.duration("lb.outlier.interval", &o.interval),
+        ejection_time: c.duration("lb.outlier.ejection_time", &o.ejection_time),
+        max_ejection_percent: o.max_ejection_percent.clamp(0, 100) as u32,
     }
 }
 

@@ -262,6 +262,12 @@ fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Insta
             state.config.lb.health_check.path
         );
     }
+    if let Some(until) = u.ejected_until(now) {
+        return format!(
+            "out of rotation: ejected for its failure rate; back in {:.1} s",
+            until.saturating_duration_since(now).as_secs_f64()
+        );
+    }
     if u.is_standby() {
         return format!(
             "standby: SRV priority {} serves only when no target of a preferred priority is eligible",
@@ -282,6 +288,14 @@ fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Insta
             return "probing: one request at a time tests whether it has recovered".into();
         }
         BreakerState::Closed => {}
+    }
+    let ramp = u.ramp();
+    if ramp < 1.0 {
+        return format!(
+            "slow start: {:.0}% of its weight, rising to all of it over {:?}",
+            ramp * 100.0,
+            state.config.lb.slow_start
+        );
     }
     let base = u.base_weight();
     match state.balancer.algorithm() {

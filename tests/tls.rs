@@ -421,3 +421,26 @@ async fn a_reload_hands_over_the_https_listener_without_a_failed_request() {
         "HTTPS requests failed across the reload ({sent} sent)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_header_timeout() {
+    let s = site("", "  limits: { header_timeout: 1s }\n").await;
+    // Connected, half a ClientHello, then silence.
+    let mut stalled = tokio::net::TcpStream::connect(s.tls).await.unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, stalled.read(&mut buf))
+        .await
+        .expect("the stalled handshake was never cut");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let lb = &s.lb;
+    wait_for("the failed handshake counted", || async move {
+        lb.metrics()
+            .await
+            .contains("hlb_tls_handshakes_total{version=\"failed\"} 1")
+    })
+    .await;
+}

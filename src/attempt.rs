@@ -151,7 +151,12 @@ pub fn classify(outcome: Outcome, facts: Facts, is_failure: impl Fn(u16) -> bool
                     Latency::Sample
                 },
                 count: Count::Response { status, failed },
-                retry: Retry::No,
+                // Facts come only for a status listed in `retry_on`.
+                retry: if replay && facts.retries_left {
+                    Retry::Other
+                } else {
+                    Retry::No
+                },
             }
         }
         // A tunnel lives by its own rules: idling or closing is not a failure.
@@ -214,6 +219,12 @@ impl Attempt {
     /// Classifies `outcome` and applies the verdict to the upstream; returns it.
     /// An answer settles the header; any other outcome ends the try, and only
     /// the first such is applied.
+    /// Ends the attempt without a verdict: its answer was settled already
+    /// and it is being retried elsewhere.
+    pub fn retire(&mut self) {
+        self.finished = true;
+    }
+
     pub fn settle(
         &mut self,
         outcome: Outcome,
@@ -343,7 +354,7 @@ mod tests {
                 GET,
                 v(Some(false), L::Penalty, C::Unanswered, Retry::No),
             ),
-            // answers.
+            // answers: facts come only for a status listed in `retry_on`.
             (
                 O::Answered(200),
                 POST,
@@ -351,17 +362,32 @@ mod tests {
             ),
             (
                 O::Answered(500),
-                GET,
+                Facts::NONE,
                 v(Some(true), L::Sample, resp(500, false), Retry::No),
             ),
             (
                 O::Answered(502),
-                GET,
+                Facts::NONE,
                 v(Some(false), L::Penalty, resp(502, true), Retry::No),
             ),
             (
-                O::Answered(101),
+                O::Answered(502),
                 GET,
+                v(Some(false), L::Penalty, resp(502, true), Retry::Other),
+            ),
+            (
+                O::Answered(503),
+                POST,
+                v(Some(false), L::Penalty, resp(503, true), Retry::No),
+            ),
+            (
+                O::Answered(503),
+                LAST,
+                v(Some(false), L::Penalty, resp(503, true), Retry::No),
+            ),
+            (
+                O::Answered(101),
+                Facts::NONE,
                 v(Some(true), L::Sample, resp(101, false), Retry::No),
             ),
             // breaks after the header.

@@ -98,6 +98,8 @@ pub struct LbConfig {
     pub sticky: StickyConfig,
     /// Extra attempts, each on another upstream, after a connect failure.
     pub retries: usize,
+    pub retry_on: RetryOn,
+    pub retry_budget: RetryBudgetConfig,
     /// A new or recovered upstream ramps its weight over this (zero: off).
     pub slow_start: Duration,
     pub timeouts: TimeoutsConfig,
@@ -232,6 +234,24 @@ pub struct HealthCheckConfig {
     pub timeout: Duration,
     pub healthy_threshold: usize,
     pub unhealthy_threshold: usize,
+}
+
+/// What a failed attempt may be retried on (`lb.retry_on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connection could not be made (any method: nothing was sent).
+    pub connect: bool,
+    /// The connection broke before an answer (idempotent requests only).
+    pub reset: bool,
+    /// Answers with these statuses (idempotent requests only).
+    pub statuses: Vec<u16>,
+}
+
+/// `lb.retry_budget`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetConfig {
+    pub ratio: f64,
+    pub min_per_sec: f64,
 }
 
 /// `lb.outlier`: failure-rate ejection (Envoy's outlier detection).

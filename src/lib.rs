@@ -26,6 +26,7 @@ pub mod outlier;
 pub mod panic;
 pub mod peer;
 pub mod proxy;
+pub mod retry_budget;
 pub mod state;
 pub mod sticky;
 pub mod tls;

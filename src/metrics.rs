@@ -32,6 +32,8 @@ pub struct Metrics {
     pub retries_total: IntCounterVec,
     /// Requests answered 503 because no upstream was eligible.
     pub no_upstream_total: IntCounter,
+    /// Retries not made because the retry budget was spent.
+    pub retry_budget_exhausted_total: IntCounter,
     /// Client connections open, by listener (`proxy`, `dashboard`).
     pub connections: IntGaugeVec,
     /// Connections closed at once for a cap, by listener and reason.
@@ -182,6 +184,12 @@ impl Metrics {
         )
         .expect("metric");
 
+        let retry_budget_exhausted_total = IntCounter::new(
+            "hlb_retry_budget_exhausted_total",
+            "Retries not made because lb.retry_budget was spent",
+        )
+        .expect("metric");
+
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
@@ -194,6 +202,7 @@ impl Metrics {
             Box::new(sticky_total.clone()),
             Box::new(retries_total.clone()),
             Box::new(no_upstream_total.clone()),
+            Box::new(retry_budget_exhausted_total.clone()),
             Box::new(connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(header_timeouts_total.clone()),
@@ -218,6 +227,7 @@ impl Metrics {
             sticky_total,
             retries_total,
             no_upstream_total,
+            retry_budget_exhausted_total,
             connections,
             connections_refused,
             header_timeouts_total,

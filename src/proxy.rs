@@ -74,6 +74,8 @@ pub struct RequestCtx {
     /// The upstream whose failure the next pick retries; counted once a retry
     /// is actually sent elsewhere.
     retry_from: Option<Arc<Upstream>>,
+    /// The answer's status is being retried on another upstream.
+    status_retry: bool,
     /// No upstream could be chosen at all.
     no_upstream: bool,
     /// Cookie mode: set a fresh sticky cookie on the response.
@@ -146,22 +148,37 @@ impl Proxy {
 
     /// Settles an outcome of the current try and plans the retry it asks for.
     fn settle(&self, session: &Session, ctx: &mut RequestCtx, outcome: Outcome) -> Retry {
-        // Only an unanswered try can be retried: an answer needs no facts.
-        let facts = match outcome {
-            Outcome::ConnectFailed | Outcome::StalePooled | Outcome::Reset => {
-                self.facts(session, ctx)
-            }
-            _ => Facts::NONE,
+        // Facts only where `retry_on` allows a retry: for a connection that
+        // failed or broke, and for an answer with a listed status.
+        let on = &self.state.config.lb.retry_on;
+        let retriable = match outcome {
+            Outcome::StalePooled => true,
+            Outcome::ConnectFailed => on.connect,
+            Outcome::Reset => on.reset,
+            Outcome::Answered(status) => on.statuses.contains(&status),
+            _ => false,
+        };
+        let facts = if retriable {
+            self.facts(session, ctx)
+        } else {
+            Facts::NONE
         };
         let Some(a) = ctx.attempt.as_mut() else {
             return Retry::No;
         };
-        let v = a.settle(outcome, facts, self.is_failure(), Instant::now());
-        ctx.retry = v.retry;
-        if v.retry == Retry::Other {
+        let now = Instant::now();
+        let mut retry = a.settle(outcome, facts, self.is_failure(), now).retry;
+        // Another upstream is tried only within the budget; a stale pooled
+        // connection's fresh one is no extra load and not counted.
+        if retry == Retry::Other && !self.state.retry_budget.try_retry(now) {
+            self.state.metrics.retry_budget_exhausted_total.inc();
+            retry = Retry::No;
+        }
+        ctx.retry = retry;
+        if retry == Retry::Other {
             ctx.retry_from = Some(a.upstream.clone());
         }
-        v.retry
+        retry
     }
 
     /// The peer for `u`, with the configured timeouts. Pingora keeps one read
@@ -387,6 +404,9 @@ impl ProxyHttp for Proxy {
         let state = &self.state;
         let table = state.balancer.load();
         let mut probe = false;
+        if ctx.tried.is_empty() {
+            state.retry_budget.request(now);
+        }
         let sticky = if ctx.tried.is_empty() {
             self.sticky_pick(session, ctx, &table, now, &mut probe)
         } else {
@@ -444,6 +464,14 @@ impl ProxyHttp for Proxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.status_retry) {
+            // Its answer was settled already (see upstream_response_filter).
+            if let Some(a) = ctx.attempt.as_mut() {
+                a.retire();
+            }
+            e.set_retry(true);
+            return e;
+        }
         // Pingora marks errors that a closed pooled connection explains.
         let stale = client_reused && matches!(e.retry, RetryType::ReusedOnly);
         let status = ctx.attempt.as_ref().and_then(|a| a.status);
@@ -487,7 +515,15 @@ impl ProxyHttp for Proxy {
         // The answer is known: the breaker (and a probe) need not wait for the
         // body, which may stream for minutes.
         let status = upstream_response.status.as_u16();
-        self.settle(session, ctx, Outcome::Answered(status));
+        if self.settle(session, ctx, Outcome::Answered(status)) == Retry::Other {
+            // A status listed in `retry_on`, on a request that may be sent
+            // again: the answer never reaches the client; another upstream is
+            // tried (`error_while_proxy` lets it through).
+            ctx.status_retry = true;
+            let mut e = Error::explain(HTTPStatus(status), "retried on another upstream");
+            e.set_retry(true);
+            return Err(e);
+        }
         Ok(())
     }
 

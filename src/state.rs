@@ -45,6 +45,8 @@ pub struct SharedState {
     /// for tasks that wait on it.
     draining: AtomicBool,
     draining_watch: tokio::sync::watch::Sender<bool>,
+    /// Retries allowed over the last 10 s (`lb.retry_budget`).
+    pub retry_budget: crate::retry_budget::RetryBudget,
     /// The HTTPS listeners' certificates, for the dashboard.
     certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
 }
@@ -85,6 +87,10 @@ impl SharedState {
         );
         let sticky_series =
             StickyResult::ALL.map(|r| metrics.sticky_total.with_label_values(&[r.as_str()]));
+        let retry_budget = crate::retry_budget::RetryBudget::new(
+            &config.lb.retry_budget,
+            std::time::Instant::now(),
+        );
         SharedState {
             config,
             balancer,
@@ -98,6 +104,7 @@ impl SharedState {
             draining: AtomicBool::new(false),
             draining_watch: tokio::sync::watch::channel(false).0,
             certificates: std::sync::OnceLock::new(),
+            retry_budget,
         }
     }
 

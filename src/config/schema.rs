@@ -44,6 +44,10 @@ pub(super) struct RawLb {
     pub retries: i64,
     #[serde(default = "default_slow_start")]
     pub slow_start: String,
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<RawRetryOn>,
+    #[serde(default)]
+    pub retry_budget: RawRetryBudget,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
@@ -85,6 +89,40 @@ impl Default for RawLimits {
 pub(super) fn default_listen() -> Vec<String> {
     vec!["0.0.0.0:8080".into()]
 }
+/// `connect`, `reset`, or a status.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawRetryOn {
+    Status(i64),
+    Word(String),
+}
+
+pub(super) fn default_retry_on() -> Vec<RawRetryOn> {
+    vec![
+        RawRetryOn::Word("connect".into()),
+        RawRetryOn::Word("reset".into()),
+        RawRetryOn::Status(502),
+        RawRetryOn::Status(503),
+        RawRetryOn::Status(504),
+    ]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRetryBudget {
+    pub ratio: f64,
+    pub min_per_sec: f64,
+}
+
+impl Default for RawRetryBudget {
+    fn default() -> Self {
+        RawRetryBudget {
+            ratio: 0.2,
+            min_per_sec: 10.0,
+        }
+    }
+}
+
 pub(super) fn default_slow_start() -> String {
     "0s".into()
 }

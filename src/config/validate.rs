@@ -85,6 +85,8 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
         sticky: sticky(raw.sticky, c),
         retries: c.at_least("lb.retries", raw.retries, 0) as usize,
         slow_start: c.duration_or_zero("lb.slow_start", &raw.slow_start),
+        retry_on: retry_on(&raw.retry_on, c),
+        retry_budget: retry_budget(&raw.retry_budget, c),
         timeouts: TimeoutsConfig {
             connect: c.duration("lb.timeouts.connect", &raw.timeouts.connect),
             read: c.duration("lb.timeouts.read", &raw.timeouts.read),
@@ -353,6 +355,39 @@ fn circuit_breaker(b: RawBreaker, c: &mut Checker) -> BreakerConfig {
         open_time,
         max_open_time,
         failure_status,
+    }
+}
+
+fn retry_on(raw: &[RawRetryOn], c: &mut Checker) -> RetryOn {
+    let mut on = RetryOn {
+        connect: false,
+        reset: false,
+        statuses: Vec::new(),
+    };
+    for (i, r) in raw.iter().enumerate() {
+        match r {
+            RawRetryOn::Word(w) if w == "connect" => on.connect = true,
+            RawRetryOn::Word(w) if w == "reset" => on.reset = true,
+            RawRetryOn::Status(s) if (500..=599).contains(s) => on.statuses.push(*s as u16),
+            _ => c.fail(
+                &format!("lb.retry_on[{i}]"),
+                "must be connect, reset or a status from 500 to 599",
+            ),
+        }
+    }
+    on
+}
+
+fn retry_budget(b: &RawRetryBudget, c: &mut Checker) -> RetryBudgetConfig {
+    if !(0.0..=10.0).contains(&b.ratio) {
+        c.fail("lb.retry_budget.ratio", "must be between 0 and 10");
+    }
+    if b.min_per_sec < 0.0 {
+        c.fail("lb.retry_budget.min_per_sec", "must not be negative");
+    }
+    RetryBudgetConfig {
+        ratio: b.ratio.clamp(0.0, 10.0),
+        min_per_sec: b.min_per_sec.max(0.0),
     }
 }
 

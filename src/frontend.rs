@@ -156,6 +156,9 @@ impl ServerApp for Frontend {
     }
 
     async fn cleanup(&self) {
+        // The listeners are closed: let connections just accepted deliver the
+        // request already on its way, then cut those still waiting.
+        tokio::time::sleep(crate::lifecycle::CLOSE_LINGER).await;
         self.proxy.http_cleanup().await;
     }
 }

@@ -12,6 +12,13 @@ use tokio::sync::broadcast;
 
 use crate::state::SharedState;
 
+/// When the listeners close for good, how long connections already accepted
+/// may still deliver a request (answered with `Connection: close`) before the
+/// rest are cut: a client that connected just before the close has usually
+/// sent its request, not yet read, and would otherwise lose it. Kept below
+/// the shortest `grace_period_seconds` worth using (1 s).
+pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub struct LifecycleService {
     state: Arc<SharedState>,
     phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,

@@ -133,6 +133,12 @@ impl ServerApp for DashboardApp {
                 _ = shutdown.changed() => {}
             }
         }
+        // A request already on its way (a client that connected just before
+        // the listener closed) is still served (with `Connection: close`).
+        tokio::select! {
+            _ = conn.as_mut() => return None,
+            _ = tokio::time::sleep(crate::lifecycle::CLOSE_LINGER) => {}
+        }
         // Finish the request in progress, then close.
         conn.as_mut().graceful_shutdown();
         let _ = conn.await;

@@ -174,24 +174,44 @@ impl Frontend {
             }
             None => None,
         };
+        let no_shed = tokio::sync::Notify::new();
+        let shed = place.as_ref().map_or(&no_shed, |p| &p.slot.shed);
+        // Until a request is under way the connection may be shed for a
+        // newcomer when the cap is full: a silent client, one stalling its
+        // TLS handshake or h2c preface, cannot hold a place for long.
+        if let Some(p) = &place {
+            p.waiting();
+        }
         let (stream, listener) = match &self.tls {
             Some(tls) if tls.serves(&stream) => {
-                (tls.handshake(stream, self.header_timeout).await?, "tls")
+                let handshake = tls.handshake(stream, self.header_timeout);
+                tokio::select! {
+                    s = handshake => (s?, "tls"),
+                    _ = shed.notified() => return None,
+                }
             }
             _ => (stream, "plain"),
         };
         let mut stream = stream;
-        if self.speaks_h2(&mut stream).await? {
+        let h2 = tokio::select! {
+            h2 = self.speaks_h2(&mut stream) => h2?,
+            _ = shed.notified() => return None,
+        };
+        if h2 {
             // Pingora's own HTTP/2 server: streams are framed and bounded by
-            // the h2 layer, so the HTTP/1 guards below do not apply.
+            // the h2 layer, so the HTTP/1 guards below do not apply. Its
+            // requests are not visible here, so an HTTP/2 connection stays
+            // sheddable for its whole life: under a full cap, the one held
+            // longest gives way (its client reconnects).
             self.protocols.with_label_values(&[listener, "h2"]).inc();
-            let out = ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            let out = tokio::select! {
+                out = ServerApp::process_new(&self.proxy, stream, shutdown) => out,
+                _ = shed.notified() => None,
+            };
             drop(place);
             return out;
         }
         self.protocols.with_label_values(&[listener, "h1"]).inc();
-        let no_shed = tokio::sync::Notify::new();
-        let shed = place.as_ref().map_or(&no_shed, |p| &p.slot.shed);
         let (stream, cap) = HeaderCap::wrap(
             stream,
             self.max_header_bytes,

@@ -25,9 +25,11 @@ pub fn header_aborts() -> &'static IntCounter {
 /// its request header was being read (`handle_new_request`).
 pub fn is_header_abort(level: Level, target: &str, message: &str) -> bool {
     level == Level::Error
-        && target.starts_with("pingora_proxy")
-        && message.starts_with("Fail to proxy:")
-        && message.contains(", downstream session type:")
+        && ((target.starts_with("pingora_proxy")
+            && message.starts_with("Fail to proxy:")
+            && message.contains(", downstream session type:"))
+            // An HTTP/2 client that left before or during its preface.
+            || (target.starts_with("pingora_core") && message.starts_with("H2 handshake error")))
 }
 
 struct Filtered {
@@ -40,7 +42,7 @@ impl Log for Filtered {
     }
 
     fn log(&self, record: &Record) {
-        if record.level() == Level::Error && record.target().starts_with("pingora_proxy") {
+        if record.level() == Level::Error && record.target().starts_with("pingora_") {
             let message = record.args().to_string();
             if is_header_abort(record.level(), record.target(), &message) {
                 header_aborts().inc();
@@ -93,5 +95,12 @@ mod tests {
         let upstream =
             "Fail to proxy: Upstream ConnectRefused, status: 502, tries: 1, retry: false, GET /";
         assert!(!is_header_abort(Level::Error, "pingora_proxy", upstream));
+        let h2 = "H2 handshake error connection error detected: frame with invalid size";
+        assert!(is_header_abort(Level::Error, "pingora_core::apps", h2));
+        assert!(!is_header_abort(
+            Level::Error,
+            "pingora_core::connectors",
+            "failed to acquire reusable stream"
+        ));
     }
 }

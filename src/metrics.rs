@@ -28,7 +28,8 @@ pub struct Metrics {
     pub upstream_latency_ewma_seconds: GaugeVec,
     /// Sticky routing outcomes: hit, new, moved, invalid.
     pub sticky_total: IntCounterVec,
-    /// Connect failures retried on another upstream, by the upstream that failed.
+    /// Failed attempts retried on another upstream, by the upstream that
+    /// failed and why (`connect`, `reset`, `status`).
     pub retries_total: IntCounterVec,
     /// Requests answered 503 because no upstream was eligible.
     pub no_upstream_total: IntCounter,
@@ -114,9 +115,9 @@ impl Metrics {
         let retries_total = IntCounterVec::new(
             Opts::new(
                 "hlb_retries_total",
-                "Connect failures retried on another upstream",
+                "Failed attempts retried on another upstream, by why: connect, reset, status",
             ),
-            &["upstream"],
+            &["upstream", "reason"],
         )
         .expect("metric");
         let no_upstream_total = IntCounter::new(

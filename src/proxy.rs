@@ -48,7 +48,7 @@ use crate::forwarding::{self, Client};
 use crate::frontend::HeaderClock;
 use crate::state::{SharedState, Sticky};
 use crate::sticky::{self, Decision, OpenedCookie, StickyResult};
-use crate::upstream::Upstream;
+use crate::upstream::{RetryReason, Upstream};
 
 /// The proxy service's logic; one instance serves every request.
 pub struct Proxy {
@@ -73,7 +73,7 @@ pub struct RequestCtx {
     retry: Retry,
     /// The upstream whose failure the next pick retries; counted once a retry
     /// is actually sent elsewhere.
-    retry_from: Option<Arc<Upstream>>,
+    retry_from: Option<(Arc<Upstream>, RetryReason)>,
     /// The answer's status is being retried on another upstream.
     status_retry: bool,
     /// No upstream could be chosen at all.
@@ -176,7 +176,12 @@ impl Proxy {
         }
         ctx.retry = retry;
         if retry == Retry::Other {
-            ctx.retry_from = Some(a.upstream.clone());
+            let reason = match outcome {
+                Outcome::ConnectFailed => RetryReason::Connect,
+                Outcome::Answered(_) => RetryReason::Status,
+                _ => RetryReason::Reset,
+            };
+            ctx.retry_from = Some((a.upstream.clone(), reason));
         }
         retry
     }
@@ -434,8 +439,8 @@ impl ProxyHttp for Proxy {
             return Error::e_explain(HTTPStatus(503), "no upstream available");
         };
         let upstream = table.upstreams()[i].clone();
-        if let Some(from) = ctx.retry_from.take() {
-            from.count_retry();
+        if let Some((from, reason)) = ctx.retry_from.take() {
+            from.count_retry(reason);
         }
         let peer = self.peer(&upstream, upgrade);
         ctx.tried.push(upstream.clone());

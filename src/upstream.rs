@@ -24,6 +24,30 @@ use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::sticky::{Sealer, UpstreamKey};
 
+/// Why a failed attempt was retried on another upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    Connect = 0,
+    Reset = 1,
+    Status = 2,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 3] = [
+        RetryReason::Connect,
+        RetryReason::Reset,
+        RetryReason::Status,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::Reset => "reset",
+            RetryReason::Status => "status",
+        }
+    }
+}
+
 /// What every upstream is made with: the process's settings and shared sinks.
 #[derive(Debug, Clone)]
 pub struct UpstreamEnv {
@@ -70,7 +94,8 @@ struct Handles {
     effective_weight: Gauge,
     latency: Gauge,
     duration: Histogram,
-    retries: IntCounter,
+    /// `hlb_retries_total` by [`RetryReason`].
+    retries: [IntCounter; 3],
     /// `hlb_requests_total{code}` by status, grown as new codes are seen (rarely).
     by_code: ArcSwap<Vec<(u16, IntCounter)>>,
     /// `hlb_requests_total{code="error"}`: attempts without an answer.
@@ -159,7 +184,8 @@ impl Upstream {
             effective_weight: m.upstream_weight.with_label_values(&[name, "effective"]),
             latency: m.upstream_latency_ewma_seconds.with_label_values(&[name]),
             duration: m.request_duration_seconds.with_label_values(&[name]),
-            retries: m.retries_total.with_label_values(&[name]),
+            retries: RetryReason::ALL
+                .map(|r| m.retries_total.with_label_values(&[name, r.as_str()])),
             by_code: ArcSwap::from_pointee(Vec::new()),
             unanswered: m.requests_total.with_label_values(&[name, "error"]),
             requests: m.requests_total.clone(),
@@ -220,7 +246,9 @@ impl Upstream {
         let _ = m.upstream_weight.remove_label_values(&[name, "effective"]);
         let _ = m.upstream_latency_ewma_seconds.remove_label_values(&[name]);
         let _ = m.request_duration_seconds.remove_label_values(&[name]);
-        let _ = m.retries_total.remove_label_values(&[name]);
+        for r in RetryReason::ALL {
+            let _ = m.retries_total.remove_label_values(&[name, r.as_str()]);
+        }
         let _ = m.requests_total.remove_label_values(&[name, "error"]);
         for (code, _) in self.metrics.by_code.load().iter() {
             let _ = m
@@ -623,9 +651,9 @@ impl Upstream {
     }
 
     /// Counts a failed attempt that was retried on another upstream.
-    pub fn count_retry(&self) {
+    pub fn count_retry(&self, reason: RetryReason) {
         self.stats.retries_total.fetch_add(1, Ordering::Relaxed);
-        self.metrics.retries.inc();
+        self.metrics.retries[reason as usize].inc();
     }
 
     /// Observes a whole response's duration.

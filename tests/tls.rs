@@ -444,3 +444,38 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_header_timeout
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_on_the_https_port_give_way_to_a_newcomer_when_full() {
+    let s = site(
+        "",
+        "  limits: { max_connections: 8, max_connections_per_client: 8, header_timeout: 30s }\n",
+    )
+    .await;
+    // Every place held by a connection that never starts its handshake.
+    // (From another address: the newcomer must meet the overall cap, not
+    // the per-address one.)
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+        silent.push(socket.connect(s.tls).await.unwrap());
+    }
+    // Once they have waited past the shedding age, a newcomer is served (one
+    // of them is closed for it); without shedding it would be refused for the
+    // whole 30 s header timeout.
+    let trust = client(&[&s.a, &s.b], &[b"h2", b"http/1.1"], false);
+    let (t, addr) = (&trust, s.tls);
+    wait_for("a newcomer served at the cap", || async move {
+        fetch(t, addr, "b.test")
+            .await
+            .is_ok_and(|seen| seen.status == 200)
+    })
+    .await;
+    let metrics = s.lb.metrics().await;
+    assert!(
+        metrics.contains("hlb_connections_refused_total{listener=\"proxy\",reason=\"shed\"}"),
+        "{metrics}"
+    );
+    drop(silent);
+}

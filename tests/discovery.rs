@@ -35,11 +35,7 @@ impl Dnsmasq {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_udp_port();
         let mut d = Dnsmasq {
             child: None,
             port,
@@ -70,37 +66,54 @@ impl Dnsmasq {
         signal(self.child.as_ref().unwrap().id(), "HUP");
     }
 
+    /// Starts dnsmasq; a port found free can be taken before dnsmasq binds
+    /// it (it then exits at once), so up to five ports are tried.
     async fn run(&mut self) {
         // Debian puts it in /usr/sbin, which a user's PATH may not hold.
         let program = ["/usr/sbin/dnsmasq", "/usr/local/sbin/dnsmasq"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .unwrap_or("dnsmasq");
-        let child = Command::new(program)
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--local-ttl=1",
-                "--local=/test/",
-                "--pid-file=",
-                &format!("--port={}", self.port),
-                &format!("--addn-hosts={}", self.hosts_path().display()),
-            ])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq (Debian: dnsmasq-base) must be installed");
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        wait_for("dnsmasq listening", || async move {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
+        for _ in 0..5 {
+            let mut child = Command::new(program)
+                .args([
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    "--local-ttl=1",
+                    "--local=/test/",
+                    "--pid-file=",
+                    &format!("--port={}", self.port),
+                    &format!("--addn-hosts={}", self.hosts_path().display()),
+                ])
+                .args(&self.extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("dnsmasq (Debian: dnsmasq-base) must be installed");
+            let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+            let start = std::time::Instant::now();
+            let up = loop {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break true;
+                }
+                if child.try_wait().unwrap().is_some() || start.elapsed() > DEADLINE {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            if up {
+                self.child = Some(child);
+                return;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            self.port = free_udp_port();
+        }
+        panic!("dnsmasq did not start on five ports");
     }
 
     fn stop(&mut self) {
@@ -115,6 +128,15 @@ impl Drop for Dnsmasq {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A UDP port nothing holds (bound once, then released).
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Mock backends named `names`, all on one port, on 127.0.0.2, .3, …

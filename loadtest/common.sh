@@ -63,3 +63,57 @@ stop() {
 tree() { echo "$1"; pgrep -P "$1" || true; }          # a process and its children
 # CPU ticks (user + system) of a process and its children so far.
 cpu_ticks() { local t=0; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+
+# Writes an nginx config to $1: one worker, pid and error log in $2, listening
+# on 127.0.0.1:$3 (with TLS when $6 and $7, certificate and key, are given),
+# round robin over upstreams on ports $4 and $5 with keep-alive.
+nginx_conf() {
+  local tls="" listen="127.0.0.1:$3"
+  if [ -n "${6:-}" ]; then
+    listen="$listen ssl"
+    tls="ssl_certificate $6; ssl_certificate_key $7; ssl_protocols TLSv1.2 TLSv1.3;"
+  fi
+  cat > "$1" <<CONF
+worker_processes 1;
+daemon off;
+pid $2/nginx.pid;
+error_log $2/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream b { server 127.0.0.1:$4; server 127.0.0.1:$5; keepalive 128; }
+  server {
+    listen $listen;
+    $tls
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+}
+
+# Writes a HAProxy config to $1: one thread, connection reuse, listening on
+# 127.0.0.1:$2 (with TLS when $5, a PEM of certificate and key, is given),
+# round robin over upstreams on ports $3 and $4.
+haproxy_cfg() {
+  local bind="127.0.0.1:$2"
+  [ -n "${5:-}" ] && bind="$bind ssl crt $5"
+  cat > "$1" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend f
+  bind $bind
+  default_backend b
+backend b
+  balance roundrobin
+  server b1 127.0.0.1:$3
+  server b2 127.0.0.1:$4
+CONF
+}

@@ -50,48 +50,13 @@ names=(); ports=(); spids=()
 add() { names+=("$1"); ports+=("$2"); spids+=("$3"); }
 
 NG=$(free_port)
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream b { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NG ssl;
-    ssl_certificate $work/site.crt;
-    ssl_certificate_key $work/site.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
+nginx_conf "$work/nginx.conf" "$work" "$NG" "$B1" "$B2" "$work/site.crt" "$work/site.key"
 nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx.err" & NGINX=$!; pids+=($NGINX)
 wait_port "$NG"
 add "nginx $(nginx -v 2>&1 | sed 's|.*/||')" "$NG" "$NGINX"
 
 HA=$(free_port)
-cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$HA ssl crt $work/site.pem
-  default_backend b
-backend b
-  balance roundrobin
-  server b1 127.0.0.1:$B1
-  server b2 127.0.0.1:$B2
-CONF
+haproxy_cfg "$work/haproxy.cfg" "$HA" "$B1" "$B2" "$work/site.pem"
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & HAP=$!; pids+=($HAP)
 wait_port "$HA"
 add "haproxy $(haproxy -v | awk 'NR==1 {print $3}')" "$HA" "$HAP"

@@ -26,14 +26,7 @@ export PATH="$PATH:/usr/sbin"
 cargo build --release --quiet --workspace --bins --example plain_pingora
 BIN=target/release
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  [ -f "$work/nginx.pid" ] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  for p in "${pids[@]}"; do stop "$p"; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+start_workspace
 
 peak_rss_kb() { local r=0; for p in $(tree "$1"); do r=$((r + $(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$r"; }
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else if (v ~ /s$/) printf "%.3f", v*1000; else print v }'; }

@@ -117,3 +117,16 @@ backend b
   server b2 127.0.0.1:$4
 CONF
 }
+
+# A scratch folder ($work) and the processes started in it ($pids), all
+# stopped and removed when the script exits, however it exits.
+start_workspace() {
+  work=$(mktemp -d)
+  pids=()
+  trap cleanup_workspace EXIT
+}
+cleanup_workspace() {
+  [ -f "$work/nginx.pid" ] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  for p in "${pids[@]}"; do stop "$p"; done
+  rm -rf "$work"
+}

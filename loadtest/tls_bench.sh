@@ -25,14 +25,7 @@ export PATH="$PATH:/usr/sbin"
 cargo build --release --quiet --bins
 BIN=target/release
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  [ -f "$work/nginx.pid" ] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  for p in "${pids[@]}"; do stop "$p"; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+start_workspace
 
 
 # One certificate for all three (HAProxy wants certificate and key in one file).

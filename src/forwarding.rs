@@ -9,7 +9,7 @@ use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
 };
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -238,6 +238,22 @@ pub fn https_location(host: &str, tls_port: u16, path: &str) -> String {
     } else {
         format!("https://{name}:{tls_port}{path}")
     }
+}
+
+/// The 308 that `lb.tls.redirect_http` answers `req` with: the same host and
+/// path on the HTTPS port `tls_port`.
+pub fn https_redirect(req: &RequestHeader, tls_port: u16) -> pingora::Result<ResponseHeader> {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri.host())
+        .unwrap_or("");
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut resp = ResponseHeader::build(308, Some(2))?;
+    resp.insert_header(http::header::LOCATION, https_location(host, tls_port, path))?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    Ok(resp)
 }
 
 /// Sets the forwarding headers on a request going upstream. `X-Forwarded-For`

@@ -353,18 +353,7 @@ impl ProxyHttp for Proxy {
             .filter(|t| t.redirect_http)
         {
             if !over_tls(session) {
-                let req = session.req_header();
-                let host = req
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .or(req.uri.host())
-                    .unwrap_or("");
-                let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-                let location = forwarding::https_location(host, tls.listen[0].port(), path);
-                let mut resp = ResponseHeader::build(308, Some(2))?;
-                resp.insert_header(http::header::LOCATION, location)?;
-                resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+                let resp = forwarding::https_redirect(session.req_header(), tls.listen[0].port())?;
                 session.write_response_header(Box::new(resp), true).await?;
                 return Ok(true);
             }

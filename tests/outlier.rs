@@ -17,6 +17,20 @@ fn lb_body(upstreams: &[(&str, std::net::SocketAddr, u32)]) -> String {
     )
 }
 
+/// hybrid-lb over upstreams a, b and c of weight 1.
+async fn three(
+    a: &mock_backend::MockServer,
+    b: &mock_backend::MockServer,
+    c: &mock_backend::MockServer,
+) -> Lb {
+    Lb::start(&lb_body(&[
+        ("a", a.addr(), 1),
+        ("b", b.addr(), 1),
+        ("c", c.addr(), 1),
+    ]))
+    .await
+}
+
 async fn flaky(name: &str) -> mock_backend::MockServer {
     mock_with(
         name,
@@ -40,12 +54,7 @@ fn ejected(metrics: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_failing_half_its_requests_is_ejected_and_gets_none() {
     let (a, b, c) = (mock("a").await, mock("b").await, flaky("c").await);
-    let lb = Lb::start(&lb_body(&[
-        ("a", a.addr(), 1),
-        ("b", b.addr(), 1),
-        ("c", c.addr(), 1),
-    ]))
-    .await;
+    let lb = three(&a, &b, &c).await;
     let client = reqwest::Client::new();
     let lb_ref = &lb;
     let client_ref = &client;
@@ -73,12 +82,7 @@ async fn an_upstream_failing_half_its_requests_is_ejected_and_gets_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_more_than_the_allowed_share_is_ejected_at_once() {
     let (a, b, c) = (mock("a").await, flaky("b").await, flaky("c").await);
-    let lb = Lb::start(&lb_body(&[
-        ("a", a.addr(), 1),
-        ("b", b.addr(), 1),
-        ("c", c.addr(), 1),
-    ]))
-    .await;
+    let lb = three(&a, &b, &c).await;
     let client = reqwest::Client::new();
     let (lb_ref, client_ref) = (&lb, &client);
     wait_for("one of the two ejected", || async move {

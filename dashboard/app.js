@@ -133,12 +133,13 @@ function render(s) {
       badge(u.health === "up" ? "up" : "down", u.health === "up" ? "UP" : "DOWN"),
       badge(u.breaker, `breaker ${u.breaker.replace("_", "-")}`),
       ...(u.drained ? [badge("drained", "DRAINED")] : []),
+      ...(u.sidelined ? [badge("sidelined", "SIDELINED")] : []),
     );
     tr.querySelector(".weight").textContent = `${u.base_weight} → ${fmt(u.effective_weight, 2)}`;
     tr.querySelector(".inflight").textContent = u.inflight;
     tr.querySelector(".rps").textContent = fmt(u.rps);
     tr.querySelector(".errors").textContent = `${fmt(u.error_rate * 100)}%`;
-    tr.querySelector(".latency").textContent = `${fmt(u.latency_ms.ewma)} · ${fmt(u.latency_ms.p95)}`;
+    tr.querySelector(".latency").textContent = `${fmt(u.latency_ms.ewma)} · ${fmt(u.latency_ms.p95)} · ${fmt(u.latency_ms.probe)}`;
     tr.querySelector(".why").textContent = u.reason;
     tr.querySelector(".drain").disabled = u.drained;
     tr.querySelector(".enable").disabled = !u.drained;

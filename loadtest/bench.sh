@@ -44,14 +44,14 @@ add "direct" "http://127.0.0.1:$B1/" ""
 
 # nginx: one worker, upstream keepalive.
 NG=$(free_port)
-nginx_conf "$work/nginx.conf" "$work" "$NG" "$B1" "$B2"
+nginx_conf "$work/nginx.conf" "$work" "$NG" "$B1 $B2"
 nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx.err" & NGINX=$!; pids+=($NGINX)
 wait_port "$NG"
 add "nginx $(nginx -v 2>&1 | sed 's|.*/||')" "http://127.0.0.1:$NG/" "$NGINX"
 
 # HAProxy: one thread, connection reuse.
 HA=$(free_port)
-haproxy_cfg "$work/haproxy.cfg" "$HA" "$B1" "$B2"
+haproxy_cfg "$work/haproxy.cfg" "$HA" "$B1 $B2"
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & HAP=$!; pids+=($HAP)
 wait_port "$HA"
 add "haproxy $(haproxy -v | awk 'NR==1 {print $3}')" "http://127.0.0.1:$HA/" "$HAP"
@@ -69,7 +69,7 @@ add "plain pingora" "http://127.0.0.1:$PP/" "$PLAIN"
 start_hybrid() { # name algorithm sticky-mode  → HLB (pid), HLB_PORT
   local name=$1 algorithm=$2 sticky=$3
   local port dash; port=$(free_port); dash=$(free_port)
-  hybrid_config "$work/$name.yaml" "$port" "$dash" "$algorithm" "$sticky" "$B1" "$B2"
+  hybrid_config "$work/$name.yaml" "$port" "$dash" "$algorithm" "$sticky" "$B1 $B2"
   RUST_LOG=error "$BIN/hybrid-lb" -c "$work/$name.yaml" >/dev/null 2>&1 & HLB=$!; pids+=($HLB)
   wait_port "$port"
   HLB_PORT=$port

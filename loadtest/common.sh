@@ -23,7 +23,8 @@ CONF
 }
 
 # Writes a one-thread hybrid-lb config to file $1: proxy on port $2, dashboard
-# on port $3, algorithm $4, sticky mode $5, upstreams b1 and b2 on ports $6, $7.
+# on port $3, algorithm $4, sticky mode $5, upstreams b1, b2 … on the ports
+# listed in $6; extra lines of lb: keys may follow in $7.
 hybrid_config() {
   pingora_keys "$1"
   cat >> "$1" <<CONF
@@ -31,12 +32,12 @@ lb:
   listen: ["127.0.0.1:$2"]
   algorithm: $4
   sticky: { mode: $5, secret: "bench-secret-0123456789abcdef" }
+${7:-}
   upstreams:
-    - { name: b1, addr: "127.0.0.1:$6", weight: 1 }
-    - { name: b2, addr: "127.0.0.1:$7", weight: 1 }
-dashboard:
-  listen: "127.0.0.1:$3"
 CONF
+  local n=0 port
+  for port in $6; do n=$((n + 1)); echo "    - { name: b$n, addr: \"127.0.0.1:$port\", weight: 1 }" >> "$1"; done
+  printf 'dashboard:\n  listen: "127.0.0.1:%s"\n' "$3" >> "$1"
 }
 
 # Installs, from Debian, whichever of wrk, nginx and HAProxy is missing.
@@ -65,13 +66,14 @@ tree() { echo "$1"; pgrep -P "$1" || true; }          # a process and its childr
 cpu_ticks() { local t=0; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
 
 # Writes an nginx config to $1: one worker, pid and error log in $2, listening
-# on 127.0.0.1:$3 (with TLS when $6 and $7, certificate and key, are given),
-# round robin over upstreams on ports $4 and $5 with keep-alive.
+# on 127.0.0.1:$3 (with TLS when $5 and $6, certificate and key, are given),
+# round robin over upstreams on the ports listed in $4, with keep-alive.
 nginx_conf() {
-  local tls="" listen="127.0.0.1:$3"
-  if [ -n "${6:-}" ]; then
+  local tls="" listen="127.0.0.1:$3" servers="" port
+  for port in $4; do servers="$servers server 127.0.0.1:$port;"; done
+  if [ -n "${5:-}" ]; then
     listen="$listen ssl"
-    tls="ssl_certificate $6; ssl_certificate_key $7; ssl_protocols TLSv1.2 TLSv1.3;"
+    tls="ssl_certificate $5; ssl_certificate_key $6; ssl_protocols TLSv1.2 TLSv1.3;"
   fi
   cat > "$1" <<CONF
 worker_processes 1;
@@ -81,7 +83,7 @@ error_log $2/nginx.err warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  upstream b { server 127.0.0.1:$4; server 127.0.0.1:$5; keepalive 128; }
+  upstream b {$servers keepalive 128; }
   server {
     listen $listen;
     $tls
@@ -92,11 +94,12 @@ CONF
 }
 
 # Writes a HAProxy config to $1: one thread, connection reuse, listening on
-# 127.0.0.1:$2 (with TLS when $5, a PEM of certificate and key, is given),
-# round robin over upstreams on ports $3 and $4.
+# 127.0.0.1:$2 (with TLS when $4, a PEM of certificate and key, is given),
+# balancing by $HAPROXY_BALANCE (default roundrobin) over upstreams on the
+# ports listed in $3.
 haproxy_cfg() {
-  local bind="127.0.0.1:$2"
-  [ -n "${5:-}" ] && bind="$bind ssl crt $5"
+  local bind="127.0.0.1:$2" n=0 port
+  [ -n "${4:-}" ] && bind="$bind ssl crt $4"
   cat > "$1" <<CONF
 global
   nbthread 1
@@ -112,10 +115,9 @@ frontend f
   bind $bind
   default_backend b
 backend b
-  balance roundrobin
-  server b1 127.0.0.1:$3
-  server b2 127.0.0.1:$4
+  balance ${HAPROXY_BALANCE:-roundrobin}
 CONF
+  for port in $3; do n=$((n + 1)); echo "  server b$n 127.0.0.1:$port" >> "$1"; done
 }
 
 # A scratch folder ($work) and the processes started in it ($pids), all

@@ -65,7 +65,7 @@ PLAIN_LISTEN="127.0.0.1:$P" PLAIN_UPSTREAMS="127.0.0.1:$B1,127.0.0.1:$B2" RUST_L
 hybrid() { # name algorithm sticky [ab args...]
   local name=$1 algorithm=$2 sticky=$3; shift 3
   local port dash; port=$(free_port); dash=$(free_port)
-  hybrid_config "$work/$algorithm-$sticky.yaml" "$port" "$dash" "$algorithm" "$sticky" "$B1" "$B2"
+  hybrid_config "$work/$algorithm-$sticky.yaml" "$port" "$dash" "$algorithm" "$sticky" "$B1 $B2"
   RUST_LOG=error measure "$name" "$port" "$@" -- "$BIN/hybrid-lb" -c "$work/$algorithm-$sticky.yaml"
 }
 for algorithm in round_robin weighted dynamic p2c; do hybrid "hybrid-lb $algorithm" "$algorithm" off; done

@@ -21,7 +21,7 @@ trap cleanup EXIT
 B1=$(free_port); B2=$(free_port); P=$(free_port); D=$(free_port)
 "$BIN/mock-backend" "$B1" --name b1 >/dev/null & pids+=($!)
 "$BIN/mock-backend" "$B2" --name b2 >/dev/null & pids+=($!)
-hybrid_config "$work/lb.yaml" "$P" "$D" dynamic off "$B1" "$B2"
+hybrid_config "$work/lb.yaml" "$P" "$D" dynamic off "$B1 $B2"
 RUST_LOG=error "$BIN/hybrid-lb" -c "$work/lb.yaml" >/dev/null 2>&1 & LB=$!; pids+=($LB)
 wait_port "$P"; wait_port "$D"
 

@@ -43,19 +43,19 @@ names=(); ports=(); spids=()
 add() { names+=("$1"); ports+=("$2"); spids+=("$3"); }
 
 NG=$(free_port)
-nginx_conf "$work/nginx.conf" "$work" "$NG" "$B1" "$B2" "$work/site.crt" "$work/site.key"
+nginx_conf "$work/nginx.conf" "$work" "$NG" "$B1 $B2" "$work/site.crt" "$work/site.key"
 nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx.err" & NGINX=$!; pids+=($NGINX)
 wait_port "$NG"
 add "nginx $(nginx -v 2>&1 | sed 's|.*/||')" "$NG" "$NGINX"
 
 HA=$(free_port)
-haproxy_cfg "$work/haproxy.cfg" "$HA" "$B1" "$B2" "$work/site.pem"
+haproxy_cfg "$work/haproxy.cfg" "$HA" "$B1 $B2" "$work/site.pem"
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & HAP=$!; pids+=($HAP)
 wait_port "$HA"
 add "haproxy $(haproxy -v | awk 'NR==1 {print $3}')" "$HA" "$HAP"
 
 HP=$(free_port); HPD=$(free_port); HT=$(free_port)
-hybrid_config "$work/hlb.yaml" "$HP" "$HPD" round_robin off "$B1" "$B2"
+hybrid_config "$work/hlb.yaml" "$HP" "$HPD" round_robin off "$B1 $B2"
 python3 - "$work/hlb.yaml" "$HT" "$work" <<'PY'
 import sys
 path, port, work = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -43,6 +43,12 @@ impl Algorithm {
             Algorithm::P2c => "p2c",
         }
     }
+
+    /// Whether it weighs upstreams by measured latency (and so sidelines slow
+    /// ones).
+    pub fn is_latency_aware(self) -> bool {
+        matches!(self, Algorithm::Dynamic | Algorithm::P2c)
+    }
 }
 
 /// Session affinity (`lb.sticky.mode`).
@@ -104,6 +110,20 @@ pub struct LbConfig {
     pub slow_start: Duration,
     pub timeouts: TimeoutsConfig,
     pub limits: LimitsConfig,
+    /// Per-client request rate (`lb.rate_limit`); None: off.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Where the access log goes (`lb.access_log.path`, "-": stdout); None: off.
+    pub access_log: Option<String>,
+}
+
+/// `lb.rate_limit`: requests a client address may make.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second.
+    pub requests_per_sec: f64,
+    /// Requests it may make at once after a quiet spell (at least
+    /// `requests_per_sec`).
+    pub burst: f64,
 }
 
 /// Limits on what a client may send (`lb.limits`).

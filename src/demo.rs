@@ -56,9 +56,11 @@ impl BackgroundService for DemoService {
             let addr = SocketAddr::from(([127, 0, 0, 1], b.port));
             let behaviour = Behaviour {
                 error_rate: b.error_rate,
+                error_status: 500,
                 latency_ms: b.latency_ms,
                 jitter_ms: b.jitter_ms,
                 healthy: b.healthy,
+                health_latency: true,
             };
             match MockServer::start_shared(addr, &b.name, behaviour).await {
                 Ok(s) => {

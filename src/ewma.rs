@@ -88,6 +88,18 @@ impl Ewma {
         Ok(())
     }
 
+    /// Replaces the estimate with `seconds` as of `now`: the estimate of an
+    /// upstream that gets no client requests follows its probes instead.
+    pub fn set(&mut self, seconds: f64, now: Instant) -> Result<(), SampleError> {
+        let mut fresh = Ewma {
+            tau: self.tau,
+            value: None,
+        };
+        fresh.add(seconds, now)?;
+        *self = fresh;
+        Ok(())
+    }
+
     /// Counts a failure (error status, timeout, refused connection) as a slow
     /// sample: twice the current estimate or the observed time, whichever is
     /// larger, capped at `cap` — so a failing upstream looks slow however fast it
@@ -180,6 +192,11 @@ impl SharedEwma {
     /// Adds a response time in seconds observed at `now`.
     pub fn add(&self, sample: f64, now: Instant) -> Result<(), SampleError> {
         self.update(now, |e| e.add(sample, now))
+    }
+
+    /// Replaces the estimate (see [`Ewma::set`]).
+    pub fn set(&self, seconds: f64, now: Instant) -> Result<(), SampleError> {
+        self.update(now, |e| e.set(seconds, now))
     }
 
     /// Adds a failure as a slow sample (see [`Ewma::add_penalty`]).
@@ -278,6 +295,21 @@ mod tests {
         e.add(0.080, t).unwrap();
         assert_eq!(e.recent(t + HALF, HALF * 10), Some(0.080));
         assert_eq!(e.recent(t + HALF * 11, HALF * 10), None);
+    }
+
+    #[test]
+    fn set_replaces_a_higher_or_lower_estimate() {
+        let t = Instant::now();
+        let mut e = Ewma::new(HALF);
+        e.add(0.080, t).unwrap();
+        e.set(0.005, t + ms(1)).unwrap();
+        assert!(close(e.get_at(t + ms(1)).unwrap(), 0.005));
+        assert!(e.set(f64::NAN, t).is_err());
+        assert!(e.has_data(), "a bad value changes nothing");
+        let shared = SharedEwma::new(HALF, t);
+        shared.add(0.080, t).unwrap();
+        shared.set(0.004, t + ms(2)).unwrap();
+        assert!((shared.get_at(t + ms(2)).unwrap() - 0.004).abs() < 1e-6);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! every upstream and its `LoadBalancer` background loop runs the schedule. We
 //! configure both from `lb.health_check` and take each flip into the shared state.
 //! The set checked is the upstream table's, re-read every second, so upstreams
-//! added at run time are checked too.
+//! added at run time are checked too. A passed check's response time is the
+//! upstream's probe latency (see `balancer::probe`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
@@ -14,9 +16,12 @@ use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::*;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 
 use crate::config::UpstreamProtocol;
 use crate::state::SharedState;
+use crate::upstream::Upstream;
 
 /// Takes Pingora's health flips into the shared state (metric, event).
 struct Observer {
@@ -75,16 +80,54 @@ impl Checks {
     }
 }
 
+/// The checks, shared by Pingora's schedule and the probes of sidelined
+/// upstreams.
+struct SharedChecks(Arc<Checks>);
+
+#[async_trait]
+impl HealthCheck for SharedChecks {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        self.0.check(target).await
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.0.health_status_change(target, healthy).await
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.0.health_threshold(success)
+    }
+}
+
+impl Checks {
+    /// One probe of a sidelined upstream, outside the health schedule (its
+    /// result flips nothing): its time, if it passed.
+    async fn probe(&self, u: &Upstream) -> Option<f64> {
+        let target = Backend::new(&u.addr.to_string()).ok()?;
+        let started = Instant::now();
+        self.for_target(Some(u.addr)).check(&target).await.ok()?;
+        Some(started.elapsed().as_secs_f64())
+    }
+}
+
 #[async_trait]
 impl HealthCheck for Checks {
     async fn check(&self, target: &Backend) -> Result<()> {
         let addr = target.addr.as_inet().copied();
+        let started = Instant::now();
         let result = self.for_target(addr).check(target).await;
+        let now = Instant::now();
         if let Some(addr) = addr {
-            let passes = self.state.config.lb.health_check.healthy_threshold;
+            let hc = &self.state.config.lb.health_check;
+            let scale = self.state.balancer.probe_scale();
+            let took = now.saturating_duration_since(started).as_secs_f64();
             let table = self.state.balancer.load();
             for u in table.upstreams().iter().filter(|u| u.addr == addr) {
-                u.first_check(result.is_ok(), passes);
+                u.first_check(result.is_ok(), hc.healthy_threshold);
+                // A passed check's time is the upstream's probe latency.
+                if result.is_ok() {
+                    u.observe_probe(took, now, scale, hc.interval);
+                }
             }
         }
         result
@@ -155,10 +198,11 @@ impl ServiceDiscovery for TableDiscovery {
 }
 
 /// How often the checked set is re-read from the table.
-const SET_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+const SET_REFRESH: Duration = Duration::from_secs(1);
 
-/// The health-check service: add it to the server as a background service.
-pub fn service(state: Arc<SharedState>) -> Result<LoadBalancer<RoundRobin>> {
+/// The health-check service and the probes of sidelined upstreams: add both
+/// to the server as background services.
+pub fn services(state: Arc<SharedState>) -> Result<(LoadBalancer<RoundRobin>, ProbeService)> {
     let hc_conf = &state.config.lb.health_check;
     let lb_conf = &state.config.lb;
     let mut protocols = vec![UpstreamProtocol::default()];
@@ -179,16 +223,53 @@ pub fn service(state: Arc<SharedState>) -> Result<LoadBalancer<RoundRobin>> {
     let mut backends = Backends::new(Box::new(TableDiscovery {
         state: state.clone(),
     }));
-    backends.set_health_check(Box::new(Checks {
+    let checks = Arc::new(Checks {
         by_protocol,
         observer: Observer {
             state: state.clone(),
         },
         state: state.clone(),
-    }));
+    });
+    backends.set_health_check(Box::new(SharedChecks(checks.clone())));
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
     lb.health_check_frequency = Some(hc_conf.interval);
     lb.update_frequency = Some(SET_REFRESH);
     lb.parallel_health_check = true;
-    Ok(lb)
+    Ok((lb, ProbeService { checks }))
+}
+
+/// How often a sidelined upstream is probed, besides its health checks: its
+/// recovery is seen within a few of these.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Probes sidelined upstreams every [`PROBE_EVERY`] (one request each, so at
+/// most one a second per upstream), so their estimates follow them closely
+/// while no client request does.
+pub struct ProbeService {
+    checks: Arc<Checks>,
+}
+
+#[async_trait]
+impl BackgroundService for ProbeService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let state = &self.checks.state;
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let table = state.balancer.table();
+            let sidelined = table.upstreams().iter().filter(|u| u.is_sidelined());
+            let probes = sidelined.map(|u| async move { (u, self.checks.probe(u).await) });
+            for (u, took) in futures_util::future::join_all(probes).await {
+                if let Some(took) = took {
+                    let scale = state.balancer.probe_scale();
+                    let stale_after = state.config.lb.health_check.interval;
+                    u.observe_probe(took, Instant::now(), scale, stale_after);
+                }
+            }
+        }
+    }
 }

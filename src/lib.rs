@@ -4,6 +4,7 @@
 //! [`add_services`] wires the proxy, the dashboard and the demo upstreams into a
 //! Pingora [`Server`]; `main.rs` only parses flags and the config.
 
+pub mod access_log;
 pub mod attempt;
 pub mod balancer;
 pub mod breaker;
@@ -26,10 +27,12 @@ pub mod outlier;
 pub mod panic;
 pub mod peer;
 pub mod proxy;
+pub mod rate_limit;
 pub mod retry_budget;
 pub mod state;
 pub mod sticky;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod weights;
 
@@ -94,10 +97,15 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     }
     server.add_service(proxy);
 
-    server.add_service(background_service(
-        "health checks",
-        health::service(state.clone())?,
-    ));
+    let (checks, probes) = health::services(state.clone())?;
+    server.add_service(background_service("health checks", checks));
+    server.add_service(background_service("probes", probes));
+    if let Some(log) = &state.access_log {
+        server.add_service(background_service(
+            "access log",
+            access_log::AccessLogService::new(log.clone()),
+        ));
+    }
 
     server.add_service(background_service(
         "weights",

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub upstream_up: IntGaugeVec,
     /// 1 while ejected for its failure rate (`lb.outlier`).
     pub upstream_ejected: IntGaugeVec,
+    /// 1 while sidelined for its latency (no client requests; probes only).
+    pub upstream_sidelined: IntGaugeVec,
+    /// The typical response time of its health checks, seconds.
+    pub upstream_probe_seconds: GaugeVec,
     /// 0 closed, 1 half-open, 2 open.
     pub upstream_breaker_state: IntGaugeVec,
     /// Selection weight by kind: `base` (the operator's) or `effective` (in force).
@@ -33,6 +37,10 @@ pub struct Metrics {
     pub retries_total: IntCounterVec,
     /// Requests answered 503 because no upstream was eligible.
     pub no_upstream_total: IntCounter,
+    /// Requests refused with 429 by `lb.rate_limit`.
+    pub rate_limited_total: IntCounter,
+    /// Access log lines lost because the writer fell behind.
+    pub access_log_dropped_total: IntCounter,
     /// Retries not made because the retry budget was spent.
     pub retry_budget_exhausted_total: IntCounter,
     /// Client connections open, by listener (`proxy`, `dashboard`).
@@ -120,6 +128,16 @@ impl Metrics {
             &["upstream", "reason"],
         )
         .expect("metric");
+        let rate_limited_total = IntCounter::new(
+            "hlb_rate_limited_total",
+            "Requests refused with 429 because their client was over lb.rate_limit",
+        )
+        .expect("metric");
+        let access_log_dropped_total = IntCounter::new(
+            "hlb_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind",
+        )
+        .expect("metric");
         let no_upstream_total = IntCounter::new(
             "hlb_no_upstream_total",
             "Requests answered 503 because no upstream was eligible",
@@ -185,6 +203,24 @@ impl Metrics {
         )
         .expect("metric");
 
+        let upstream_sidelined = IntGaugeVec::new(
+            Opts::new(
+                "hlb_upstream_sidelined",
+                "1 while the upstream is too slow to get client requests; probes measure it",
+            ),
+            &["upstream"],
+        )
+        .expect("metric");
+
+        let upstream_probe_seconds = GaugeVec::new(
+            Opts::new(
+                "hlb_upstream_probe_seconds",
+                "Typical response time of the upstream's health checks",
+            ),
+            &["upstream"],
+        )
+        .expect("metric");
+
         let retry_budget_exhausted_total = IntCounter::new(
             "hlb_retry_budget_exhausted_total",
             "Retries not made because lb.retry_budget was spent",
@@ -197,12 +233,16 @@ impl Metrics {
             Box::new(upstream_inflight.clone()),
             Box::new(upstream_up.clone()),
             Box::new(upstream_ejected.clone()),
+            Box::new(upstream_sidelined.clone()),
+            Box::new(upstream_probe_seconds.clone()),
             Box::new(upstream_breaker_state.clone()),
             Box::new(upstream_weight.clone()),
             Box::new(upstream_latency_ewma_seconds.clone()),
             Box::new(sticky_total.clone()),
             Box::new(retries_total.clone()),
             Box::new(no_upstream_total.clone()),
+            Box::new(rate_limited_total.clone()),
+            Box::new(access_log_dropped_total.clone()),
             Box::new(retry_budget_exhausted_total.clone()),
             Box::new(connections.clone()),
             Box::new(connections_refused.clone()),
@@ -222,12 +262,16 @@ impl Metrics {
             upstream_inflight,
             upstream_up,
             upstream_ejected,
+            upstream_sidelined,
+            upstream_probe_seconds,
             upstream_breaker_state,
             upstream_weight,
             upstream_latency_ewma_seconds,
             sticky_total,
             retries_total,
             no_upstream_total,
+            rate_limited_total,
+            access_log_dropped_total,
             retry_budget_exhausted_total,
             connections,
             connections_refused,

@@ -41,11 +41,13 @@ use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, RetryType};
 use smallvec::SmallVec;
 
+use crate::access_log::RequestInfo;
 use crate::attempt::{Attempt, Facts, Outcome, Retry};
 use crate::balancer::Table;
 use crate::breaker::Admission;
 use crate::forwarding::{self, Client};
 use crate::frontend::HeaderClock;
+use crate::rate_limit::Verdict;
 use crate::state::{SharedState, Sticky};
 use crate::sticky::{self, Decision, OpenedCookie, StickyResult};
 use crate::upstream::{RetryReason, Upstream};
@@ -87,6 +89,8 @@ pub struct RequestCtx {
     /// What this request's connection has taught so far, carried from one
     /// request on it to the next.
     conn: ConnectionMemo,
+    /// Its id, and what its log line needs.
+    info: RequestInfo,
 }
 
 /// What is worked out once per client connection and kept across its
@@ -229,11 +233,13 @@ impl Proxy {
                 match sticky::decide(opened, |k| table.members.by_sticky_key(k), accept) {
                     Decision::Route(i) => {
                         state.count_sticky(StickyResult::Hit);
+                        ctx.info.sticky = Some(StickyResult::Hit);
                         ctx.sticky_routed = true;
                         Some(i)
                     }
                     Decision::Balance(result) => {
                         state.count_sticky(result);
+                        ctx.info.sticky = Some(result);
                         ctx.set_cookie = true;
                         None
                     }
@@ -244,11 +250,13 @@ impl Proxy {
                 let ip = self.client_ip(session, ctx)?;
                 // Nothing eligible on the ring: nothing moved, nothing counted.
                 let (i, own) = ring.select(ip, accept)?;
-                state.count_sticky(if own {
+                let result = if own {
                     StickyResult::Hit
                 } else {
                     StickyResult::Moved
-                });
+                };
+                state.count_sticky(result);
+                ctx.info.sticky = Some(result);
                 Some(i)
             }
         }
@@ -322,7 +330,9 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.info.started = Some(Instant::now());
+        ctx.info.request_id = crate::trace::tag(session.req_header_mut());
         let limits = &self.state.config.lb.limits;
         let raw = session
             .as_downstream()
@@ -339,6 +349,15 @@ impl ProxyHttp for Proxy {
             session.set_keepalive(None);
             session.respond_error(code).await?;
             return Ok(true);
+        }
+        if let Some(limiter) = &self.state.rate_limiter {
+            if let Some(ip) = self.client_ip(session, ctx) {
+                if let Verdict::Refuse { retry_after } = limiter.check(&ip) {
+                    self.state.metrics.rate_limited_total.inc();
+                    write_too_many(session, retry_after, &ctx.info.request_id).await?;
+                    return Ok(true);
+                }
+            }
         }
         // Keep-alive stays off where Pingora turned it off (HTTP/1.0, close).
         if session.get_keepalive().is_some() {
@@ -389,6 +408,7 @@ impl ProxyHttp for Proxy {
         if std::mem::take(&mut ctx.retry) == Retry::Same {
             // A pooled connection was stale: a fresh one to the same upstream.
             if let Some(a) = ctx.attempt.take() {
+                ctx.info.attempts += 1;
                 let a = a.again(now);
                 let peer = self.peer(&a.upstream, upgrade);
                 ctx.attempt = Some(a);
@@ -408,6 +428,7 @@ impl ProxyHttp for Proxy {
                 // The sticky upstream failed: the session moves.
                 ctx.set_cookie = true;
                 state.count_sticky(StickyResult::Moved);
+                ctx.info.sticky = Some(StickyResult::Moved);
             }
             None
         };
@@ -433,6 +454,7 @@ impl ProxyHttp for Proxy {
         }
         let peer = self.peer(&upstream, upgrade);
         ctx.tried.push(upstream.clone());
+        ctx.info.attempts += 1;
         ctx.attempt = Some(Attempt::new(upstream, probe, now));
         Ok(peer)
     }
@@ -509,6 +531,10 @@ impl ProxyHttp for Proxy {
         // The answer is known: the breaker (and a probe) need not wait for the
         // body, which may stream for minutes.
         let status = upstream_response.status.as_u16();
+        ctx.info.upstream_ms = ctx
+            .attempt
+            .as_ref()
+            .map(|a| crate::access_log::round_ms(a.started.elapsed()));
         if self.settle(session, ctx, Outcome::Answered(status)) == Retry::Other {
             // A status listed in `retry_on`, on a request that may be sent
             // again: the answer never reaches the client; another upstream is
@@ -527,6 +553,9 @@ impl ProxyHttp for Proxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if !ctx.info.request_id.is_empty() {
+            response.insert_header(crate::trace::REQUEST_ID, ctx.info.request_id.as_str())?;
+        }
         if self.state.is_draining() && !response.status.is_informational() {
             // Handing over: the client should open its next connection to the
             // process that takes over.
@@ -592,6 +621,28 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        self.settle_last(session, e, ctx);
+        if let Some(log) = &self.state.access_log {
+            let client = self.client_ip(session, ctx);
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            let upstream = ctx.attempt.as_ref().map(|a| a.upstream.name.as_str());
+            let record = ctx.info.record(
+                session.req_header(),
+                client,
+                status,
+                upstream,
+                session.body_bytes_sent(),
+                Instant::now(),
+            );
+            log.log(record);
+        }
+    }
+}
+
+impl Proxy {
+    /// Settles what is still open of the last try at the request's end, and
+    /// takes its duration.
+    fn settle_last(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let Some(a) = ctx.attempt.as_ref() else {
             return;
         };
@@ -650,6 +701,19 @@ fn error_status(e: &Error) -> u16 {
 }
 
 /// A short plain-text 503 with `Retry-After`, sent at once.
+/// A 429 for a client over `lb.rate_limit`, saying when to come back.
+async fn write_too_many(session: &mut Session, retry_after: u64, request_id: &str) -> Result<()> {
+    let body = Bytes::from_static(b"429 Too Many Requests: over this client's rate limit\n");
+    let mut resp = ResponseHeader::build(429, Some(5))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("retry-after", retry_after.to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    resp.insert_header(crate::trace::REQUEST_ID, request_id)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
 async fn write_unavailable(session: &mut Session) -> Result<()> {
     let body = Bytes::from_static(NO_UPSTREAM_BODY.as_bytes());
     let mut resp = ResponseHeader::build(503, Some(4))?;

@@ -47,6 +47,10 @@ pub struct SharedState {
     draining_watch: tokio::sync::watch::Sender<bool>,
     /// Retries allowed over the last 10 s (`lb.retry_budget`).
     pub retry_budget: crate::retry_budget::RetryBudget,
+    /// Per-client request rates (`lb.rate_limit`).
+    pub rate_limiter: Option<crate::rate_limit::RateLimiter>,
+    /// Where request records go (`lb.access_log`).
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// The HTTPS listeners' certificates, for the dashboard.
     certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
 }
@@ -91,7 +95,20 @@ impl SharedState {
             &config.lb.retry_budget,
             std::time::Instant::now(),
         );
+        let rate_limiter = config
+            .lb
+            .rate_limit
+            .as_ref()
+            .map(crate::rate_limit::RateLimiter::new);
+        let access_log = config.lb.access_log.as_deref().map(|path| {
+            Arc::new(crate::access_log::AccessLog::new(
+                path,
+                metrics.access_log_dropped_total.clone(),
+            ))
+        });
         SharedState {
+            rate_limiter,
+            access_log,
             config,
             balancer,
             sticky_series,

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::Notify;
 
+use crate::balancer::probe::Probes;
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::config::{BreakerConfig, UpstreamConfig};
 use crate::events::Events;
@@ -89,6 +90,8 @@ struct Handles {
     inflight: IntGauge,
     up: IntGauge,
     ejected: IntGauge,
+    sidelined: IntGauge,
+    probe: Gauge,
     breaker: IntGauge,
     base_weight: Gauge,
     effective_weight: Gauge,
@@ -162,6 +165,11 @@ pub struct Upstream {
     epoch: Instant,
     /// Peak EWMA of response time (to the response header).
     ewma: crate::ewma::SharedEwma,
+    /// Health-check response times, and when a client request last answered.
+    probes: Probes,
+    /// Too slow for client requests (`dynamic`, `p2c`): weighed 0, measured
+    /// by probes.
+    sidelined: AtomicBool,
     penalty_cap: f64,
     /// Requests in progress, counted by [`Inflight`] guards.
     inflight: AtomicI64,
@@ -179,6 +187,8 @@ impl Upstream {
             inflight: m.upstream_inflight.with_label_values(&[name]),
             up: m.upstream_up.with_label_values(&[name]),
             ejected: m.upstream_ejected.with_label_values(&[name]),
+            sidelined: m.upstream_sidelined.with_label_values(&[name]),
+            probe: m.upstream_probe_seconds.with_label_values(&[name]),
             breaker: m.upstream_breaker_state.with_label_values(&[name]),
             base_weight: m.upstream_weight.with_label_values(&[name, "base"]),
             effective_weight: m.upstream_weight.with_label_values(&[name, "effective"]),
@@ -225,6 +235,8 @@ impl Upstream {
             probe_out: AtomicBool::new(false),
             epoch,
             ewma: crate::ewma::SharedEwma::new(env.half_life, epoch),
+            probes: Probes::new(epoch),
+            sidelined: AtomicBool::new(false),
             penalty_cap: env.penalty_cap,
             inflight: AtomicI64::new(0),
             stats: UpstreamStats::default(),
@@ -241,6 +253,8 @@ impl Upstream {
         let _ = m.upstream_inflight.remove_label_values(&[name]);
         let _ = m.upstream_up.remove_label_values(&[name]);
         let _ = m.upstream_ejected.remove_label_values(&[name]);
+        let _ = m.upstream_sidelined.remove_label_values(&[name]);
+        let _ = m.upstream_probe_seconds.remove_label_values(&[name]);
         let _ = m.upstream_breaker_state.remove_label_values(&[name]);
         let _ = m.upstream_weight.remove_label_values(&[name, "base"]);
         let _ = m.upstream_weight.remove_label_values(&[name, "effective"]);
@@ -533,11 +547,53 @@ impl Upstream {
     /// Records a response time (seconds, to the response header); a failure
     /// counts as a penalty sample.
     pub fn observe_latency(&self, seconds: f64, failed: bool, now: Instant) {
+        self.probes.live_at(now);
         if failed {
             self.ewma.add_penalty(seconds, self.penalty_cap, now);
         } else if let Err(e) = self.ewma.add(seconds, now) {
             log::debug!("upstream {}: {e}", self.name);
         }
+    }
+
+    /// Records a passed health check's response time. With no client sample
+    /// within `stale_after` (sidelined, or idle), the estimate follows the
+    /// typical probe time, times `scale` (client time over probe time).
+    pub fn observe_probe(&self, seconds: f64, now: Instant, scale: f64, stale_after: Duration) {
+        let Some(typical) = self.probes.push(seconds) else {
+            return;
+        };
+        self.metrics.probe.set(typical);
+        if self.is_sidelined() || !self.probes.live_within(now, stale_after) {
+            if let Err(e) = self.ewma.set(typical * scale, now) {
+                log::debug!("upstream {}: probe {e}", self.name);
+            }
+        }
+    }
+
+    /// The typical response time of its health checks, seconds.
+    pub fn probe_latency(&self) -> Option<f64> {
+        self.probes.typical()
+    }
+
+    /// Whether a client request answered within `max_age` of `now`.
+    pub fn serves_clients(&self, now: Instant, max_age: Duration) -> bool {
+        self.probes.live_within(now, max_age)
+    }
+
+    pub fn is_sidelined(&self) -> bool {
+        self.sidelined.load(Ordering::Relaxed)
+    }
+
+    /// Sidelines it or brings it back, with an event saying `why`; true if
+    /// that changed anything.
+    pub fn set_sidelined(&self, sidelined: bool, why: &str) -> bool {
+        if self.sidelined.swap(sidelined, Ordering::Relaxed) == sidelined {
+            return false;
+        }
+        self.metrics.sidelined.set(i64::from(sidelined));
+        let kind = if sidelined { "sidelined" } else { "returned" };
+        self.events.push(Some(&self.name), kind, why.to_string());
+        true
     }
 
     /// The estimate decayed to `now` (P2C's view).

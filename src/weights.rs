@@ -1,6 +1,7 @@
 //! The weights tick: a Pingora background service that, every
-//! `lb.dynamic_weights.interval`, ages the latency estimates, recomputes
-//! `dynamic`'s factors (a pure function in `balancer::dynamic`) and puts the
+//! `lb.dynamic_weights.interval`, ages the latency estimates, measures how
+//! probes compare with client requests, recomputes `dynamic`'s factors and
+//! which upstreams are sidelined (pure functions in `balancer`), and puts the
 //! new weights in force through the balancer's swapped table.
 
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::balancer::dynamic;
+use crate::balancer::sideline::{self, Candidate};
+use crate::balancer::{dynamic, probe};
 use crate::config::Algorithm;
 use crate::state::SharedState;
 
@@ -42,15 +44,77 @@ pub fn tick(state: &SharedState, now: Instant) {
     if let Some(neutral) = out.neutral {
         state.balancer.set_neutral_latency(neutral);
     }
-    let ramped = advance_ramps(state, now);
-    if state.balancer.algorithm() == Algorithm::Dynamic {
+    let stale_after = state.config.lb.health_check.interval;
+    let pairs = upstreams
+        .iter()
+        .filter(|u| !u.is_sidelined() && u.serves_clients(now, stale_after))
+        .filter_map(|u| Some((u.recent_latency(now, max_age)?, u.probe_latency()?)));
+    if let Some(scale) = probe::scale(pairs) {
+        state.balancer.set_probe_scale(scale);
+    }
+    let mut changed = advance_ramps(state, now);
+    let algorithm = state.balancer.algorithm();
+    if algorithm.is_latency_aware() {
+        changed |= apply_sidelines(state, upstreams, &estimates, &usable);
+    }
+    if algorithm == Algorithm::Dynamic {
         for (u, f) in upstreams.iter().zip(&out.factors) {
             u.set_factor(*f);
         }
-        state.balancer.refresh();
-    } else if ramped {
+        changed = true;
+    }
+    if changed {
         state.balancer.refresh();
     }
+}
+
+/// Sidelines the upstreams too slow for client requests and brings back the
+/// ones probes show fast again; true if any changed.
+fn apply_sidelines(
+    state: &SharedState,
+    upstreams: &[Arc<crate::upstream::Upstream>],
+    estimates: &[Option<f64>],
+    usable: &[bool],
+) -> bool {
+    let min_factor = state.config.lb.dynamic_weights.min_factor;
+    let candidates: Vec<Candidate> = upstreams
+        .iter()
+        .zip(estimates.iter().zip(usable))
+        .map(|(u, (estimate, usable))| Candidate {
+            estimate: *estimate,
+            available: u.is_available(),
+            usable: *usable,
+            sidelined: u.is_sidelined(),
+        })
+        .collect();
+    let fastest = candidates
+        .iter()
+        .filter(|c| c.usable)
+        .filter_map(|c| c.estimate)
+        .fold(f64::INFINITY, f64::min);
+    let interval = state.config.lb.health_check.interval;
+    let mut changed = false;
+    for ((u, c), out) in upstreams
+        .iter()
+        .zip(&candidates)
+        .zip(sideline::sidelined(&candidates, min_factor))
+    {
+        let own = c.estimate.unwrap_or(0.0) * 1e3;
+        let why = if out {
+            format!(
+                "{own:.1} ms is over {:.0}× the fastest ({:.1} ms): no client requests;                  probes every {interval:?} will bring it back",
+                1.0 / min_factor,
+                fastest * 1e3
+            )
+        } else {
+            format!(
+                "probes measure {own:.1} ms against the fastest {:.1} ms: back in rotation",
+                fastest * 1e3
+            )
+        };
+        changed |= u.set_sidelined(out, &why);
+    }
+    changed
 }
 
 /// Moves every slow start on to `now`; true if any upstream is ramping (the

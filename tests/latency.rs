@@ -1,6 +1,7 @@
 //! End to end: latency-aware balancing. Two upstreams of equal weight, one turns
 //! 20× slower under concurrent load: its share must fall well below 50%, and rise
-//! again once it is fast.
+//! again once it is fast. Three upstreams, one 10× slower: once known it gets no
+//! client request at all, and probes alone show when it is fast again.
 
 mod common;
 
@@ -125,4 +126,107 @@ async fn dynamic_weights_follow_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_follows_latency_and_load() {
     slow_upstream_loses_and_regains_share("p2c").await;
+}
+
+/// Three upstreams at 5 ms, one of them 10× slower from the start.
+async fn sidelined_until_probes_show_it_fast(algorithm: &str) {
+    let fast = |name| {
+        mock_with(
+            name,
+            Behaviour {
+                latency_ms: FAST_MS,
+                ..Default::default()
+            },
+        )
+    };
+    let (a, b) = (fast("a").await, fast("b").await);
+    let slow = mock_with(
+        "slow",
+        Behaviour {
+            latency_ms: FAST_MS * 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    // Default health checks (every 5 s): recovery is seen by the probes of
+    // the sidelined upstream, once a second.
+    let body = format!(
+        "  algorithm: {algorithm}\n  upstreams:\n{}",
+        upstreams_yaml(&[
+            ("a", a.addr(), 1),
+            ("b", b.addr(), 1),
+            ("slow", slow.addr(), 1)
+        ])
+    );
+    let lb = Lb::start(&body).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Log = Arc::default();
+    let tasks = load(&lb, stop.clone(), log.clone());
+
+    let state = lb
+        .wait_upstream("slow", "the slow upstream to be sidelined", |u| {
+            u["sidelined"] == true
+        })
+        .await;
+    let why = state["reason"].as_str().unwrap().to_string();
+    assert!(why.starts_with("sidelined for latency"), "{why}");
+    // Requests already sent to it finish; after that, none is sent.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let quiet_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (share, n) = slow_share(&log, quiet_from);
+    assert!(n > 300, "too little traffic to judge: {n}");
+    assert_eq!(
+        share, 0.0,
+        "{algorithm}: client requests reached the sidelined upstream"
+    );
+    let probe = lb.upstream_state("slow").await["latency_ms"]["probe"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        probe >= (FAST_MS * 10) as f64 * 0.9,
+        "probes see it slow: {probe} ms"
+    );
+
+    // Fast again: the probes see it, and it gets its share back.
+    slow.set(&BehaviourPatch {
+        latency_ms: Some(FAST_MS),
+        ..Default::default()
+    })
+    .unwrap();
+    let recovered_at = Instant::now();
+    let (share, _) = slow_share(&log, quiet_from);
+    assert_eq!(
+        share, 0.0,
+        "{algorithm}: no client request was spent finding out"
+    );
+    wait_for("the recovered upstream to regain its share", || {
+        let log = log.clone();
+        async move {
+            let since = (Instant::now() - Duration::from_secs(1)).max(recovered_at);
+            let (share, n) = slow_share(&log, since);
+            n > 50 && share > 0.15
+        }
+    })
+    .await;
+    eprintln!(
+        "{algorithm}: sidelined upstream back {:?} after it became fast",
+        recovered_at.elapsed()
+    );
+    let events = lb.state().await["events"].to_string();
+    assert!(events.contains("returned"), "{events}");
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_sidelines_a_slow_upstream_and_probes_bring_it_back() {
+    sidelined_until_probes_show_it_fast("dynamic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_sidelines_a_slow_upstream_and_probes_bring_it_back() {
+    sidelined_until_probes_show_it_fast("p2c").await;
 }

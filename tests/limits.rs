@@ -108,6 +108,7 @@ async fn connection_caps_close_new_connections_at_once_and_spare_other_clients()
         "up",
         mock_backend::Behaviour {
             latency_ms: 1500,
+            health_latency: false,
             ..Default::default()
         },
     )

@@ -221,6 +221,7 @@ async fn sigterm_lets_a_slow_request_finish() {
         "slow",
         mock_backend::Behaviour {
             latency_ms: 2000,
+            health_latency: false,
             ..Default::default()
         },
     )

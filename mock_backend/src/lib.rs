@@ -1,6 +1,7 @@
 //! A configurable mock HTTP upstream: every path answers JSON naming the server,
 //! after a set latency, failing with a set probability; `/health` can be turned
-//! unhealthy and everything can be changed live through `/_mock/config`.
+//! unhealthy and everything can be changed live through `/_mock/config`;
+//! `/_mock/echo` answers with the request's headers.
 //!
 //! Tests and hybrid-lb's demo start it in-process with [`MockServer::start`];
 //! the `mock-backend` binary runs one from the command line.
@@ -24,23 +25,41 @@ use tokio::task::{JoinHandle, JoinSet};
 /// How the server behaves; changeable at run time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Behaviour {
-    /// Probability in [0, 1] that a request answers 500.
+    /// Probability in [0, 1] that a request answers `error_status`.
     pub error_rate: f64,
+    /// The status of a failed answer (a 5xx).
+    #[serde(default = "internal_error")]
+    pub error_status: u16,
     /// Delay before every answer.
     pub latency_ms: u64,
     /// Uniform spread around `latency_ms`: the delay is latency ± jitter.
     pub jitter_ms: u64,
     /// Whether `GET /health` answers 200 (else 503).
     pub healthy: bool,
+    /// Whether `GET /health` also waits `latency_ms` ± `jitter_ms`: a server
+    /// slow as a whole, as an overloaded one is. Off models a server whose
+    /// slowness is in its work (a slow database), not in answering probes.
+    #[serde(default = "yes")]
+    pub health_latency: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn internal_error() -> u16 {
+    500
 }
 
 impl Default for Behaviour {
     fn default() -> Self {
         Behaviour {
             error_rate: 0.0,
+            error_status: 500,
             latency_ms: 0,
             jitter_ms: 0,
             healthy: true,
+            health_latency: true,
         }
     }
 }
@@ -50,9 +69,11 @@ impl Default for Behaviour {
 #[serde(deny_unknown_fields)]
 pub struct BehaviourPatch {
     pub error_rate: Option<f64>,
+    pub error_status: Option<u16>,
     pub latency_ms: Option<u64>,
     pub jitter_ms: Option<u64>,
     pub healthy: Option<bool>,
+    pub health_latency: Option<bool>,
 }
 
 impl Behaviour {
@@ -63,8 +84,16 @@ impl Behaviour {
                 return Err(format!("error_rate must be between 0 and 1, got {r}"));
             }
         }
+        if let Some(code) = patch.error_status {
+            if !(500..=599).contains(&code) {
+                return Err(format!("error_status must be a 5xx, got {code}"));
+            }
+        }
         if let Some(r) = patch.error_rate {
             self.error_rate = r;
+        }
+        if let Some(code) = patch.error_status {
+            self.error_status = code;
         }
         if let Some(v) = patch.latency_ms {
             self.latency_ms = v;
@@ -74,6 +103,9 @@ impl Behaviour {
         }
         if let Some(v) = patch.healthy {
             self.healthy = v;
+        }
+        if let Some(v) = patch.health_latency {
+            self.health_latency = v;
         }
         Ok(())
     }
@@ -218,12 +250,19 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/_mock/config", get(show_config).post(change_config))
+        .route("/_mock/echo", get(echo))
         .fallback(answer)
         .with_state(state)
 }
 
 async fn health(State(s): State<AppState>) -> Response {
-    let healthy = read(&s).healthy;
+    let (healthy, delay) = {
+        let b = read(&s);
+        (b.healthy, b.health_latency.then(|| b.delay()))
+    };
+    if let Some(d) = delay.filter(|d| !d.is_zero()) {
+        tokio::time::sleep(d).await;
+    }
     let status = if healthy {
         StatusCode::OK
     } else {
@@ -234,6 +273,21 @@ async fn health(State(s): State<AppState>) -> Response {
         "status": if healthy { "ok" } else { "unhealthy" },
     });
     (status, [("x-backend", s.name.clone())], Json(body)).into_response()
+}
+
+/// The request's headers as JSON (the last value of each name), to show
+/// what a proxy sent.
+async fn echo(State(s): State<AppState>, req: Request) -> Response {
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_string(), serde_json::Value::String(v))
+        })
+        .collect();
+    let body = serde_json::json!({ "server": s.name, "headers": headers });
+    ([("x-backend", s.name.clone())], Json(body)).into_response()
 }
 
 async fn show_config(State(s): State<AppState>) -> Json<Behaviour> {
@@ -253,15 +307,19 @@ async fn change_config(State(s): State<AppState>, body: axum::body::Bytes) -> Re
 }
 
 async fn answer(State(s): State<AppState>, req: Request) -> Response {
-    let (delay, fail) = {
+    let (delay, fail, error_status) = {
         let b = read(&s);
-        (b.delay(), rand::rng().random_bool(b.error_rate))
+        (
+            b.delay(),
+            rand::rng().random_bool(b.error_rate),
+            b.error_status,
+        )
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let status = if fail {
-        StatusCode::INTERNAL_SERVER_ERROR
+        StatusCode::from_u16(error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     } else {
         StatusCode::OK
     };

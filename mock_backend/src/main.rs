@@ -1,4 +1,4 @@
-//! `mock-backend PORT [--name NAME] [--error-rate 0.1] [--latency-ms 20] [--jitter-ms 5] [--unhealthy]`
+//! `mock-backend PORT [--name NAME] [--error-rate 0.1] [--error-status 503] [--latency-ms 20] [--jitter-ms 5] [--unhealthy] [--instant-health]`
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -17,9 +17,12 @@ struct Args {
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
-    /// Probability in [0, 1] that a request answers 500.
+    /// Probability in [0, 1] that a request fails (with `--error-status`).
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     error_rate: f64,
+    /// Status of a failed answer (a 5xx).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(500..=599))]
+    error_status: u16,
     /// Delay before every answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -29,6 +32,9 @@ struct Args {
     /// Start with /health answering 503.
     #[arg(long)]
     unhealthy: bool,
+    /// Answer /health at once, without the latency of other paths.
+    #[arg(long)]
+    instant_health: bool,
 }
 
 fn rate(s: &str) -> Result<f64, String> {
@@ -45,9 +51,11 @@ async fn main() {
     let args = Args::parse();
     let behaviour = Behaviour {
         error_rate: args.error_rate,
+        error_status: args.error_status,
         latency_ms: args.latency_ms,
         jitter_ms: args.jitter_ms,
         healthy: !args.unhealthy,
+        health_latency: !args.instant_health,
     };
     let name = args.name.unwrap_or_else(|| format!("mock-{}", args.port));
     let addr = SocketAddr::new(args.host, args.port);

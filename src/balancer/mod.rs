@@ -8,6 +8,8 @@
 pub mod dynamic;
 pub mod outlier;
 pub mod p2c;
+pub mod probe;
+pub mod sideline;
 pub mod slow_start;
 pub mod standby;
 pub mod table;
@@ -57,6 +59,7 @@ pub struct Balancer {
     writer: Mutex<()>,
     /// Latency (f64 bits, seconds) assumed for upstreams without samples.
     neutral: AtomicU64,
+    probe_scale: AtomicU64,
     /// Panic mode: breakers are overruled (see `crate::panic`).
     panic: AtomicBool,
 }
@@ -80,6 +83,7 @@ impl Balancer {
             cursor: AtomicUsize::new(0),
             writer: Mutex::new(()),
             neutral: AtomicU64::new(DEFAULT_LATENCY.to_bits()),
+            probe_scale: AtomicU64::new(1f64.to_bits()),
             panic: AtomicBool::new(false),
         };
         b.publish(&b.table.load());
@@ -179,6 +183,16 @@ impl Balancer {
         self.panic.swap(panic, Ordering::Relaxed)
     }
 
+    /// Client-request time over probe time (see [`probe::scale`]); 1 until
+    /// measured.
+    pub fn probe_scale(&self) -> f64 {
+        f64::from_bits(self.probe_scale.load(Ordering::Relaxed))
+    }
+
+    pub fn set_probe_scale(&self, scale: f64) {
+        self.probe_scale.store(scale.to_bits(), Ordering::Relaxed);
+    }
+
     /// The latency assumed for upstreams without samples (seconds).
     pub fn neutral_latency(&self) -> f64 {
         f64::from_bits(self.neutral.load(Ordering::Relaxed))
@@ -218,9 +232,18 @@ impl Balancer {
         mut accept: impl FnMut(usize) -> bool,
         cost: impl Fn(usize) -> f64,
     ) -> Option<usize> {
-        if self.algorithm == Algorithm::P2c {
-            return p2c::choose(rng, &table.cumulative, cost, accept);
-        }
+        let chosen = if self.algorithm == Algorithm::P2c {
+            p2c::choose(rng, &table.cumulative, cost, &mut accept)
+        } else {
+            self.walk(table, &mut accept)
+        };
+        // A slow upstream serves rather than none: sidelined ones are asked
+        // only when every other is vetoed.
+        chosen.or_else(|| table.sidelined.iter().copied().find(|&i| accept(i)))
+    }
+
+    /// Smooth WRR: walks the cycle, then asks every upstream, heaviest first.
+    fn walk(&self, table: &Table, accept: &mut impl FnMut(usize) -> bool) -> Option<usize> {
         let len = table.cycle.len();
         if len == 0 {
             return None;
@@ -316,6 +339,26 @@ mod tests {
         b.table().upstreams()[1].set_factor(1.0);
         b.refresh();
         assert_eq!(picks(&b, 100).iter().filter(|&&i| i == 1).count(), 50);
+    }
+
+    #[test]
+    fn a_sidelined_upstream_serves_only_when_every_other_is_vetoed() {
+        for algorithm in [Algorithm::Dynamic, Algorithm::P2c] {
+            let (b, _) = balancer(algorithm, &[1, 1, 1]);
+            b.table().upstreams()[2].set_sidelined(true, "test");
+            assert!(b.refresh());
+            let t = b.table();
+            assert_eq!(t.effective(2), 0.0);
+            assert_eq!(t.sidelined, [2]);
+            assert!(picks(&b, 300).iter().all(|&i| i != 2), "{algorithm:?}");
+            assert_eq!(b.select(&t, |i| i == 2, |_| 0.0), Some(2));
+            assert_eq!(b.select(&t, |_| false, |_| 0.0), None);
+        }
+        // The other algorithms take no account of latency.
+        let (b, _) = balancer(Algorithm::Weighted, &[1, 1]);
+        b.table().upstreams()[1].set_sidelined(true, "test");
+        b.refresh();
+        assert_eq!(b.table().effective(1), 1.0);
     }
 
     #[test]

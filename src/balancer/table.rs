@@ -82,6 +82,9 @@ pub struct Table {
     pub(super) cycle: Vec<u32>,
     /// Prefix sums of `weights`, for P2C's weighted draws.
     pub(super) cumulative: Vec<u64>,
+    /// Indexes weighed 0 only because they are sidelined for latency: asked
+    /// when no other upstream is acceptable.
+    pub sidelined: Vec<usize>,
 }
 
 impl Table {
@@ -105,12 +108,20 @@ impl Table {
             Algorithm::P2c => (Vec::new(), p2c::cumulative(&weights)),
             _ => (wrr::schedule(&weights), Vec::new()),
         };
+        let sidelined = members
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter(|(i, u)| weights[*i] == 0 && u.base_weight() > 0 && u.is_sidelined())
+            .map(|(i, _)| i)
+            .collect();
         Table {
             members,
             weights,
             scale,
             cycle,
             cumulative,
+            sidelined,
         }
     }
 
@@ -137,13 +148,14 @@ pub fn scale(algorithm: Algorithm, ramps: bool) -> u32 {
 
 /// An upstream's integer selection weight under `algorithm`, at `scale`:
 /// its base weight (1 for round robin), times `dynamic`'s latency factor,
-/// times its slow-start ramp; never 0 for a weight above 0.
+/// times its slow-start ramp; never 0 for a weight above 0 unless the
+/// latency-aware algorithms sideline it.
 pub fn selection_weight(algorithm: Algorithm, u: &Upstream, scale: u32) -> u32 {
     let base = match algorithm {
         Algorithm::RoundRobin => u32::from(u.base_weight() > 0),
         _ => u.base_weight(),
     };
-    if base == 0 {
+    if base == 0 || (algorithm.is_latency_aware() && u.is_sidelined()) {
         return 0;
     }
     let factor = match algorithm {

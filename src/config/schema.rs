@@ -52,6 +52,21 @@ pub(super) struct RawLb {
     pub timeouts: RawTimeouts,
     #[serde(default)]
     pub limits: RawLimits,
+    pub rate_limit: Option<RawRateLimit>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimit {
+    pub requests_per_sec: f64,
+    pub burst: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccessLog {
+    pub path: String,
 }
 
 /// A size: bytes as an integer, or a string such as `32KiB`, `10MB`.
@@ -251,7 +266,7 @@ impl Default for RawDynamicWeights {
         RawDynamicWeights {
             half_life: "5s".into(),
             interval: "1s".into(),
-            min_factor: 0.05,
+            min_factor: 0.2,
         }
     }
 }

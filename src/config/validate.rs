@@ -92,7 +92,44 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
             read: c.duration("lb.timeouts.read", &raw.timeouts.read),
         },
         limits: limits(&raw.limits, c),
+        rate_limit: raw.rate_limit.as_ref().map(|r| rate_limit(r, c)),
+        access_log: raw.access_log.as_ref().map(|a| access_log(a, c)),
     }
+}
+
+fn rate_limit(r: &RawRateLimit, c: &mut Checker) -> RateLimitConfig {
+    if !(r.requests_per_sec > 0.0 && r.requests_per_sec.is_finite()) {
+        c.fail("lb.rate_limit.requests_per_sec", "must be above 0");
+    }
+    let rps = r.requests_per_sec.max(f64::MIN_POSITIVE);
+    let burst = r.burst.unwrap_or(rps);
+    if !(burst >= rps && burst.is_finite()) {
+        c.fail(
+            "lb.rate_limit.burst",
+            "must be at least lb.rate_limit.requests_per_sec",
+        );
+    }
+    RateLimitConfig {
+        requests_per_sec: rps,
+        burst: burst.max(rps),
+    }
+}
+
+/// The log's path; a file must be writable now (as `-t` checks it).
+fn access_log(a: &RawAccessLog, c: &mut Checker) -> String {
+    let path = a.path.trim();
+    if path.is_empty() {
+        c.fail("lb.access_log.path", "must be a file or \"-\" for stdout");
+    } else if path != "-" {
+        let opened = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        if let Err(e) = opened {
+            c.fail("lb.access_log.path", format!("cannot open {path}: {e}"));
+        }
+    }
+    path.to_string()
 }
 
 fn upstreams(raw: &[RawUpstream], c: &mut Checker) -> (Vec<UpstreamConfig>, Vec<DiscoveredGroup>) {

@@ -117,6 +117,8 @@ pub struct UpstreamSnapshot {
     /// `closed`, `half_open` or `open`.
     pub breaker: &'static str,
     pub drained: bool,
+    /// Too slow for client requests: probes measure it until it is back.
+    pub sidelined: bool,
     pub base_weight: u32,
     /// Weight in force: base × latency factor for `dynamic`; 0 while out of
     /// rotation (down, breaker open, drained).
@@ -148,6 +150,8 @@ pub struct StickySnapshot {
 pub struct LatencySnapshot {
     /// Peak EWMA in milliseconds; null before the first sample.
     pub ewma: Option<f64>,
+    /// Typical health-check (probe) response time; null before one passed.
+    pub probe: Option<f64>,
     /// Percentiles over the last few seconds, from the duration histogram.
     pub p50: Option<f64>,
     pub p95: Option<f64>,
@@ -201,6 +205,7 @@ fn upstream(
         health: if u.is_healthy() { "up" } else { "down" },
         breaker: u.breaker_state().as_str(),
         drained: u.is_drained(),
+        sidelined: u.is_sidelined() && state.balancer.algorithm().is_latency_aware(),
         base_weight: u.base_weight(),
         effective_weight: if u.is_usable() {
             round(table.effective(i), 2)
@@ -214,6 +219,7 @@ fn upstream(
             ewma: u
                 .recent_latency(now, latency_max_age(state))
                 .map(|s| round(s * 1e3, 2)),
+            probe: u.probe_latency().map(|s| round(s * 1e3, 2)),
             p50: d.p50,
             p95: d.p95,
             p99: d.p99,
@@ -298,40 +304,57 @@ fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Insta
         );
     }
     let base = u.base_weight();
-    match state.balancer.algorithm() {
+    let max_age = latency_max_age(state);
+    let probes = u
+        .probe_latency()
+        .map(|p| format!("; probes {:.1} ms", p * 1e3))
+        .unwrap_or_default();
+    let algorithm = state.balancer.algorithm();
+    if algorithm.is_latency_aware() && u.is_sidelined() {
+        let fastest = fastest_latency(table, now, max_age);
+        return format!(
+            "sidelined for latency: {:.1} ms, over {:.0}× the fastest ({:.1} ms); no client \
+             requests while probes (GET {} every {:?}) measure it{probes}",
+            u.recent_latency(now, max_age).unwrap_or(0.0) * 1e3,
+            1.0 / state.config.lb.dynamic_weights.min_factor,
+            fastest * 1e3,
+            state.config.lb.health_check.path,
+            crate::health::PROBE_EVERY,
+        );
+    }
+    match algorithm {
         Algorithm::RoundRobin => "equal turns with every eligible upstream".into(),
         Algorithm::Weighted => {
             let total: u32 = table.weights.iter().sum();
             let share = table.weights[i] as f64 * 100.0 / total.max(1) as f64;
             format!("weight {base}: {share:.0}% of requests")
         }
-        Algorithm::Dynamic => {
-            let max_age = latency_max_age(state);
-            match u.recent_latency(now, max_age) {
-                Some(own) => {
-                    let fastest = table
-                        .upstreams()
-                        .iter()
-                        .filter(|o| o.is_usable())
-                        .filter_map(|o| o.recent_latency(now, max_age))
-                        .fold(f64::INFINITY, f64::min);
-                    format!(
-                        "weight {base} × latency factor {:.2} (fastest {:.1} ms / own {:.1} ms, at least {}) = {:.2}",
-                        u.factor(),
-                        fastest * 1e3,
-                        own * 1e3,
-                        state.config.lb.dynamic_weights.min_factor,
-                        table.effective(i)
-                    )
-                }
-                None => format!("weight {base}: no latency samples yet, full weight"),
-            }
-        }
+        Algorithm::Dynamic => match u.recent_latency(now, max_age) {
+            Some(own) => format!(
+                "weight {base} × latency factor {:.2} (fastest {:.1} ms / own {:.1} ms, at least {}) = {:.2}{probes}",
+                u.factor(),
+                fastest_latency(table, now, max_age) * 1e3,
+                own * 1e3,
+                state.config.lb.dynamic_weights.min_factor,
+                table.effective(i)
+            ),
+            None => format!("weight {base}: no latency samples yet, full weight{probes}"),
+        },
         Algorithm::P2c => format!(
-            "chosen per request when cheaper: latency × (in-flight + 1) / weight = {:.2} ms",
+            "chosen per request when cheaper: latency × (in-flight + 1) / weight = {:.2} ms{probes}",
             state.balancer.cost(u, now) * 1e3
         ),
     }
+}
+
+/// The lowest latency estimate among eligible upstreams (seconds).
+fn fastest_latency(table: &Table, now: Instant, max_age: std::time::Duration) -> f64 {
+    table
+        .upstreams()
+        .iter()
+        .filter(|o| o.is_usable())
+        .filter_map(|o| o.recent_latency(now, max_age))
+        .fold(f64::INFINITY, f64::min)
 }
 
 #[cfg(test)]

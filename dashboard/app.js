@@ -98,6 +98,7 @@ function row(u) {
     <td class="num errors"></td>
     <td class="num latency"></td>
     <td class="why"></td>
+    <td class="demo"></td>
     <td class="admin">
       <button type="button" class="drain">Drain</button>
       <button type="button" class="enable">Enable</button>
@@ -117,8 +118,38 @@ function row(u) {
   return tr;
 }
 
+const DEMO_ACTIONS = ["slow", "failing", "unhealthy", "normal"];
+
+// The demo controls of a row whose upstream is a demo backend, built once.
+function demoControls(tr, name) {
+  const cell = tr.querySelector(".demo");
+  if (cell.childElementCount > 0) return cell;
+  for (const action of DEMO_ACTIONS) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = `demo-${action}`;
+    b.textContent = action;
+    b.addEventListener("click", () => demo(name, action));
+    cell.appendChild(b);
+  }
+  return cell;
+}
+
+async function demo(name, action) {
+  const status = $("#admin-status");
+  const resp = await fetch(`/api/demo/${encodeURIComponent(name)}/${action}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: "{}",
+  });
+  status.textContent = resp.ok ? `${name}: made ${action}` : `${name}: ${resp.status} ${(await resp.text()).trim()}`;
+  status.className = resp.ok ? "ok" : "error";
+}
+
 function render(s) {
   $("#algorithm").textContent = s.algorithm;
+  const demos = new Map((s.demo || []).map((d) => [d.name, d.action]));
+  document.body.classList.toggle("demo-on", demos.size > 0);
   const ratio = s.sticky_stats && s.sticky_stats.hit_ratio;
   $("#sticky").textContent = s.sticky === "off" ? "off" : `${s.sticky}${ratio == null ? "" : ` · ${(ratio * 100).toFixed(0)}% hits`}`;
   let rps = 0, errs = 0;
@@ -141,6 +172,11 @@ function render(s) {
     tr.querySelector(".errors").textContent = `${fmt(u.error_rate * 100)}%`;
     tr.querySelector(".latency").textContent = `${fmt(u.latency_ms.ewma)} · ${fmt(u.latency_ms.p95)} · ${fmt(u.latency_ms.probe)}`;
     tr.querySelector(".why").textContent = u.reason;
+    if (demos.has(u.name)) {
+      for (const b of demoControls(tr, u.name).querySelectorAll("button")) {
+        b.setAttribute("aria-pressed", String(b.textContent === demos.get(u.name)));
+      }
+    }
     tr.querySelector(".drain").disabled = u.drained;
     tr.querySelector(".enable").disabled = !u.drained;
   }

@@ -2,7 +2,7 @@
 # Side by side, in one run, with one load generator (wrk -t1) and one proxy worker
 # thread each: direct to the backends, nginx, HAProxy, a plain Pingora
 # round-robin proxy, and hybrid-lb (round_robin, weighted, dynamic, p2c,
-# dynamic + sticky cookie). Every system runs at once and they take turns
+# dynamic + sticky cookie, dynamic + access log to a file). Every system runs at once and they take turns
 # under load, ROUNDS times, so that a noisy neighbour on a shared machine
 # slows them all alike. For each: rps, p50, p99 (medians over rounds), the
 # proxy's CPU µs per request (all rounds) and peak RSS, then ratios to nginx
@@ -66,10 +66,10 @@ start_plain() { # → PLAIN (pid), PP (port)
 start_plain
 add "plain pingora" "http://127.0.0.1:$PP/" "$PLAIN"
 
-start_hybrid() { # name algorithm sticky-mode  → HLB (pid), HLB_PORT
-  local name=$1 algorithm=$2 sticky=$3
+start_hybrid() { # name algorithm sticky-mode [extra lb lines] → HLB (pid), HLB_PORT
+  local name=$1 algorithm=$2 sticky=$3 extra=${4:-}
   local port dash; port=$(free_port); dash=$(free_port)
-  hybrid_config "$work/$name.yaml" "$port" "$dash" "$algorithm" "$sticky" "$B1 $B2"
+  hybrid_config "$work/$name.yaml" "$port" "$dash" "$algorithm" "$sticky" "$B1 $B2" "$extra"
   RUST_LOG=error "$BIN/hybrid-lb" -c "$work/$name.yaml" >/dev/null 2>&1 & HLB=$!; pids+=($HLB)
   wait_port "$port"
   HLB_PORT=$port
@@ -81,6 +81,9 @@ done
 start_hybrid cookie dynamic cookie
 cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$HLB_PORT/" | awk -F'[:;] *' 'tolower($1)=="set-cookie" {print $2}')
 add "hybrid-lb dynamic+cookie" "http://127.0.0.1:$HLB_PORT/" "$HLB" "Cookie: $cookie"
+# The access log on, to a file (its cost against plain dynamic, same run).
+start_hybrid log dynamic off "  access_log: { path: \"$work/access.log\" }"
+add "hybrid-lb dynamic+log" "http://127.0.0.1:$HLB_PORT/" "$HLB"
 
 # One turn of system $1 under load: appends "rps p50 p99 requests cpu_ticks" to $work/turns.$1.
 turn() {

@@ -8,6 +8,7 @@ mod check;
 mod error;
 mod lines;
 mod schema;
+mod unknown;
 mod validate;
 
 use std::net::SocketAddr;
@@ -406,11 +407,11 @@ impl Config {
         let server = server
             .validate()
             .map_err(|e| ConfigError::single("", e.to_string(), None))?;
-        let raw: schema::RawFile = serde_yaml::from_str(text).map_err(ConfigError::from_serde)?;
         let index = LineIndex::new(text);
+        let (raw, unknown_keys) = unknown::read(text, &index)?;
         let mut c = check::Checker {
             index: &index,
-            problems: Vec::new(),
+            problems: unknown_keys,
         };
         validate::check_top_level(&mut c);
         let config = validate::validate(raw, &mut c);

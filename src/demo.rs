@@ -2,6 +2,7 @@
 //! section, so the default config runs on its own.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use log::{error, info};
@@ -10,6 +11,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::DemoConfig;
+use crate::state::SharedState;
 
 /// Runs the demo backends on 127.0.0.1, and the demo's own light traffic,
 /// until the server shuts down.
@@ -17,16 +19,22 @@ pub struct DemoService {
     config: DemoConfig,
     /// Where the demo traffic goes: the proxy's first listener.
     proxy: SocketAddr,
+    /// Where the dashboard's demo controls find the backends.
+    state: Arc<SharedState>,
 }
 
 impl DemoService {
-    pub fn new(config: DemoConfig, proxy: SocketAddr) -> Self {
+    pub fn new(config: DemoConfig, proxy: SocketAddr, state: Arc<SharedState>) -> Self {
         let proxy = if proxy.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], proxy.port()))
         } else {
             proxy
         };
-        DemoService { config, proxy }
+        DemoService {
+            config,
+            proxy,
+            state,
+        }
     }
 }
 
@@ -65,11 +73,12 @@ impl BackgroundService for DemoService {
             match MockServer::start_shared(addr, &b.name, behaviour).await {
                 Ok(s) => {
                     info!("demo upstream {} listening on {addr}", b.name);
-                    servers.push(s);
+                    servers.push((b.clone(), Arc::new(s)));
                 }
                 Err(e) => error!("demo upstream {}: cannot listen on {addr}: {e}", b.name),
             }
         }
+        self.state.demo.register(servers);
         let load = self
             .config
             .traffic_rps
@@ -79,6 +88,6 @@ impl BackgroundService for DemoService {
         if let Some(l) = load {
             l.abort();
         }
-        drop(servers);
+        self.state.demo.clear();
     }
 }

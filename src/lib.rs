@@ -12,6 +12,7 @@ pub mod config;
 pub mod connections;
 pub mod dashboard;
 pub mod demo;
+pub mod demo_controls;
 pub mod discovery;
 pub mod events;
 pub mod ewma;
@@ -28,6 +29,7 @@ pub mod panic;
 pub mod peer;
 pub mod proxy;
 pub mod rate_limit;
+pub mod ready;
 pub mod retry_budget;
 pub mod state;
 pub mod sticky;
@@ -138,13 +140,17 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     ));
     server.add_service(background_service("memory", memory::MemoryService));
     server.add_service(background_service(
+        "ready",
+        ready::ReadyService::new(state.clone()),
+    ));
+    server.add_service(background_service(
         "lifecycle",
         lifecycle::LifecycleService::new(state.clone(), server.watch_execution_phase()),
     ));
     if let Some(demo) = &state.config.demo {
         server.add_service(background_service(
             "demo upstreams",
-            demo::DemoService::new(demo.clone(), state.config.lb.listen[0]),
+            demo::DemoService::new(demo.clone(), state.config.lb.listen[0], state.clone()),
         ));
     }
     Ok(state)

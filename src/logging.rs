@@ -2,7 +2,9 @@
 //! every client that goes away in the middle of its request header at ERROR;
 //! that is the client's doing, and an attack makes tens of thousands of such
 //! lines, so they are logged at debug and counted in
-//! `hlb_client_header_aborts_total` instead.
+//! `hlb_client_header_aborts_total` instead. Pingora's connection pool also
+//! logs at ERROR when a pooled connection it wanted was still held by its
+//! idle watcher; it opens a new one instead, so that is logged at debug.
 
 use std::sync::LazyLock;
 
@@ -32,6 +34,14 @@ pub fn is_header_abort(level: Level, target: &str, message: &str) -> bool {
             || (target.starts_with("pingora_core") && message.starts_with("H2 handshake error")))
 }
 
+/// Whether a log record is Pingora's pool missing a pooled connection still
+/// held by its idle watcher (harmless: it connects afresh).
+pub fn is_pool_miss(level: Level, target: &str, message: &str) -> bool {
+    level == Level::Error
+        && target.starts_with("pingora_core::connectors")
+        && message == "failed to acquire reusable stream"
+}
+
 struct Filtered {
     inner: env_logger::Logger,
 }
@@ -44,8 +54,11 @@ impl Log for Filtered {
     fn log(&self, record: &Record) {
         if record.level() == Level::Error && record.target().starts_with("pingora_") {
             let message = record.args().to_string();
-            if is_header_abort(record.level(), record.target(), &message) {
-                header_aborts().inc();
+            let abort = is_header_abort(record.level(), record.target(), &message);
+            if abort || is_pool_miss(record.level(), record.target(), &message) {
+                if abort {
+                    header_aborts().inc();
+                }
                 let debug = Metadata::builder()
                     .level(Level::Debug)
                     .target(record.target())
@@ -101,6 +114,16 @@ mod tests {
             Level::Error,
             "pingora_core::connectors",
             "failed to acquire reusable stream"
+        ));
+        assert!(is_pool_miss(
+            Level::Error,
+            "pingora_core::connectors",
+            "failed to acquire reusable stream"
+        ));
+        assert!(!is_pool_miss(
+            Level::Error,
+            "pingora_core::connectors",
+            "other"
         ));
     }
 }

@@ -9,7 +9,38 @@ use hybrid_lb::config::Config;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// What `--help` says.
+const HELP: &str = "\
+hybrid-lb: an HTTP load balancer with a live dashboard
+
+usage: hybrid-lb -c FILE [-t | -u | -d]
+
+  -c, --conf FILE   the config (balancer, dashboard and Pingora keys in one YAML file)
+  -t, --test        check the whole config, print the verdict and exit (non-zero if invalid)
+  -u, --upgrade     take the listening sockets over from a running instance: start the
+                    new process with -u, then send the old one SIGQUIT (zero-downtime reload)
+  -d, --daemon      run in the background (Pingora's daemon mode)
+  -h, --help        this text
+  -V, --version     the version
+
+config sections: lb (listeners, TLS, upstreams, discovery, algorithm, health checks,
+breaker, ejection, retries, sticky sessions, limits, rate limits, access log),
+dashboard (address, admin token, hosts), demo (in-process mock upstreams).
+See README.md; `hybrid-lb -t -c conf/lb.yaml` checks the default config.
+signals: SIGQUIT hands over to an -u process; SIGTERM stops gracefully; SIGINT stops
+at once; SIGUSR1 reopens the access log.
+";
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{HELP}");
+        return;
+    }
+    if args.iter().any(|a| a == "-V" || a == "--version") {
+        println!("hybrid-lb {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
     hybrid_lb::memory::init();
     hybrid_lb::logging::init();
     let mut opt = Opt::parse_args();
@@ -28,7 +59,9 @@ fn main() {
         }
     };
     if opt.test {
+        // Pingora's keys were checked with ours: nothing more to start.
         println!("hybrid-lb: {path} is valid");
+        return;
     }
     let upgrade = opt.upgrade;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
@@ -40,13 +73,14 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let how = if upgrade {
-        "took over the listening sockets from the previous process"
+    let (kind, how) = if upgrade {
+        (
+            "reload",
+            "took over the listening sockets from the previous process",
+        )
     } else {
-        "started"
+        ("start", "started")
     };
-    state
-        .events
-        .push(None, "reload", format!("{how} with {path}"));
+    state.events.push(None, kind, format!("{how} with {path}"));
     server.run_forever();
 }

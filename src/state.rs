@@ -51,6 +51,8 @@ pub struct SharedState {
     pub rate_limiter: Option<crate::rate_limit::RateLimiter>,
     /// Where request records go (`lb.access_log`).
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// The demo upstreams' controls, while the demo runs.
+    pub demo: crate::demo_controls::DemoControls,
     /// The HTTPS listeners' certificates, for the dashboard.
     certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
 }
@@ -107,6 +109,7 @@ impl SharedState {
             ))
         });
         SharedState {
+            demo: Default::default(),
             rate_limiter,
             access_log,
             config,

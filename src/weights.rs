@@ -92,7 +92,6 @@ fn apply_sidelines(
         .filter(|c| c.usable)
         .filter_map(|c| c.estimate)
         .fold(f64::INFINITY, f64::min);
-    let interval = state.config.lb.health_check.interval;
     let mut changed = false;
     for ((u, c), out) in upstreams
         .iter()
@@ -102,9 +101,11 @@ fn apply_sidelines(
         let own = c.estimate.unwrap_or(0.0) * 1e3;
         let why = if out {
             format!(
-                "{own:.1} ms is over {:.0}× the fastest ({:.1} ms): no client requests;                  probes every {interval:?} will bring it back",
+                "{own:.1} ms is over {:.0}× the fastest ({:.1} ms): no client requests; \
+                 probes every {:?} will bring it back",
                 1.0 / min_factor,
-                fastest * 1e3
+                fastest * 1e3,
+                crate::health::PROBE_EVERY,
             )
         } else {
             format!(

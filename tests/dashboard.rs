@@ -383,3 +383,100 @@ async fn a_rebinding_page_cannot_read_the_dashboard() {
         200
     );
 }
+
+/// A hybrid-lb running the demo: three in-process demo upstreams on free
+/// ports, `dynamic`, and the demo's own traffic.
+async fn demo_lb() -> Lb {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let upstreams: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "    - {{ name: s{}, addr: \"127.0.0.1:{p}\", weight: 1 }}\n",
+                i + 1
+            )
+        })
+        .collect();
+    let backends: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("    - {{ name: s{}, port: {p}, latency_ms: 5 }}\n", i + 1))
+        .collect();
+    let (proxy, dashboard) = (free_port(), free_port());
+    let yaml = format!(
+        "{}demo:\n  backends:\n{backends}  traffic_rps: 100\n",
+        config_yaml(
+            proxy,
+            dashboard,
+            &format!("  algorithm: dynamic\n  upstreams:\n{upstreams}")
+        )
+    );
+    Lb::launch(&yaml, proxy, dashboard).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_controls_change_a_demo_upstream_and_only_by_json() {
+    let lb = demo_lb().await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, json: bool| {
+        let mut req = client.post(lb.url_dashboard(path));
+        if json {
+            req = req.header("content-type", "application/json").body("{}");
+        }
+        req.send()
+    };
+    assert_eq!(
+        post("/api/demo/s1/slow", false).await.unwrap().status(),
+        415
+    );
+    assert_eq!(post("/api/demo/s9/slow", true).await.unwrap().status(), 404);
+    assert_eq!(post("/api/demo/s1/fast", true).await.unwrap().status(), 400);
+    assert_eq!(
+        post("/api/demo/s1/unhealthy", true).await.unwrap().status(),
+        200
+    );
+    lb.wait_upstream("s1", "the health checks to take s1 out", |u| {
+        u["health"] == "down"
+    })
+    .await;
+    let state = lb.state().await;
+    assert_eq!(
+        state["demo"][0],
+        json!({ "name": "s1", "action": "unhealthy" })
+    );
+    assert!(state["events"]
+        .to_string()
+        .contains("made unhealthy by the dashboard"));
+    assert_eq!(
+        post("/api/demo/s1/normal", true).await.unwrap().status(),
+        200
+    );
+    lb.wait_upstream("s1", "s1 back", |u| u["health"] == "up")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_controls_move_the_charts_in_a_real_browser() {
+    let dashboard = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboard");
+    let lb = demo_lb().await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .arg(dashboard.join("tests/demo.mjs"))
+            .arg(lb.url_dashboard("/"))
+            .arg("s2")
+            .current_dir(&dashboard)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("demo browser test within 120 s")
+    .expect("run node");
+    assert!(
+        out.status.success(),
+        "demo browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -342,3 +342,29 @@ fn slow_start_is_off_by_default_and_takes_a_duration() {
     let bad = GOOD.replace("  timeouts:", "  slow_start: soon\n  timeouts:");
     assert!(one_error(&bad).starts_with("lb.slow_start: `soon` is not a duration"));
 }
+
+#[test]
+fn a_misspelt_key_does_not_hide_the_other_problems_and_the_key_meant_is_named() {
+    let text = GOOD
+        .replace("algorithm: weighted", "algoritm: weighted")
+        .replace("weight: 3", "weight: 0")
+        .replace(
+            "{ name: s1, addr: \"127.0.0.1:9001\", weight: 5 }",
+            "{ name: s1, addr: \"127.0.0.1:9001\", wieght: 5 }",
+        );
+    let e = errors(&text);
+    assert_eq!(
+        e,
+        [
+            "lb: unknown field `algoritm`, did you mean `algorithm`? (line 5)",
+            "lb.upstreams[0]: unknown field `wieght`, did you mean `weight`? (line 7)",
+            "lb.upstreams[1].weight: must be at least 1 (line 10)",
+        ],
+        "{e:?}"
+    );
+    let far = GOOD.replace("algorithm: weighted", "colour: blue");
+    assert!(
+        one_error(&far).starts_with("lb: unknown field `colour`, expected one of `listen`"),
+        "{far}"
+    );
+}

@@ -6,6 +6,7 @@
 //! `snapshot` builds what `/api/state` shows; `admin` changes the table.
 
 mod admin;
+mod demo;
 pub mod hub;
 pub mod snapshot;
 
@@ -39,7 +40,7 @@ const INDEX_HTML: &str = include_str!("../../dashboard/index.html");
 const APP_JS: &str = include_str!("../../dashboard/app.js");
 const STYLE_CSS: &str = include_str!("../../dashboard/style.css");
 /// Chart.js, from npm (`dashboard/package.json`), embedded at build time.
-const CHART_JS: &str = include_str!("../../dashboard/node_modules/chart.js/dist/chart.umd.min.js");
+const CHART_JS: &str = include_str!(concat!(env!("OUT_DIR"), "/chart.umd.min.js"));
 
 #[derive(Clone)]
 struct App {
@@ -173,6 +174,7 @@ fn router(app: App) -> Router {
         .route("/api/upstreams/{name}/drain", post(admin::drain))
         .route("/api/upstreams/{name}/enable", post(admin::enable))
         .route("/api/upstreams/{name}/weight", put(admin::set_weight))
+        .route("/api/demo/{name}/{action}", post(demo::control))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             close_when_draining,

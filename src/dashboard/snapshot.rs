@@ -34,6 +34,9 @@ pub struct Snapshot {
     /// Client connections so far by listener and protocol, and TLS
     /// handshakes by version.
     pub listeners: ListenerMix,
+    /// The demo upstreams and what their controls last did; empty without a
+    /// demo.
+    pub demo: Vec<crate::demo_controls::DemoSnapshot>,
 }
 
 /// What clients have spoken on each kind of listener since start.
@@ -186,6 +189,7 @@ pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapsho
         upstreams,
         events: state.events.newest_first(),
         certificates: certificates(state, unix_time()),
+        demo: state.demo.snapshot(),
         listeners: listener_mix(state),
     }
 }
@@ -224,7 +228,7 @@ fn upstream(
             p95: d.p95,
             p99: d.p99,
         },
-        reason: reason(state, table, i, u, now),
+        reason: with_panic(state, u, reason(state, table, i, u, now)),
         requests_total: u.stats.requests_total.load(Relaxed),
         errors_total: u.stats.errors_total.load(Relaxed),
         retries_total: u.stats.retries_total.load(Relaxed),
@@ -246,6 +250,18 @@ fn sticky(state: &SharedState) -> StickySnapshot {
         moved,
         invalid,
         hit_ratio: (total > 0).then(|| hit as f64 / total as f64),
+    }
+}
+
+/// In panic mode, a healthy upstream's reason says first that breakers and
+/// ejections are overruled.
+fn with_panic(state: &SharedState, u: &Upstream, reason: String) -> String {
+    if state.balancer.in_panic() && u.is_available() {
+        format!(
+            "panic mode (too few eligible upstreams): breakers and ejections overruled; {reason}"
+        )
+    } else {
+        reason
     }
 }
 
@@ -361,6 +377,7 @@ fn fastest_latency(table: &Table, now: Instant, max_age: std::time::Duration) ->
 mod tests {
     use super::*;
     use crate::config::Config;
+    use std::time::Duration;
 
     #[test]
     fn the_snapshot_explains_each_share() {
@@ -387,5 +404,45 @@ mod tests {
         assert_eq!(snap.upstreams[1].effective_weight, 0.0);
         assert!(snap.upstreams[2].reason.contains("GET /health is failing"));
         assert_eq!(snap.events[0].kind, "health");
+    }
+
+    #[test]
+    fn sidelining_probes_and_panic_mode_are_explained() {
+        let text = "lb:\n  algorithm: p2c\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n    - { name: b, addr: \"127.0.0.1:2\" }\n";
+        let s = SharedState::new(Config::parse(text).unwrap().0);
+        let now = Instant::now();
+        let (a, b) = (s.upstream("a").unwrap(), s.upstream("b").unwrap());
+        a.observe_latency(0.005, false, now);
+        b.observe_latency(0.050, false, now);
+        a.observe_probe(0.004, now, 1.0, Duration::from_secs(5));
+        crate::weights::tick(&s, now);
+        let snap = build(&s, &HashMap::new());
+        assert!(!snap.upstreams[0].sidelined);
+        assert!(
+            snap.upstreams[0].reason.ends_with("; probes 4.0 ms"),
+            "{}",
+            snap.upstreams[0].reason
+        );
+        assert_eq!(snap.upstreams[0].latency_ms.probe, Some(4.0));
+        assert!(snap.upstreams[1].sidelined);
+        assert!(
+            snap.upstreams[1]
+                .reason
+                .starts_with("sidelined for latency: 50.0 ms, over 5× the fastest (5.0 ms)"),
+            "{}",
+            snap.upstreams[1].reason
+        );
+        assert!(s
+            .events
+            .newest_first()
+            .iter()
+            .any(|e| e.kind == "sidelined"));
+        s.balancer.set_panic(true);
+        let snap = build(&s, &HashMap::new());
+        assert!(
+            snap.upstreams[0].reason.starts_with("panic mode"),
+            "{}",
+            snap.upstreams[0].reason
+        );
     }
 }

@@ -1,0 +1,59 @@
+// Drives the demo controls in headless Chromium: "slow" on a demo upstream
+// gets it sidelined (its effective weight, charted, falls to 0), "normal"
+// brings it back, as a newcomer would see it after `cargo run`.
+//
+//   node tests/demo.mjs URL UPSTREAM
+import { chromium } from "playwright-core";
+
+const [url, target] = process.argv.slice(2);
+if (!url || !target) {
+  console.error("usage: node tests/demo.mjs URL UPSTREAM");
+  process.exit(2);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+const problems = [];
+const status = (name) => {
+  const r = document.querySelector(`#upstreams tbody tr[data-upstream="${name}"]`);
+  return r ? r.querySelector(".status").textContent : "";
+};
+// The last effective weight charted for `name`.
+const charted = (name) => {
+  const c = Object.values(Chart.instances).find((x) => x.canvas.id === "chart-weights");
+  const d = c && c.data.datasets.find((s) => s.label === name || s.label === `${name} effective`);
+  return d && d.data.length ? d.data[d.data.length - 1].y : null;
+};
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  await page.goto(url);
+  await page.waitForFunction(() => document.querySelector("#live")?.textContent === "live", null, { timeout: 15000 });
+  const row = page.locator(`#upstreams tbody tr[data-upstream="${target}"]`);
+  await row.locator("button.demo-slow").waitFor({ state: "visible", timeout: 15000 });
+  await page.waitForFunction(`(${charted})("${target}") > 0`, null, { timeout: 15000 });
+
+  await row.locator("button.demo-slow").click();
+  await page.waitForFunction(`(${status})("${target}").includes("SIDELINED")`, null, { timeout: 30000 });
+  await page.waitForFunction(`(${charted})("${target}") === 0`, null, { timeout: 15000 })
+    .catch(() => problems.push("the weights chart did not show the sidelined upstream at 0"));
+
+  await row.locator("button.demo-normal").click();
+  await page.waitForFunction(`!(${status})("${target}").includes("SIDELINED")`, null, { timeout: 30000 });
+  await page.waitForFunction(`(${charted})("${target}") > 0`, null, { timeout: 15000 })
+    .catch(() => problems.push("the weights chart did not show the upstream back"));
+} catch (e) {
+  problems.push(String(e));
+} finally {
+  await browser.close();
+}
+if (problems.length) {
+  console.error(problems.join("\n"));
+  process.exit(1);
+}
+console.log("demo controls ok");

@@ -347,7 +347,7 @@ impl ProxyHttp for Proxy {
         if let Some(code) = verdict {
             // The connection cannot be trusted to be in sync any more: close it.
             session.set_keepalive(None);
-            session.respond_error(code).await?;
+            respond_error(session, code, &ctx.info.request_id).await?;
             return Ok(true);
         }
         if let Some(limiter) = &self.state.rate_limiter {
@@ -610,9 +610,9 @@ impl ProxyHttp for Proxy {
             session.set_keepalive(None);
         }
         if code == 503 {
-            let _ = write_unavailable(session).await;
+            let _ = write_unavailable(session, &ctx.info.request_id).await;
         } else if code > 0 {
-            let _ = session.respond_error(code).await;
+            let _ = respond_error(session, code, &ctx.info.request_id).await;
         }
         FailToProxy {
             error_code: code,
@@ -714,9 +714,24 @@ async fn write_too_many(session: &mut Session, retry_after: u64, request_id: &st
     session.write_response_body(Some(body), true).await
 }
 
-async fn write_unavailable(session: &mut Session) -> Result<()> {
+/// Pingora's error answer for `code`, carrying the request id too.
+async fn respond_error(session: &mut Session, code: u16, request_id: &str) -> Result<()> {
+    let mut resp = pingora::protocols::http::error_resp::gen_error_response(code);
+    if !request_id.is_empty() {
+        resp.insert_header(crate::trace::REQUEST_ID, request_id)?;
+    }
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, Bytes::new())
+        .await
+}
+
+async fn write_unavailable(session: &mut Session, request_id: &str) -> Result<()> {
     let body = Bytes::from_static(NO_UPSTREAM_BODY.as_bytes());
-    let mut resp = ResponseHeader::build(503, Some(4))?;
+    let mut resp = ResponseHeader::build(503, Some(5))?;
+    if !request_id.is_empty() {
+        resp.insert_header(crate::trace::REQUEST_ID, request_id)?;
+    }
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("retry-after", "1")?;

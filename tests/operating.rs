@@ -198,3 +198,31 @@ async fn a_client_over_its_rate_gets_429_while_another_is_served() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_carry_the_request_id_too() {
+    let lb = Lb::start(&format!(
+        "  limits: {{ max_body: 10 }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("gone", refused_addr(), 1)])
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(lb.url("/"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-request-id"], "trace-me-42");
+    // A request the balancer refuses itself (a body over lb.limits.max_body) as well.
+    let resp = client
+        .post(lb.url("/"))
+        .header("x-request-id", "too-big-7")
+        .body(vec![b'x'; 100])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["x-request-id"], "too-big-7");
+}

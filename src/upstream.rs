@@ -591,6 +591,9 @@ impl Upstream {
             return false;
         }
         self.metrics.sidelined.set(i64::from(sidelined));
+        if sidelined {
+            self.probes.clear();
+        }
         let kind = if sidelined { "sidelined" } else { "returned" };
         self.events.push(Some(&self.name), kind, why.to_string());
         true

@@ -186,6 +186,47 @@ mod tests {
     }
 
     #[test]
+    fn probes_from_before_it_was_sidelined_do_not_bring_it_back() {
+        let text = "lb:\n  algorithm: p2c\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n    - { name: b, addr: \"127.0.0.1:2\" }\n    - { name: c, addr: \"127.0.0.1:3\" }\n";
+        let s = SharedState::new(Config::parse(text).unwrap().0);
+        let t0 = Instant::now();
+        let stale = Duration::from_secs(5);
+        let (a, b, c) = (
+            s.upstream("a").unwrap(),
+            s.upstream("b").unwrap(),
+            s.upstream("c").unwrap(),
+        );
+        for k in 0..3 {
+            c.observe_probe(0.005, t0 + Duration::from_millis(k), 1.0, stale);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        for u in [&a, &b] {
+            u.observe_latency(0.005, false, t1);
+        }
+        c.observe_latency(0.050, false, t1);
+        tick(&s, t1);
+        assert!(c.is_sidelined());
+        // Its next probe is slow: with the fast ones before, the median would
+        // say fast.
+        let t2 = t1 + Duration::from_secs(1);
+        c.observe_probe(0.050, t2, 1.0, stale);
+        for u in [&a, &b] {
+            u.observe_latency(0.005, false, t2);
+        }
+        tick(&s, t2);
+        assert!(c.is_sidelined(), "came back on probes taken before");
+        // Two fast probes of three since: back.
+        let t3 = t2 + Duration::from_secs(1);
+        c.observe_probe(0.005, t3, 1.0, stale);
+        c.observe_probe(0.005, t3 + Duration::from_millis(1), 1.0, stale);
+        for u in [&a, &b] {
+            u.observe_latency(0.005, false, t3);
+        }
+        tick(&s, t3 + Duration::from_millis(1));
+        assert!(!c.is_sidelined());
+    }
+
+    #[test]
     fn a_recovered_upstream_ramps_from_a_tenth_of_its_weight() {
         let text = "lb:\n  algorithm: weighted\n  slow_start: 10s\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\", weight: 2 }\n    - { name: b, addr: \"127.0.0.1:2\", weight: 2 }\n";
         let s = SharedState::new(Config::parse(text).unwrap().0);

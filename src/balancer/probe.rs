@@ -98,6 +98,12 @@ impl Probes {
         w.typical()
     }
 
+    /// Forgets the probes so far: once an upstream is sidelined, only probes
+    /// taken since count (an earlier fast one must not bring it straight back).
+    pub fn clear(&self) {
+        *self.window.lock().unwrap_or_else(|p| p.into_inner()) = Window::default();
+    }
+
     /// The typical probe time, if any probe answered.
     pub fn typical(&self) -> Option<f64> {
         self.window

@@ -100,13 +100,24 @@ impl HealthCheck for SharedChecks {
 }
 
 impl Checks {
+    /// A passed check's or probe's time, taken `took` seconds up to `now`, is
+    /// the upstream's probe latency.
+    fn record_probe(&self, u: &Upstream, took: f64, now: Instant) {
+        let scale = self.state.balancer.probe_scale();
+        u.observe_probe(took, now, scale, self.state.config.lb.health_check.interval);
+    }
+
     /// One probe of a sidelined upstream, outside the health schedule (its
-    /// result flips nothing): its time, if it passed.
-    async fn probe(&self, u: &Upstream) -> Option<f64> {
-        let target = Backend::new(&u.addr.to_string()).ok()?;
+    /// result flips nothing), recorded if it passed.
+    async fn probe(&self, u: &Upstream) {
+        let Ok(target) = Backend::new(&u.addr.to_string()) else {
+            return;
+        };
         let started = Instant::now();
-        self.for_target(Some(u.addr)).check(&target).await.ok()?;
-        Some(started.elapsed().as_secs_f64())
+        if self.for_target(Some(u.addr)).check(&target).await.is_ok() {
+            let now = Instant::now();
+            self.record_probe(u, now.saturating_duration_since(started).as_secs_f64(), now);
+        }
     }
 }
 
@@ -118,15 +129,13 @@ impl HealthCheck for Checks {
         let result = self.for_target(addr).check(target).await;
         let now = Instant::now();
         if let Some(addr) = addr {
-            let hc = &self.state.config.lb.health_check;
-            let scale = self.state.balancer.probe_scale();
+            let passes = self.state.config.lb.health_check.healthy_threshold;
             let took = now.saturating_duration_since(started).as_secs_f64();
             let table = self.state.balancer.load();
             for u in table.upstreams().iter().filter(|u| u.addr == addr) {
-                u.first_check(result.is_ok(), hc.healthy_threshold);
-                // A passed check's time is the upstream's probe latency.
+                u.first_check(result.is_ok(), passes);
                 if result.is_ok() {
-                    u.observe_probe(took, now, scale, hc.interval);
+                    self.record_probe(u, took, now);
                 }
             }
         }
@@ -262,14 +271,7 @@ impl BackgroundService for ProbeService {
             }
             let table = state.balancer.table();
             let sidelined = table.upstreams().iter().filter(|u| u.is_sidelined());
-            let probes = sidelined.map(|u| async move { (u, self.checks.probe(u).await) });
-            for (u, took) in futures_util::future::join_all(probes).await {
-                if let Some(took) = took {
-                    let scale = state.balancer.probe_scale();
-                    let stale_after = state.config.lb.health_check.interval;
-                    u.observe_probe(took, Instant::now(), scale, stale_after);
-                }
-            }
+            futures_util::future::join_all(sidelined.map(|u| self.checks.probe(u))).await;
         }
     }
 }

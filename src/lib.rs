@@ -5,6 +5,7 @@
 //! Pingora [`Server`]; `main.rs` only parses flags and the config.
 
 pub mod access_log;
+pub mod answers;
 pub mod attempt;
 pub mod balancer;
 pub mod breaker;

@@ -42,6 +42,7 @@ use pingora::{ErrorSource, RetryType};
 use smallvec::SmallVec;
 
 use crate::access_log::RequestInfo;
+use crate::answers;
 use crate::attempt::{Attempt, Facts, Outcome, Retry};
 use crate::balancer::Table;
 use crate::breaker::Admission;
@@ -101,9 +102,6 @@ struct ConnectionMemo {
     /// The sticky cookie it last presented, once it opened.
     cookie: Option<OpenedCookie>,
 }
-
-/// Body of the 503 sent when no upstream can take the request.
-const NO_UPSTREAM_BODY: &str = "503 Service Unavailable: no upstream available\n";
 
 /// Whether `u` may take a request now; notes whether it was admitted as the
 /// breaker's probe. In panic mode breakers are overruled.
@@ -347,14 +345,14 @@ impl ProxyHttp for Proxy {
         if let Some(code) = verdict {
             // The connection cannot be trusted to be in sync any more: close it.
             session.set_keepalive(None);
-            respond_error(session, code, &ctx.info.request_id).await?;
+            answers::error(session, code, &ctx.info.request_id).await?;
             return Ok(true);
         }
         if let Some(limiter) = &self.state.rate_limiter {
             if let Some(ip) = self.client_ip(session, ctx) {
                 if let Verdict::Refuse { retry_after } = limiter.check(&ip) {
                     self.state.metrics.rate_limited_total.inc();
-                    write_too_many(session, retry_after, &ctx.info.request_id).await?;
+                    answers::too_many(session, retry_after, &ctx.info.request_id).await?;
                     return Ok(true);
                 }
             }
@@ -610,9 +608,9 @@ impl ProxyHttp for Proxy {
             session.set_keepalive(None);
         }
         if code == 503 {
-            let _ = write_unavailable(session, &ctx.info.request_id).await;
+            let _ = answers::unavailable(session, &ctx.info.request_id).await;
         } else if code > 0 {
-            let _ = respond_error(session, code, &ctx.info.request_id).await;
+            let _ = answers::error(session, code, &ctx.info.request_id).await;
         }
         FailToProxy {
             error_code: code,
@@ -698,48 +696,6 @@ fn error_status(e: &Error) -> u16 {
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
     }
-}
-
-/// A short plain-text 503 with `Retry-After`, sent at once.
-/// A 429 for a client over `lb.rate_limit`, saying when to come back.
-async fn write_too_many(session: &mut Session, retry_after: u64, request_id: &str) -> Result<()> {
-    let body = Bytes::from_static(b"429 Too Many Requests: over this client's rate limit\n");
-    let mut resp = ResponseHeader::build(429, Some(5))?;
-    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("retry-after", retry_after.to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header(crate::trace::REQUEST_ID, request_id)?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
-}
-
-/// Pingora's error answer for `code`, carrying the request id too.
-async fn respond_error(session: &mut Session, code: u16, request_id: &str) -> Result<()> {
-    let mut resp = pingora::protocols::http::error_resp::gen_error_response(code);
-    if !request_id.is_empty() {
-        resp.insert_header(crate::trace::REQUEST_ID, request_id)?;
-    }
-    session
-        .as_downstream_mut()
-        .write_error_response(resp, Bytes::new())
-        .await
-}
-
-async fn write_unavailable(session: &mut Session, request_id: &str) -> Result<()> {
-    let body = Bytes::from_static(NO_UPSTREAM_BODY.as_bytes());
-    let mut resp = ResponseHeader::build(503, Some(5))?;
-    if !request_id.is_empty() {
-        resp.insert_header(crate::trace::REQUEST_ID, request_id)?;
-    }
-    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("retry-after", "1")?;
-    resp.insert_header("cache-control", "no-store")?;
-    session
-        .as_downstream_mut()
-        .write_error_response(resp, body)
-        .await
 }
 
 /// Whether the client's connection is TLS.

@@ -87,11 +87,7 @@ fn apply_sidelines(
             sidelined: u.is_sidelined(),
         })
         .collect();
-    let fastest = candidates
-        .iter()
-        .filter(|c| c.usable)
-        .filter_map(|c| c.estimate)
-        .fold(f64::INFINITY, f64::min);
+    let fastest = sideline::fastest(&candidates).unwrap_or(0.0);
     let mut changed = false;
     for ((u, c), out) in upstreams
         .iter()

@@ -3,11 +3,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
-use axum::http::HeaderMap;
-use axum::routing::get;
-use axum::{Json, Router};
 use common::*;
 
 fn max_run(seq: &[String]) -> usize {
@@ -160,23 +156,15 @@ async fn every_upstream_refusing_gives_a_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_set_and_host_kept() {
-    async fn echo(headers: HeaderMap) -> Json<HashMap<String, String>> {
-        Json(
-            headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                .collect(),
-        )
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, Router::new().fallback(get(echo))).await;
-    });
-    let body = format!("  upstreams:\n{}", upstreams_yaml(&[("echo", addr, 1)]));
+    // The mock answers /_mock/echo with the headers it was sent.
+    let up = mock("echo").await;
+    let body = format!(
+        "  upstreams:\n{}",
+        upstreams_yaml(&[("echo", up.addr(), 1)])
+    );
     let lb = Lb::start(&body).await;
-    let headers: HashMap<String, String> = reqwest::Client::new()
-        .get(lb.url("/"))
+    let seen: serde_json::Value = reqwest::Client::new()
+        .get(lb.url("/_mock/echo"))
         .header("host", "app.example")
         .header("x-forwarded-for", "203.0.113.7")
         .header("x-forwarded-proto", "https")
@@ -191,6 +179,7 @@ async fn forwarding_headers_are_set_and_host_kept() {
         .json()
         .await
         .unwrap();
+    let headers: HashMap<String, String> = serde_json::from_value(seen["headers"].clone()).unwrap();
     assert_eq!(headers["host"], "app.example");
     // 127.0.0.1 is not a trusted proxy: its chain is replaced, not extended.
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");

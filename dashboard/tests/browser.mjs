@@ -3,7 +3,7 @@
 // drain clicked in the page takes the upstream out of rotation.
 //
 //   node tests/browser.mjs URL TOKEN UPSTREAM [SCREENSHOT.png]
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [url, token, target, screenshot] = process.argv.slice(2);
 if (!url || !token || !target) {
@@ -11,13 +11,7 @@ if (!url || !token || !target) {
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 const problems = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });

@@ -3,7 +3,7 @@
 // brings it back, as a newcomer would see it after `cargo run`.
 //
 //   node tests/demo.mjs URL UPSTREAM
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [url, target] = process.argv.slice(2);
 if (!url || !target) {
@@ -11,13 +11,7 @@ if (!url || !target) {
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 const problems = [];
 const status = (name) => {
   const r = document.querySelector(`#upstreams tbody tr[data-upstream="${name}"]`);

@@ -21,16 +21,22 @@ pub struct Candidate {
     pub sidelined: bool,
 }
 
+/// The lowest latency estimate among usable candidates (seconds), if any is
+/// known: the reference both sidelining and its explanation use.
+pub fn fastest(candidates: &[Candidate]) -> Option<f64> {
+    candidates
+        .iter()
+        .filter(|c| c.usable)
+        .filter_map(|c| c.estimate)
+        .min_by(f64::total_cmp)
+}
+
 /// Which of `candidates` sit out client traffic. Only usable upstreams are
 /// judged (the others keep their state until they are usable again), and
 /// never so many that fewer than half the available ones are left to serve
 /// (panic mode's line): the slowest go first.
 pub fn sidelined(candidates: &[Candidate], min_factor: f64) -> Vec<bool> {
-    let fastest = candidates
-        .iter()
-        .filter(|c| c.usable)
-        .filter_map(|c| c.estimate)
-        .fold(f64::INFINITY, f64::min);
+    let fastest = fastest(candidates).unwrap_or(f64::INFINITY);
     let mut out: Vec<bool> = candidates
         .iter()
         .map(|c| c.sidelined && !c.usable)

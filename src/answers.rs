@@ -1,0 +1,59 @@
+//! The answers the balancer gives itself rather than an upstream: the fast 503
+//! when no upstream can take a request, the 429 of a rate limit, and
+//! Pingora's error answers. Each carries the request's id.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+
+use crate::trace::REQUEST_ID;
+
+/// Body of the 503 sent when no upstream can take the request.
+pub const NO_UPSTREAM_BODY: &str = "503 Service Unavailable: no upstream available\n";
+
+/// Body of a rate limit's 429.
+const TOO_MANY_BODY: &str = "429 Too Many Requests: over this client's rate limit\n";
+
+/// A short plain-text answer that is not to be cached, asking the client to
+/// come back in `retry_after` seconds.
+fn plain(code: u16, body: &str, retry_after: u64, request_id: &str) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(code, Some(5))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("retry-after", retry_after.to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, request_id)?;
+    }
+    Ok(resp)
+}
+
+/// The fast 503 with `Retry-After: 1`, sent at once.
+pub async fn unavailable(session: &mut Session, request_id: &str) -> Result<()> {
+    let resp = plain(503, NO_UPSTREAM_BODY, 1, request_id)?;
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, Bytes::from_static(NO_UPSTREAM_BODY.as_bytes()))
+        .await
+}
+
+/// A 429 for a client over `lb.rate_limit`; the connection stays open.
+pub async fn too_many(session: &mut Session, retry_after: u64, request_id: &str) -> Result<()> {
+    let resp = plain(429, TOO_MANY_BODY, retry_after, request_id)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(TOO_MANY_BODY.as_bytes())), true)
+        .await
+}
+
+/// Pingora's error answer for `code`, with the request id.
+pub async fn error(session: &mut Session, code: u16, request_id: &str) -> Result<()> {
+    let mut resp = pingora::protocols::http::error_resp::gen_error_response(code);
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, request_id)?;
+    }
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, Bytes::new())
+        .await
+}

@@ -184,7 +184,9 @@ impl Frontend {
         }
         let (stream, listener) = match &self.tls {
             Some(tls) if tls.serves(&stream) => {
-                let handshake = tls.handshake(stream, self.header_timeout);
+                // Boxed: a TLS handshake's state is kilobytes, and held
+                // inline it would make every plain connection's task as big.
+                let handshake = Box::pin(tls.handshake(stream, self.header_timeout));
                 tokio::select! {
                     s = handshake => (s?, "tls"),
                     _ = shed.notified() => return None,

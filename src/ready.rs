@@ -1,8 +1,11 @@
 //! Says once where the balancer is reachable, as soon as every listener is
 //! listening: a newcomer's first question, and a line scripts can wait for.
 //! It looks in the kernel's socket table rather than connecting, so that no
-//! connection of its own shows in the metrics.
+//! connection of its own shows in the metrics. The table is read a line at a
+//! time: with many sockets in TIME_WAIT it runs to megabytes.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +20,11 @@ use crate::state::SharedState;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The ports in the LISTEN state in a `/proc/net/tcp` table.
-pub fn listening_ports(table: &str) -> Vec<u16> {
+pub fn listening_ports(table: impl BufRead) -> Vec<u16> {
     table
         .lines()
         .skip(1)
+        .map_while(Result::ok)
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             let local = f.nth(1)?;
@@ -34,8 +38,8 @@ pub fn listening_ports(table: &str) -> Vec<u16> {
 fn listening_now() -> Vec<u16> {
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|t| listening_ports(&t))
+        .filter_map(|p| File::open(p).ok())
+        .flat_map(|f| listening_ports(BufReader::new(f)))
         .collect()
 }
 
@@ -102,6 +106,6 @@ mod tests {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
    0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000\n\
    1: 0100007F:1388 0100007F:9C40 01 00000000:00000000 00:00000000 00000000\n";
-        assert_eq!(listening_ports(table), [8080]);
+        assert_eq!(listening_ports(table.as_bytes()), [8080]);
     }
 }

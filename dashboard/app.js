@@ -192,6 +192,31 @@ function render(s) {
   $("#total-errors").textContent = rps > 0 ? `${fmt((errs / rps) * 100, 2)}%` : "0%";
   renderEvents(s.events);
   renderListeners(s.listeners, s.certificates || []);
+  renderFleet(s.fleet);
+}
+
+// The instances sharing this one's etcd prefix, and whether it is connected
+// (while it is not, the last known state serves).
+function renderFleet(fleet) {
+  const section = $("#fleet");
+  section.hidden = !fleet;
+  if (!fleet) return;
+  const status = $("#fleet-status");
+  status.classList.toggle("warn", !fleet.connected);
+  status.textContent = fleet.connected
+    ? `this instance: ${fleet.id} · etcd ${fleet.endpoints.join(", ")} connected since ${fleet.since} · prefix ${fleet.prefix}`
+    : `this instance: ${fleet.id} · etcd unreachable since ${fleet.since || "start"} (${fleet.error || "no answer"}): serving the last known state`;
+  const body = $("#fleet-instances tbody");
+  body.replaceChildren(...fleet.instances.map((i) => {
+    const tr = document.createElement("tr");
+    tr.classList.toggle("self", i.id === fleet.id);
+    for (const text of [i.id, i.listen.join(", "), i.dashboard, i.started]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    return tr;
+  }));
 }
 
 // Connections by protocol on each kind of listener, and the certificates in

@@ -115,6 +115,40 @@ pub struct LbConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// Where the access log goes (`lb.access_log.path`, "-": stdout); None: off.
     pub access_log: Option<String>,
+    /// The fleet's shared store (`lb.etcd`); None: this instance stands alone.
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// `lb.etcd`: where the fleet keeps its upstreams, overrides and instances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdConfig {
+    /// `host:port` or `http://host:port`, as etcd-client takes them.
+    pub endpoints: Vec<String>,
+    /// Every key lives under it; ends with `/`.
+    pub prefix: String,
+    /// This instance's name under `{prefix}instances/`.
+    pub id: String,
+    /// etcd's user and password, if it has authentication on.
+    pub auth: Option<(String, String)>,
+    /// TLS to etcd (`lb.etcd.tls`), read at load.
+    pub tls: Option<EtcdTls>,
+}
+
+/// `lb.etcd.tls: { ca, cert, key }` as PEM: the CA that signs etcd's
+/// certificate, and a client certificate if etcd asks for one.
+#[derive(Clone, PartialEq)]
+pub struct EtcdTls {
+    pub ca: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// `lb.rate_limit`: requests a client address may make.
@@ -424,6 +458,45 @@ impl Config {
             })
         }
     }
+}
+
+/// One upstream entry given as JSON outside the file (an etcd value): the
+/// fields of an `lb.upstreams` entry without its name, checked as the file's
+/// are. Only `addr` entries: DNS groups come from the file.
+pub fn upstream_entry(name: &str, json: &[u8]) -> Result<UpstreamConfig, String> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err(
+            "expected an object such as {\"addr\": \"10.0.0.7:8080\", \"weight\": 1}".into(),
+        );
+    };
+    if fields.contains_key("name") {
+        return Err("`name` is the key's last part; leave it out of the value".into());
+    }
+    fields.insert("name".into(), name.into());
+    let raw: schema::RawUpstream = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    if raw.addr.is_none() {
+        return Err("needs `addr` (ip:port); dns and srv entries belong in the config file".into());
+    }
+    let index = LineIndex::new("");
+    let mut c = check::Checker {
+        index: &index,
+        problems: Vec::new(),
+    };
+    let (mut upstreams, _) = validate::upstreams(std::slice::from_ref(&raw), true, &mut c);
+    if let Some(p) = c.problems.first() {
+        let key = p
+            .key
+            .trim_start_matches("lb.upstreams[0]")
+            .trim_start_matches('.');
+        return Err(if key.is_empty() {
+            p.message.clone()
+        } else {
+            format!("{key}: {}", p.message)
+        });
+    }
+    upstreams.pop().ok_or_else(|| "no upstream in it".into())
 }
 
 #[cfg(test)]

@@ -66,7 +66,11 @@ const TLS_BUFFERS: L4BufferSettings = L4BufferSettings {
 pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<SharedState>> {
     let mut config = config;
     discovery::resolve_at_start(&mut config);
-    let state = Arc::new(SharedState::new(config));
+    let fleet_start = discovery::etcd::read_at_start(&mut config);
+    let state = Arc::new(SharedState::with_fleet(config, fleet_start));
+    if let Some(fleet) = &state.fleet {
+        fleet.apply_start(&state);
+    }
     let mut housekeeping = housekeeping::Housekeeping::default();
 
     let limits = &state.config.lb.limits;
@@ -127,6 +131,7 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
 
     housekeeping.add(weights::WeightsService::new(state.clone()));
     housekeeping.add(discovery::DiscoveryService::new(state.clone()));
+    housekeeping.add(discovery::etcd::EtcdService::new(state.clone()));
     housekeeping.add(outlier::OutlierService::new(state.clone()));
     housekeeping.add(panic::PanicService::new(state.clone()));
     // The dashboard is a Pingora service so its socket is handed over on upgrade.

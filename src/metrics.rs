@@ -2,8 +2,8 @@
 //! the proxy, the background tasks and the dashboard's `/metrics`.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The registry and its metrics.
@@ -41,6 +41,8 @@ pub struct Metrics {
     pub rate_limited_total: IntCounter,
     /// Access log lines lost because the writer fell behind.
     pub access_log_dropped_total: IntCounter,
+    /// 1 while a session to `lb.etcd` is up.
+    pub etcd_connected: IntGauge,
     /// Retries not made because the retry budget was spent.
     pub retry_budget_exhausted_total: IntCounter,
     /// Client connections open, by listener (`proxy`, `dashboard`).
@@ -136,6 +138,11 @@ impl Metrics {
         let access_log_dropped_total = IntCounter::new(
             "hlb_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind",
+        )
+        .expect("metric");
+        let etcd_connected = IntGauge::new(
+            "hlb_etcd_connected",
+            "1 while this instance is connected to lb.etcd and watching it",
         )
         .expect("metric");
         let no_upstream_total = IntCounter::new(
@@ -243,6 +250,7 @@ impl Metrics {
             Box::new(no_upstream_total.clone()),
             Box::new(rate_limited_total.clone()),
             Box::new(access_log_dropped_total.clone()),
+            Box::new(etcd_connected.clone()),
             Box::new(retry_budget_exhausted_total.clone()),
             Box::new(connections.clone()),
             Box::new(connections_refused.clone()),
@@ -272,6 +280,7 @@ impl Metrics {
             no_upstream_total,
             rate_limited_total,
             access_log_dropped_total,
+            etcd_connected,
             retry_budget_exhausted_total,
             connections,
             connections_refused,

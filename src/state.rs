@@ -53,12 +53,23 @@ pub struct SharedState {
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// The demo upstreams' controls, while the demo runs.
     pub demo: crate::demo_controls::DemoControls,
+    /// The fleet on `lb.etcd`, if configured.
+    pub fleet: Option<Arc<crate::discovery::etcd::Fleet>>,
     /// The HTTPS listeners' certificates, for the dashboard.
     certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
 }
 
 impl SharedState {
     pub fn new(config: Config) -> Self {
+        Self::with_fleet(config, None)
+    }
+
+    /// With the fleet's starting point read from etcd (see
+    /// `discovery::etcd::read_at_start`).
+    pub fn with_fleet(config: Config, start: Option<crate::discovery::etcd::Start>) -> Self {
+        let fleet = start
+            .and_then(|s| crate::discovery::etcd::Fleet::new(&config, s))
+            .map(Arc::new);
         let metrics = Metrics::new();
         let events = Arc::new(Events::default());
         let sticky = match config.lb.sticky.mode {
@@ -109,6 +120,7 @@ impl SharedState {
             ))
         });
         SharedState {
+            fleet,
             demo: Default::default(),
             rate_limiter,
             access_log,

@@ -54,6 +54,31 @@ pub(super) struct RawLb {
     pub limits: RawLimits,
     pub rate_limit: Option<RawRateLimit>,
     pub access_log: Option<RawAccessLog>,
+    pub etcd: Option<RawEtcd>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEtcd {
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    pub id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<RawEtcdTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEtcdTls {
+    pub ca: String,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+pub(super) fn default_etcd_prefix() -> String {
+    "/hybrid-lb/".into()
 }
 
 #[derive(Debug, Deserialize)]

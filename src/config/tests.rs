@@ -116,7 +116,7 @@ fn empty_upstream_list_is_refused() {
     let text = "lb:\n  upstreams: []\n";
     assert_eq!(
         one_error(text),
-        "lb.upstreams: needs at least one upstream (line 2)"
+        "lb.upstreams: needs at least one upstream (or lb.etcd to supply them) (line 2)"
     );
 }
 
@@ -367,4 +367,67 @@ fn a_misspelt_key_does_not_hide_the_other_problems_and_the_key_meant_is_named() 
         one_error(&far).starts_with("lb: unknown field `colour`, expected one of `listen`"),
         "{far}"
     );
+}
+
+#[test]
+fn etcd_may_supply_every_upstream_and_its_keys_are_checked() {
+    let (c, _) = Config::parse(
+        "lb:\n  upstreams: []\n  etcd: { endpoints: [\"127.0.0.1:2379\"], id: lb-1 }\n",
+    )
+    .unwrap();
+    let etcd = c.lb.etcd.unwrap();
+    assert_eq!(
+        (etcd.prefix.as_str(), etcd.id.as_str()),
+        ("/hybrid-lb/", "lb-1")
+    );
+    assert!(c.lb.upstreams.is_empty());
+    let e = errors(
+        "lb:\n  upstreams: []\n  etcd:\n    endpoints: [\"nowhere\", \"https://10.0.0.1:2379\"]\n    prefix: /lb\n    username: root\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "lb.etcd.password: needed with lb.etcd.username (line 3)",
+            "lb.etcd.endpoints[0]: `nowhere` is not host:port; write e.g. 127.0.0.1:2379 (line 4)",
+            "lb.etcd.endpoints[1]: https:// needs lb.etcd.tls (at least its ca) (line 4)",
+            "lb.etcd.prefix: `/lb` must end with `/`, e.g. /hybrid-lb/ (line 5)",
+        ]
+    );
+}
+
+#[test]
+fn tls_to_etcd_needs_a_readable_ca_and_a_whole_client_pair() {
+    let e = errors(
+        "lb:\n  upstreams: []\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\"]\n    tls: { ca: /nonexistent/ca.pem, cert: /tmp/c.pem }\n",
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e[0].starts_with("lb.etcd.endpoints[0]: http:// with lb.etcd.tls set"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("lb.etcd.tls.ca: cannot read /nonexistent/ca.pem"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("lb.etcd.tls.key: needed with lb.etcd.tls.cert"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn an_etcd_entry_is_checked_as_a_file_entry_is() {
+    let u = upstream_entry(
+        "s4",
+        br#"{"addr": "127.0.0.1:9004", "weight": 3, "h2": true}"#,
+    )
+    .unwrap();
+    assert_eq!((u.name.as_str(), u.weight, u.protocol.h2), ("s4", 3, true));
+    assert_eq!(
+        upstream_entry("s4", br#"{"addr": "127.0.0.1:1", "weight": 20000}"#).unwrap_err(),
+        "weight: must be at most 10000"
+    );
+    assert!(upstream_entry("a@b", br#"{"addr": "127.0.0.1:1"}"#)
+        .unwrap_err()
+        .starts_with("name: "));
 }

@@ -2,8 +2,12 @@
 //! run time. Every action needs `Authorization: Bearer <dashboard.admin_token>`
 //! and is an event. Changes to the set go through the table's `replace`, so
 //! upstreams that stay keep their state; they last until the next reload.
+//! With `lb.etcd` each change is written to etcd instead, and every instance,
+//! this one included, applies it from its watch; the answer waits (briefly)
+//! until this instance has.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -15,6 +19,7 @@ use subtle::ConstantTimeEq;
 
 use super::App;
 use crate::config::UpstreamConfig;
+use crate::discovery::etcd::writer::WriteError;
 use crate::state::SharedState;
 use crate::upstream::Upstream;
 
@@ -30,6 +35,10 @@ pub enum AdminError {
     UnknownUpstream(String),
     TakenName(String),
     BadBody(String),
+    /// etcd could not take the change; nothing changed.
+    Etcd(String),
+    /// Removing an upstream etcd did not supply.
+    NotFromEtcd(String),
 }
 
 impl IntoResponse for AdminError {
@@ -55,6 +64,14 @@ impl IntoResponse for AdminError {
                 format!("an upstream named `{name}` exists already"),
             ),
             AdminError::BadBody(why) => (StatusCode::BAD_REQUEST, why),
+            AdminError::Etcd(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("etcd did not take the change ({why}); nothing changed"),
+            ),
+            AdminError::NotFromEtcd(name) => (
+                StatusCode::CONFLICT,
+                format!("`{name}` comes from the config file or DNS, not etcd; remove it there"),
+            ),
         };
         (code, format!("{text}\n")).into_response()
     }
@@ -101,6 +118,43 @@ fn upstream_json(app: &App, name: &str, code: StatusCode) -> Response {
     }
 }
 
+/// How long an answer waits for this instance to apply its own etcd write.
+const APPLIED_WITHIN: Duration = Duration::from_secs(2);
+
+/// Waits until `done` holds (this instance's watch applied the write), at
+/// most [`APPLIED_WITHIN`].
+async fn applied(done: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + APPLIED_WITHIN;
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+fn from_etcd(e: WriteError, name: &str) -> AdminError {
+    match e {
+        WriteError::Unreachable(why) => AdminError::Etcd(why),
+        WriteError::Taken => AdminError::TakenName(name.to_string()),
+    }
+}
+
+/// The answer after an etcd write: the upstream's row once this instance has
+/// applied it, else 202 (written; the watch has not brought it back yet).
+async fn after_write(app: &App, name: &str, code: StatusCode, done: impl Fn() -> bool) -> Response {
+    if applied(done).await {
+        upstream_json(app, name, code)
+    } else {
+        (
+            StatusCode::ACCEPTED,
+            format!("written to etcd; `{name}` is not applied here yet\n"),
+        )
+            .into_response()
+    }
+}
+
 fn event(app: &App, name: &str, what: String, peer: SocketAddr) {
     info!("admin: upstream {name} {what} by {peer}");
     app.state
@@ -119,8 +173,24 @@ async fn set_drained(
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    let was = u.set_drained(drained);
     let action = if drained { "drained" } else { "enabled" };
+    if let Some(fleet) = &app.state.fleet {
+        let written = fleet
+            .edit_override(&name, |o| o.drained = drained.then_some(true))
+            .await;
+        if let Err(e) = written {
+            return from_etcd(e, &name).into_response();
+        }
+        event(&app, &name, format!("{action} (through etcd)"), peer);
+        let state = app.state.clone();
+        return after_write(&app, &name, StatusCode::OK, || {
+            state
+                .upstream(&name)
+                .is_some_and(|u| u.is_drained() == drained)
+        })
+        .await;
+    }
+    let was = u.set_drained(drained);
     let change = if was == drained { " (no change)" } else { "" };
     event(&app, &name, format!("{action}{change}"), peer);
     upstream_json(&app, &name, StatusCode::OK)
@@ -181,6 +251,24 @@ pub async fn set_weight(
         }
     };
     let old = u.base_weight();
+    if let Some(fleet) = &app.state.fleet {
+        if let Err(e) = fleet.edit_override(&name, |o| o.weight = Some(new)).await {
+            return from_etcd(e, &name).into_response();
+        }
+        event(
+            &app,
+            &name,
+            format!("weight {old} → {new} (through etcd)"),
+            peer,
+        );
+        let state = app.state.clone();
+        return after_write(&app, &name, StatusCode::OK, || {
+            state
+                .upstream(&name)
+                .is_some_and(|u| u.base_weight() == new)
+        })
+        .await;
+    }
     // A weight change is a replacement of the table in which every upstream
     // keeps its state.
     let edited = app.state.edit_upstreams("admin", |configs| {
@@ -254,6 +342,29 @@ pub async fn add(
         Err(e) => return e.into_response(),
     };
     let name = new.name.clone();
+    if let Some(fleet) = &app.state.fleet {
+        if app.state.upstream(&name).is_some() {
+            return AdminError::TakenName(name).into_response();
+        }
+        let value = serde_json::json!({ "addr": new.addr.to_string(), "weight": new.weight });
+        if let Err(e) = fleet
+            .add_upstream(&name, value.to_string().into_bytes())
+            .await
+        {
+            return from_etcd(e, &name).into_response();
+        }
+        event(
+            &app,
+            &name,
+            format!("added at {} (through etcd)", new.addr),
+            peer,
+        );
+        let state = app.state.clone();
+        return after_write(&app, &name, StatusCode::CREATED, || {
+            state.upstream(&name).is_some()
+        })
+        .await;
+    }
     let source = format!("admin {}", peer.ip());
     let edited = app.state.edit_upstreams(&source, |configs| {
         if configs.iter().any(|c| c.name == new.name) {
@@ -285,6 +396,24 @@ pub async fn remove(
         .upstreams
         .into_iter()
         .find(|u| u.name == name);
+    if let Some(fleet) = &app.state.fleet {
+        if !fleet.owns(&name) {
+            return AdminError::NotFromEtcd(name).into_response();
+        }
+        if let Err(e) = fleet.remove_upstream(&name).await {
+            return from_etcd(e, &name).into_response();
+        }
+        event(&app, &name, "removed (through etcd)".into(), peer);
+        let state = app.state.clone();
+        if !applied(|| state.upstream(&name).is_none()).await {
+            return (
+                StatusCode::ACCEPTED,
+                format!("removed from etcd; `{name}` is not gone here yet\n"),
+            )
+                .into_response();
+        }
+        return (StatusCode::OK, Json(row)).into_response();
+    }
     let source = format!("admin {}", peer.ip());
     let edited = app.state.edit_upstreams(&source, |configs| {
         let before = configs.len();

@@ -167,6 +167,7 @@ fn router(app: App) -> Router {
         )
         .route("/api/state", get(api_state))
         .route("/api/history", get(api_history))
+        .route("/api/fleet", get(api_fleet))
         .route("/api/stream", get(api_stream))
         .route("/metrics", get(metrics))
         .route("/api/upstreams", post(admin::add))
@@ -248,6 +249,18 @@ fn page(body: &'static str, content_type: &'static str) -> Response {
 
 async fn api_state(State(app): State<App>) -> Json<Snapshot> {
     Json(app.hub.snapshot(&app.state))
+}
+
+/// `GET /api/fleet`; 404 without `lb.etcd`.
+async fn api_fleet(State(app): State<App>) -> Response {
+    match snapshot::fleet(&app.state) {
+        Some(f) => Json(f).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            "no fleet: lb.etcd is not configured\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn api_history(State(app): State<App>) -> Response {

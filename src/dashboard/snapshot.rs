@@ -37,6 +37,29 @@ pub struct Snapshot {
     /// The demo upstreams and what their controls last did; empty without a
     /// demo.
     pub demo: Vec<crate::demo_controls::DemoSnapshot>,
+    /// The fleet on etcd; absent without `lb.etcd`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSnapshot>,
+}
+
+/// `GET /api/fleet`: this instance's id, its session to etcd, and the live
+/// instances sharing the prefix.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetSnapshot {
+    pub id: String,
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    #[serde(flatten)]
+    pub status: crate::discovery::etcd::Status,
+}
+
+pub fn fleet(state: &SharedState) -> Option<FleetSnapshot> {
+    state.fleet.as_ref().map(|f| FleetSnapshot {
+        id: f.conf.id.clone(),
+        endpoints: f.conf.endpoints.clone(),
+        prefix: f.conf.prefix.clone(),
+        status: f.status(),
+    })
 }
 
 /// What clients have spoken on each kind of listener since start.
@@ -190,6 +213,7 @@ pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapsho
         events: state.events.newest_first(),
         certificates: certificates(state, unix_time()),
         demo: state.demo.snapshot(),
+        fleet: fleet(state),
         listeners: listener_mix(state),
     }
 }

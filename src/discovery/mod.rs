@@ -5,6 +5,7 @@
 //! the last good set stays, and an event says the answer was refused.
 
 pub mod dns;
+pub mod etcd;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

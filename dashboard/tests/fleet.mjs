@@ -1,0 +1,39 @@
+// The fleet panel in headless Chromium: it lists the instances sharing the
+// etcd prefix and says whether this one is connected or serving the last
+// known state.
+//
+//   node tests/fleet.mjs URL IDS connected|unreachable
+import { launch } from "./launch.mjs";
+
+const [url, ids, expect] = process.argv.slice(2);
+if (!url || !ids || !["connected", "unreachable"].includes(expect)) {
+  console.error("usage: node tests/fleet.mjs URL ID[,ID…] connected|unreachable");
+  process.exit(2);
+}
+
+const browser = await launch();
+const problems = [];
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  await page.goto(url);
+  await page.waitForFunction(([want, state]) => {
+    const panel = document.querySelector("#fleet");
+    if (!panel || panel.hidden) return false;
+    const shown = [...panel.querySelectorAll("tbody tr td:first-child")].map((td) => td.textContent);
+    const status = document.querySelector("#fleet-status").textContent;
+    return shown.join(",") === want && status.includes(state);
+  }, [ids, expect], { timeout: 15000 }).catch(async () => {
+    const text = await page.$eval("#fleet", (p) => `${p.hidden ? "(hidden) " : ""}${p.textContent}`).catch((e) => `${e}`);
+    problems.push(`the fleet panel did not show ${ids} ${expect}: ${text.replace(/\s+/g, " ")}`);
+  });
+} catch (e) {
+  problems.push(`${e}`);
+} finally {
+  await browser.close();
+}
+if (problems.length) {
+  console.error(problems.join("\n"));
+  process.exit(1);
+}
+console.log(`fleet panel: ${ids} ${expect}`);

@@ -1,0 +1,528 @@
+//! A fleet on a real etcd (Debian's `etcd-server`, started here on ephemeral
+//! ports): two balancers agree on the upstream set and the operator's drains,
+//! list each other, and ride out an etcd restart without a failed request.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use etcd_client::Client;
+
+const TOKEN: &str = "fleet-token";
+
+/// Runs `dashboard/tests/fleet.mjs` against `lb`'s dashboard: its fleet panel
+/// must show `ids` and `state` (`connected` or `unreachable`).
+async fn fleet_panel_shows(lb: &Lb, ids: &str, state: &str) {
+    let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboard");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg(dashboard.join("tests/fleet.mjs"))
+            .args([lb.url_dashboard("/").as_str(), ids, state])
+            .current_dir(&dashboard)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("fleet browser test within 60 s")
+    .expect("run node");
+    assert!(
+        out.status.success(),
+        "fleet browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An etcd server on ephemeral ports with its data in a temporary directory;
+/// killed on drop.
+struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    /// Its certificate and key (self-signed for 127.0.0.1), when it speaks TLS.
+    tls: Option<(PathBuf, PathBuf)>,
+}
+
+fn etcd_binary() -> PathBuf {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("etcd is not installed (Debian: apt-get install etcd-server)")
+}
+
+impl Etcd {
+    async fn start() -> Etcd {
+        Self::start_with(false).await
+    }
+
+    /// An etcd whose clients speak TLS to it.
+    async fn start_tls() -> Etcd {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = tls.then(|| {
+            let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+            let (cert, key) = (dir.path().join("etcd.crt"), dir.path().join("etcd.key"));
+            std::fs::write(&cert, made.cert.pem()).unwrap();
+            std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+            (cert, key)
+        });
+        let mut etcd = Etcd {
+            child: None,
+            dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls,
+        };
+        etcd.run().await;
+        etcd
+    }
+
+    fn options(&self) -> Option<etcd_client::ConnectOptions> {
+        self.tls.as_ref().map(|(cert, _)| {
+            let ca = etcd_client::Certificate::from_pem(std::fs::read(cert).unwrap());
+            etcd_client::ConnectOptions::new()
+                .with_tls(etcd_client::TlsOptions::new().ca_certificate(ca))
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts (or starts again) the server on the same ports and data.
+    async fn run(&mut self) {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut command = Command::new(etcd_binary());
+        if let Some((cert, key)) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key);
+        }
+        let child = command
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let endpoint = self.endpoint();
+        let options = self.options();
+        wait_for("etcd to answer", || {
+            let (endpoint, options) = (endpoint.clone(), options.clone());
+            async move {
+                match Client::connect([endpoint], options).await {
+                    Ok(mut c) => c.get("probe", None).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect([self.endpoint()], self.options())
+            .await
+            .expect("etcd client")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A balancer in the fleet `prefix` on `etcd`, with the file upstream `file`.
+async fn member(etcd: &Etcd, prefix: &str, id: &str, file: &mock_backend::MockServer) -> Lb {
+    let body = format!(
+        "  algorithm: round_robin\n  health_check: {{ interval: 200ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\n  \
+         etcd: {{ endpoints: [\"{}\"], prefix: \"{prefix}\", id: {id} }}\n  upstreams:\n{}",
+        etcd.endpoint(),
+        upstreams_yaml(&[("s1", file.addr(), 1)])
+    );
+    Lb::start_with(&body, &format!("  admin_token: {TOKEN}\n")).await
+}
+
+async fn fleet(lb: &Lb) -> serde_json::Value {
+    reqwest::get(lb.url_dashboard("/api/fleet"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The upstream `name` in `lb`'s state, if present.
+async fn find(lb: &Lb, name: &str) -> Option<serde_json::Value> {
+    let state = lb.state().await;
+    state["upstreams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == name).cloned())
+}
+
+async fn admin(
+    lb: &Lb,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&str>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .request(method, lb.url_dashboard(path))
+        .bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    req.send().await.unwrap()
+}
+
+/// Waits until `lb` has `name` up, and reports how long it took.
+async fn until_up(lb: &Lb, name: &str) -> Duration {
+    let start = Instant::now();
+    wait_for(&format!("{name} up at {}", lb.proxy), || async move {
+        find(lb, name).await.is_some_and(|u| u["health"] == "up")
+    })
+    .await;
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_agree_on_upstreams_and_drains_through_etcd() {
+    let etcd = Etcd::start().await;
+    let (m1, m2, m3) = (mock("m1").await, mock("m2").await, mock("m3").await);
+    let a = member(&etcd, "/agree/", "a", &m1).await;
+    let b = member(&etcd, "/agree/", "b", &m1).await;
+
+    // Each lists both, connected.
+    for lb in [&a, &b] {
+        wait_for("both instances in /api/fleet", || async move {
+            let f = fleet(lb).await;
+            let ids: Vec<&str> = f["instances"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|i| i["id"].as_str()).collect())
+                .unwrap_or_default();
+            f["connected"] == true && ids == ["a", "b"]
+        })
+        .await;
+    }
+    let f = fleet(&a).await;
+    let b_entry = f["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "b")
+        .unwrap()
+        .clone();
+    assert_eq!(b_entry["listen"][0], format!("http://{}", b.proxy));
+    assert_eq!(b_entry["dashboard"], format!("http://{}/", b.dashboard));
+    assert!(b_entry["started"].as_str().unwrap().ends_with('Z'));
+
+    // An upstream put in etcd reaches both, and takes their traffic.
+    let mut client = etcd.client().await;
+    let written = Instant::now();
+    client
+        .put(
+            "/agree/upstreams/s2",
+            format!(r#"{{"addr": "{}", "weight": 1}}"#, m2.addr()),
+            None,
+        )
+        .await
+        .unwrap();
+    for lb in [&a, &b] {
+        until_up(lb, "s2").await;
+        let http = reqwest::Client::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10 {
+            seen.insert(backend_of(&http.get(lb.url("/")).send().await.unwrap()));
+        }
+        assert!(
+            seen.contains("m2"),
+            "s2 took no traffic at {}: {seen:?}",
+            lb.proxy
+        );
+    }
+    eprintln!(
+        "an etcd upstream was up on both instances {:?} after the write",
+        written.elapsed()
+    );
+
+    // A value that does not parse is refused with an event; the rest stands.
+    client
+        .put("/agree/upstreams/broken", "{", None)
+        .await
+        .unwrap();
+    wait_for("the refusal in b's events", || async {
+        b.state().await["events"]
+            .to_string()
+            .contains("/agree/upstreams/broken refused")
+    })
+    .await;
+    assert!(find(&b, "s2").await.is_some());
+
+    // A drain through a's dashboard reaches b.
+    let r = admin(&a, reqwest::Method::POST, "/api/upstreams/s2/drain", None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["drained"],
+        true
+    );
+    let drained = Instant::now();
+    wait_for("b to drain s2", || async {
+        find(&b, "s2").await.is_some_and(|u| u["drained"] == true)
+    })
+    .await;
+    eprintln!(
+        "a drain through a reached b {:?} after a's answer",
+        drained.elapsed()
+    );
+    let http = reqwest::Client::new();
+    for _ in 0..20 {
+        let r = http.get(b.url("/")).send().await.unwrap();
+        assert_eq!(
+            backend_of(&r),
+            "m1",
+            "a drained upstream answered through b"
+        );
+    }
+    let r = admin(
+        &b,
+        reqwest::Method::PUT,
+        "/api/upstreams/s2/weight",
+        Some(r#"{"weight": 7}"#),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    wait_for("a to take b's weight", || async {
+        find(&a, "s2").await.is_some_and(|u| u["base_weight"] == 7)
+    })
+    .await;
+    let r = admin(&b, reqwest::Method::POST, "/api/upstreams/s2/enable", None).await;
+    assert_eq!(r.status(), 200);
+    wait_for("a to enable s2 again", || async {
+        find(&a, "s2").await.is_some_and(|u| u["drained"] == false)
+    })
+    .await;
+
+    // An add through b reaches a; a taken name is refused; a file upstream
+    // is not etcd's to remove.
+    let add = format!(r#"{{"name": "s3", "addr": "{}"}}"#, m3.addr());
+    assert_eq!(
+        admin(&b, reqwest::Method::POST, "/api/upstreams", Some(&add))
+            .await
+            .status(),
+        201
+    );
+    until_up(&a, "s3").await;
+    assert_eq!(
+        admin(&a, reqwest::Method::POST, "/api/upstreams", Some(&add))
+            .await
+            .status(),
+        409
+    );
+    let r = admin(&a, reqwest::Method::DELETE, "/api/upstreams/s1", None).await;
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("config file"));
+    assert_eq!(
+        admin(&a, reqwest::Method::DELETE, "/api/upstreams/s3", None)
+            .await
+            .status(),
+        200
+    );
+    wait_for("b to lose s3", || async { find(&b, "s3").await.is_none() }).await;
+    assert!(find(&b, "s1").await.is_some());
+
+    // An etcd entry of a file entry's name replaces it; deleted, the file's
+    // comes back.
+    client
+        .put(
+            "/agree/upstreams/s1",
+            format!(r#"{{"addr": "{}"}}"#, m3.addr()),
+            None,
+        )
+        .await
+        .unwrap();
+    wait_for("a's s1 to be etcd's", || async {
+        find(&a, "s1")
+            .await
+            .is_some_and(|u| u["addr"] == m3.addr().to_string())
+    })
+    .await;
+    client.delete("/agree/upstreams/s1", None).await.unwrap();
+    wait_for("a's s1 to be the file's again", || async {
+        find(&a, "s1")
+            .await
+            .is_some_and(|u| u["addr"] == m1.addr().to_string())
+    })
+    .await;
+
+    // An instance that stops leaves the fleet at once: its lease is revoked,
+    // so its key is gone as it exits, long before the 10 s lease would lapse.
+    let mut b = b;
+    b.signal("TERM");
+    b.wait_exit().await;
+    let left = client.get("/agree/instances/b", None).await.unwrap();
+    assert!(left.kvs().is_empty(), "b's key outlived it");
+    wait_for("b gone from a's fleet", || async {
+        fleet(&a).await["instances"]
+            .as_array()
+            .is_some_and(|i| i.len() == 1)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_restart_loses_no_request_and_the_watch_resumes() {
+    let mut etcd = Etcd::start().await;
+    let (m1, m2) = (mock("m1").await, mock("m2").await);
+    let mut client = etcd.client().await;
+    client
+        .put(
+            "/restart/upstreams/s2",
+            format!(r#"{{"addr": "{}"}}"#, m2.addr()),
+            None,
+        )
+        .await
+        .unwrap();
+    let a = member(&etcd, "/restart/", "a", &m1).await;
+    // Read at start: s2 serves from the first request.
+    assert!(find(&a, "s2").await.is_some());
+    until_up(&a, "s2").await;
+
+    // Clients keep asking while etcd goes away and comes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, sent, failed, url) = (stop.clone(), sent.clone(), failed.clone(), a.url("/"));
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    etcd.stop();
+    wait_for("a to see etcd gone", || async {
+        fleet(&a).await["connected"] == false
+    })
+    .await;
+    assert!(a.state().await["events"]
+        .to_string()
+        .contains("serving the last known state"));
+    assert!(a.metrics().await.contains("hlb_etcd_connected 0"));
+    fleet_panel_shows(&a, "a", "unreachable").await;
+    let during = sent.load(Ordering::Relaxed);
+    etcd.run().await;
+    wait_for("a to reconnect", || async {
+        fleet(&a).await["connected"] == true
+    })
+    .await;
+    // The watch resumed: a drain written now is applied.
+    let mut client = etcd.client().await;
+    client
+        .put("/restart/overrides/s2", r#"{"drained": true}"#, None)
+        .await
+        .unwrap();
+    wait_for("the drain after the restart", || async {
+        find(&a, "s2").await.is_some_and(|u| u["drained"] == true)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(
+        sent > during && during > 0,
+        "the load did not run through the outage"
+    );
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed across the etcd restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_over_tls_with_a_password_is_joined_and_a_wrong_password_is_told() {
+    let etcd = Etcd::start_tls().await;
+    let m1 = mock("m1").await;
+    let mut client = etcd.client().await;
+    client
+        .put(
+            "/secure/upstreams/s2",
+            format!(r#"{{"addr": "{}"}}"#, m1.addr()),
+            None,
+        )
+        .await
+        .unwrap();
+    let _ = client.role_add("root").await;
+    client.user_add("root", "rootpw", None).await.unwrap();
+    client.user_grant_role("root", "root").await.unwrap();
+    client.auth_enable().await.unwrap();
+    let ca = etcd.tls.as_ref().unwrap().0.display().to_string();
+    let body = |password: &str| {
+        format!(
+            "  etcd: {{ endpoints: [\"{}\"], prefix: /secure/, id: a, username: root, password: {password}, tls: {{ ca: \"{ca}\" }} }}\n  upstreams: []\n",
+            etcd.endpoint()
+        )
+    };
+    let a = Lb::start(&body("rootpw")).await;
+    // Read at start over TLS, with the password: s2 is there already.
+    assert!(find(&a, "s2").await.is_some());
+    wait_for("a connected", || async {
+        fleet(&a).await["connected"] == true
+    })
+    .await;
+    assert_eq!(fleet(&a).await["instances"][0]["id"], "a");
+    let wrong = Lb::start(&body("wrong")).await;
+    wait_for("the refusal to show", || async {
+        let f = fleet(&wrong).await;
+        f["connected"] == false
+            && f["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("authentication failed"))
+    })
+    .await;
+    assert!(find(&wrong, "s2").await.is_none());
+}

@@ -56,15 +56,17 @@ impl HealthObserve for Observer {
 /// HTTP/2, TLS with its SNI and CA), each result also shown to the upstreams
 /// at that address that joined at run time and await their first passing
 /// checks (Pingora itself takes a new backend as healthy until a check fails).
+/// A protocol first seen at run time (an etcd entry with `h2` or `tls`) gets
+/// its check then.
 struct Checks {
     /// The plain HTTP/1.1 check first.
-    by_protocol: Vec<(UpstreamProtocol, HttpHealthCheck)>,
+    by_protocol: std::sync::Mutex<Vec<(UpstreamProtocol, Arc<HttpHealthCheck>)>>,
     observer: Observer,
     state: Arc<SharedState>,
 }
 
 impl Checks {
-    fn for_target(&self, addr: Option<std::net::SocketAddr>) -> &HttpHealthCheck {
+    fn for_target(&self, addr: Option<std::net::SocketAddr>) -> Arc<HttpHealthCheck> {
         let table = self.state.balancer.load();
         let protocol = addr.and_then(|a| {
             table
@@ -73,10 +75,24 @@ impl Checks {
                 .find(|u| u.addr == a)
                 .map(|u| u.protocol.clone())
         });
-        let (_, check) = protocol
-            .and_then(|p| self.by_protocol.iter().find(|(q, _)| *q == p))
-            .unwrap_or(&self.by_protocol[0]);
-        check
+        let mut checks = self.by_protocol.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(protocol) = protocol else {
+            return checks[0].1.clone();
+        };
+        if let Some((_, check)) = checks.iter().find(|(q, _)| *q == protocol) {
+            return check.clone();
+        }
+        match http_check(&self.state, &protocol) {
+            Ok(check) => {
+                let check = Arc::new(check);
+                checks.push((protocol, check.clone()));
+                check
+            }
+            Err(e) => {
+                log::warn!("health check for a new upstream protocol: {e}; checking over HTTP/1.1");
+                checks[0].1.clone()
+            }
+        }
     }
 }
 
@@ -147,7 +163,8 @@ impl HealthCheck for Checks {
     }
 
     fn health_threshold(&self, success: bool) -> usize {
-        self.by_protocol[0].1.health_threshold(success)
+        let checks = self.by_protocol.lock().unwrap_or_else(|p| p.into_inner());
+        checks[0].1.health_threshold(success)
     }
 }
 
@@ -227,13 +244,13 @@ pub fn services(state: Arc<SharedState>) -> Result<(LoadBalancer<RoundRobin>, Pr
     }
     let by_protocol = protocols
         .into_iter()
-        .map(|p| http_check(&state, &p).map(|c| (p, c)))
+        .map(|p| http_check(&state, &p).map(|c| (p, Arc::new(c))))
         .collect::<Result<Vec<_>>>()?;
     let mut backends = Backends::new(Box::new(TableDiscovery {
         state: state.clone(),
     }));
     let checks = Arc::new(Checks {
-        by_protocol,
+        by_protocol: std::sync::Mutex::new(by_protocol),
         observer: Observer {
             state: state.clone(),
         },

@@ -526,3 +526,34 @@ async fn an_etcd_over_tls_with_a_password_is_joined_and_a_wrong_password_is_told
     .await;
     assert!(find(&wrong, "s2").await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_entry_written_at_run_time_is_checked_over_http2() {
+    // A gRPC server speaks HTTP/2 only: checked over HTTP/1.1 it would stay
+    // down, so its coming up shows the check took the entry's protocol.
+    let (_reporter, service) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let etcd = Etcd::start().await;
+    let m1 = mock("m1").await;
+    let a = member(&etcd, "/h2/", "a", &m1).await;
+    wait_for("a connected", || async {
+        fleet(&a).await["connected"] == true
+    })
+    .await;
+    let mut client = etcd.client().await;
+    client
+        .put(
+            "/h2/upstreams/g",
+            format!(r#"{{"addr": "{grpc}", "h2": true}}"#),
+            None,
+        )
+        .await
+        .unwrap();
+    until_up(&a, "g").await;
+}

@@ -19,20 +19,33 @@ use crate::state::SharedState;
 /// How long the listeners get to open before the line is given up on.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The ports in the LISTEN state in a `/proc/net/tcp` table.
-pub fn listening_ports(table: impl BufRead) -> Vec<u16> {
-    table
-        .lines()
-        .skip(1)
-        .map_while(Result::ok)
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let local = f.nth(1)?;
-            let state = f.nth(1)?;
-            let port = local.rsplit(':').next()?;
-            (state == "0A").then(|| u16::from_str_radix(port, 16).ok())?
-        })
-        .collect()
+/// The ports in the LISTEN state in a `/proc/net/tcp` table, read a line at
+/// a time into one buffer (tens of thousands of lines on a busy host).
+pub fn listening_ports(mut table: impl BufRead) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let mut line = String::new();
+    let mut header = true;
+    loop {
+        line.clear();
+        match table.read_line(&mut line) {
+            Ok(0) | Err(_) => return ports,
+            Ok(_) => {}
+        }
+        if std::mem::take(&mut header) {
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        let (Some(local), Some(state)) = (f.nth(1), f.nth(1)) else {
+            continue;
+        };
+        if state == "0A" {
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            ports.extend(port);
+        }
+    }
 }
 
 fn listening_now() -> Vec<u16> {
@@ -82,6 +95,7 @@ impl BackgroundService for ReadyService {
             .map(SocketAddr::port)
             .collect();
         let deadline = tokio::time::Instant::now() + WAIT;
+        let mut pause = Duration::from_millis(10);
         loop {
             let open = listening_now();
             if ports.iter().all(|p| open.contains(p)) {
@@ -91,7 +105,8 @@ impl BackgroundService for ReadyService {
                 log::warn!("not every listener is open after {WAIT:?}");
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
         log::info!("{}", line(&self.state));
     }

@@ -120,7 +120,7 @@ pub struct LbConfig {
 }
 
 /// `lb.etcd`: where the fleet keeps its upstreams, overrides and instances.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct EtcdConfig {
     /// `host:port` or `http://host:port`, as etcd-client takes them.
     pub endpoints: Vec<String>,
@@ -132,6 +132,19 @@ pub struct EtcdConfig {
     pub auth: Option<(String, String)>,
     /// TLS to etcd (`lb.etcd.tls`), read at load.
     pub tls: Option<EtcdTls>,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("id", &self.id)
+            .field("user", &self.auth.as_ref().map(|(u, _)| u))
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// `lb.etcd.tls: { ca, cert, key }` as PEM: the CA that signs etcd's

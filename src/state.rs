@@ -221,6 +221,9 @@ impl SharedState {
         }
         self.env.changed.notify_one();
         for u in &change.added {
+            if self.fleet.as_ref().is_some_and(|f| f.drains(&u.name)) {
+                u.set_drained(true);
+            }
             log::info!("upstream {} ({}) added by {source}", u.name, u.addr);
             self.events.push(
                 Some(&u.name),

@@ -170,13 +170,68 @@ impl Drop for Etcd {
 
 /// A balancer in the fleet `prefix` on `etcd`, with the file upstream `file`.
 async fn member(etcd: &Etcd, prefix: &str, id: &str, file: &mock_backend::MockServer) -> Lb {
+    member_at(&etcd.endpoint(), prefix, id, file).await
+}
+
+/// [`member`] reaching etcd at `endpoint`.
+async fn member_at(endpoint: &str, prefix: &str, id: &str, file: &mock_backend::MockServer) -> Lb {
     let body = format!(
         "  algorithm: round_robin\n  health_check: {{ interval: 200ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\n  \
-         etcd: {{ endpoints: [\"{}\"], prefix: \"{prefix}\", id: {id} }}\n  upstreams:\n{}",
-        etcd.endpoint(),
+         etcd: {{ endpoints: [\"{endpoint}\"], prefix: \"{prefix}\", id: {id} }}\n  upstreams:\n{}",
         upstreams_yaml(&[("s1", file.addr(), 1)])
     );
     Lb::start_with(&body, &format!("  admin_token: {TOKEN}\n")).await
+}
+
+/// A TCP relay in front of etcd that can be cut (every connection dropped,
+/// new ones refused) and restored on the same port: an instance loses etcd
+/// while the test can still write to it.
+struct Relay {
+    port: u16,
+    target: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Relay {
+        let mut relay = Relay {
+            port: free_port(),
+            target,
+            task: None,
+        };
+        relay.restore().await;
+        relay
+    }
+
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Drops the listener and every relayed connection (the JoinSet aborts
+    /// its tasks when the accept task is aborted and dropped).
+    async fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
 }
 
 async fn fleet(lb: &Lb) -> serde_json::Value {
@@ -384,7 +439,9 @@ async fn two_instances_agree_on_upstreams_and_drains_through_etcd() {
             .is_some_and(|u| u["addr"] == m3.addr().to_string())
     })
     .await;
-    client.delete("/agree/upstreams/s1", None).await.unwrap();
+    // Removed through the admin API: 200 once the file's entry is back.
+    let r = admin(&a, reqwest::Method::DELETE, "/api/upstreams/s1", None).await;
+    assert_eq!(r.status(), 200);
     wait_for("a's s1 to be the file's again", || async {
         find(&a, "s1")
             .await
@@ -556,4 +613,59 @@ async fn an_http2_entry_written_at_run_time_is_checked_over_http2() {
         .await
         .unwrap();
     until_up(&a, "g").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_written_while_an_instance_is_cut_off_is_taken_when_it_is_back() {
+    let etcd = Etcd::start().await;
+    let (m1, m2) = (mock("m1").await, mock("m2").await);
+    let mut client = etcd.client().await;
+    for name in ["s2", "s3"] {
+        client
+            .put(
+                format!("/cut/upstreams/{name}"),
+                format!(r#"{{"addr": "{}"}}"#, m2.addr()),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let target: std::net::SocketAddr = etcd.endpoint().parse().unwrap();
+    let mut relay = Relay::start(target).await;
+    let a = member_at(&relay.endpoint(), "/cut/", "a", &m1).await;
+    wait_for("a connected with s2 and s3", || async {
+        fleet(&a).await["connected"] == true
+            && find(&a, "s2").await.is_some()
+            && find(&a, "s3").await.is_some()
+    })
+    .await;
+    relay.cut().await;
+    wait_for("a cut off", || async {
+        fleet(&a).await["connected"] == false
+    })
+    .await;
+    // Meanwhile: one entry deleted, one drained, one added.
+    client.delete("/cut/upstreams/s2", None).await.unwrap();
+    client
+        .put("/cut/overrides/s3", r#"{"drained": true}"#, None)
+        .await
+        .unwrap();
+    client
+        .put(
+            "/cut/upstreams/s4",
+            format!(r#"{{"addr": "{}"}}"#, m2.addr()),
+            None,
+        )
+        .await
+        .unwrap();
+    // Still the last known state while cut off.
+    assert!(find(&a, "s2").await.is_some());
+    relay.restore().await;
+    wait_for("a to take what was written meanwhile", || async {
+        fleet(&a).await["connected"] == true
+            && find(&a, "s2").await.is_none()
+            && find(&a, "s3").await.is_some_and(|u| u["drained"] == true)
+            && find(&a, "s4").await.is_some()
+    })
+    .await;
 }

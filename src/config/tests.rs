@@ -427,6 +427,13 @@ fn an_etcd_entry_is_checked_as_a_file_entry_is() {
         upstream_entry("s4", br#"{"addr": "127.0.0.1:1", "weight": 20000}"#).unwrap_err(),
         "weight: must be at most 10000"
     );
+    // A CA path that is not a regular file is refused before it is read.
+    let err = upstream_entry(
+        "s4",
+        br#"{"addr": "127.0.0.1:1", "tls": {"sni": "a.test", "ca": "/dev/zero"}}"#,
+    )
+    .unwrap_err();
+    assert!(err.contains("not a regular file"), "{err}");
     assert!(upstream_entry("a@b", br#"{"addr": "127.0.0.1:1"}"#)
         .unwrap_err()
         .starts_with("name: "));

@@ -35,7 +35,7 @@ pub enum AdminError {
     UnknownUpstream(String),
     TakenName(String),
     BadBody(String),
-    /// etcd could not take the change; nothing changed.
+    /// etcd did not confirm the change (it may or may not have been made).
     Etcd(String),
     /// Removing an upstream etcd did not supply.
     NotFromEtcd(String),
@@ -66,7 +66,7 @@ impl IntoResponse for AdminError {
             AdminError::BadBody(why) => (StatusCode::BAD_REQUEST, why),
             AdminError::Etcd(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("etcd did not take the change ({why}); nothing changed"),
+                format!("etcd did not confirm the change ({why}); it may not have been made"),
             ),
             AdminError::NotFromEtcd(name) => (
                 StatusCode::CONFLICT,
@@ -404,8 +404,8 @@ pub async fn remove(
             return from_etcd(e, &name).into_response();
         }
         event(&app, &name, "removed (through etcd)".into(), peer);
-        let state = app.state.clone();
-        if !applied(|| state.upstream(&name).is_none()).await {
+        // Gone, or the config file's entry of that name back in its place.
+        if !applied(|| !fleet.owns(&name)).await {
             return (
                 StatusCode::ACCEPTED,
                 format!("removed from etcd; `{name}` is not gone here yet\n"),

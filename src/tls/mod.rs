@@ -142,8 +142,22 @@ fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     Ok((names, cert.validity().not_after.timestamp()))
 }
 
+/// The largest CA bundle read (the system's whole bundle is about 220 KiB).
+const MAX_CA_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The CA certificates in the PEM file at `path`, as upstream peers take them.
 pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    // A regular file of sane size: the path may come from an etcd value, and
+    // /dev/zero or a FIFO would otherwise exhaust memory or block.
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() || meta.len() > MAX_CA_BYTES {
+        return Err(format!(
+            "{} is not a regular file of at most {} KiB",
+            path.display(),
+            MAX_CA_BYTES / 1024
+        ));
+    }
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()

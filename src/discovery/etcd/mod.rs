@@ -58,6 +58,9 @@ pub struct Fleet {
     file: Vec<UpstreamConfig>,
     /// The last view applied and what it put in force.
     known: Mutex<(View, Applied)>,
+    /// The upstreams etcd's overrides drain, for upstreams made anew while
+    /// the view stands (a DNS member back, an entry's address changed).
+    drains: Mutex<BTreeSet<String>>,
     status: Mutex<Status>,
     /// The session's client, for the admin API's writes.
     client: Mutex<Option<Client>>,
@@ -83,7 +86,11 @@ async fn connect(conf: &EtcdConfig) -> Result<Client, etcd_client::Error> {
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT);
     if let Some((user, password)) = &conf.auth {
-        options = options.with_user(user.clone(), password.clone());
+        // The watch and keep-alive streams do not renew etcd's token; the
+        // admin API's writes would find it expired after etcd's TTL.
+        options = options
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
     }
     if let Some(tls) = &conf.tls {
         let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca));
@@ -181,6 +188,7 @@ impl Fleet {
             keys: Keys::new(&conf.prefix),
             conf,
             file,
+            drains: Mutex::new(drains_of(&view)),
             known: Mutex::new((view, applied)),
             status: Mutex::new(status),
             client: Mutex::new(None),
@@ -203,6 +211,14 @@ impl Fleet {
             .clone()
     }
 
+    /// Whether etcd's overrides drain `name`.
+    pub fn drains(&self, name: &str) -> bool {
+        self.drains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
     /// Whether etcd supplied the upstream `name`.
     pub fn owns(&self, name: &str) -> bool {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -211,6 +227,7 @@ impl Fleet {
 
     /// Puts `view` in force: the upstream set, weights and drains.
     pub fn apply(&self, state: &SharedState, view: View) {
+        *self.drains.lock().unwrap_or_else(|p| p.into_inner()) = drains_of(&view);
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut shadowed = Vec::new();
         let mut applied = known.1.clone();
@@ -288,6 +305,14 @@ impl Fleet {
     }
 }
 
+fn drains_of(view: &View) -> BTreeSet<String> {
+    view.overrides
+        .keys()
+        .filter(|name| view::drained(view, name))
+        .cloned()
+        .collect()
+}
+
 /// Why a session ended.
 enum End {
     Shutdown,
@@ -316,8 +341,9 @@ impl EtcdService {
         };
         let me = serde_json::to_vec(&fleet.me).unwrap_or_default();
         let key = fleet.keys.key(view::Section::Instances, &fleet.conf.id);
+        let register = PutOptions::new().with_lease(lease);
         if let Err(e) = client
-            .put(key, me, Some(PutOptions::new().with_lease(lease)))
+            .put(key.as_str(), me.clone(), Some(register.clone()))
             .await
         {
             return lost(e);
@@ -367,6 +393,13 @@ impl EtcdService {
                         }
                     }
                     self.refused(refused);
+                    // Our key deleted under a live lease (by hand, or by a
+                    // process that shared our id): put it back.
+                    if !view.instances.contains_key(&fleet.conf.id) {
+                        if let Err(e) = client.put(key.as_str(), me.clone(), Some(register.clone())).await {
+                            return lost(e);
+                        }
+                    }
                     fleet.apply(&self.state, view.clone());
                 }
                 _ = tick.tick() => {

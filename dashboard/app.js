@@ -212,7 +212,16 @@ function renderFleet(fleet) {
     tr.classList.toggle("self", i.id === fleet.id);
     for (const text of [i.id, i.listen.join(", "), i.dashboard, i.started]) {
       const td = document.createElement("td");
-      td.textContent = text;
+      // Another instance's dashboard is a link, if it is a plain web address
+      // (the entry comes from etcd: never a javascript: or other scheme).
+      if (text === i.dashboard && /^https?:\/\//.test(text) && i.id !== fleet.id) {
+        const a = document.createElement("a");
+        a.href = text;
+        a.textContent = text;
+        td.appendChild(a);
+      } else {
+        td.textContent = text;
+      }
       tr.appendChild(td);
     }
     return tr;

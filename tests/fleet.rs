@@ -297,6 +297,7 @@ async fn two_instances_agree_on_upstreams_and_drains_through_etcd() {
         })
         .await;
     }
+    fleet_panel_shows(&a, "a,b", "connected").await;
     let f = fleet(&a).await;
     let b_entry = f["instances"]
         .as_array()

@@ -1,6 +1,6 @@
 // The fleet panel in headless Chromium: it lists the instances sharing the
-// etcd prefix and says whether this one is connected or serving the last
-// known state.
+// etcd prefix, links to the others' dashboards, and says whether this one is
+// connected or serving the last known state.
 //
 //   node tests/fleet.mjs URL IDS connected|unreachable
 import { launch } from "./launch.mjs";
@@ -27,6 +27,12 @@ try {
     const text = await page.$eval("#fleet", (p) => `${p.hidden ? "(hidden) " : ""}${p.textContent}`).catch((e) => `${e}`);
     problems.push(`the fleet panel did not show ${ids} ${expect}: ${text.replace(/\s+/g, " ")}`);
   });
+  // Every other instance's dashboard is a link to it.
+  const links = await page.$$eval("#fleet-instances tbody a[href]", (as) => as.map((a) => a.href));
+  const others = ids.split(",").length - 1;
+  if (problems.length === 0 && (links.length !== others || !links.every((h) => /^http:\/\//.test(h)))) {
+    problems.push(`expected ${others} dashboard links to the other instances, found ${JSON.stringify(links)}`);
+  }
 } catch (e) {
   problems.push(`${e}`);
 } finally {

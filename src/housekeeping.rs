@@ -2,7 +2,9 @@
 //! dashboard's ticker, …) on one runtime thread. Pingora gives every
 //! background service a runtime and a thread of its own; a dozen of them
 //! idle would cost a thread stack, a timer and I/O driver, and the
-//! allocator's per-thread pages each, for loops that mostly sleep.
+//! allocator's per-thread pages each, for loops that mostly sleep. A loop
+//! added here must not block (the access log's writer, which writes files,
+//! keeps a thread of its own).
 
 use async_trait::async_trait;
 use futures_util::future::join_all;

@@ -125,8 +125,13 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     let (checks, probes) = health::services(state.clone())?;
     housekeeping.add(checks);
     housekeeping.add(probes);
+    // The access log's writer does blocking file writes: a thread of its own,
+    // so a stalled disk never holds up health checks or the weights tick.
     if let Some(log) = &state.access_log {
-        housekeeping.add(access_log::AccessLogService::new(log.clone()));
+        server.add_service(background_service(
+            "access log",
+            access_log::AccessLogService::new(log.clone()),
+        ));
     }
 
     housekeeping.add(weights::WeightsService::new(state.clone()));

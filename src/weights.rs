@@ -85,6 +85,7 @@ fn apply_sidelines(
             available: u.is_available(),
             usable: *usable,
             sidelined: u.is_sidelined(),
+            probe: u.probe_latency(),
         })
         .collect();
     let fastest = sideline::fastest(&candidates).unwrap_or(0.0);

@@ -43,7 +43,11 @@ impl Window {
 }
 
 /// Client-request time over probe time, the median over `pairs` of
-/// (client estimate, probe time); None when there is no pair to judge by.
+/// (client estimate, probe time), never under 1; None when there is no pair
+/// to judge by. A client request does all a probe does and more, so a ratio
+/// under 1 means the probes were slowed on this side (the background thread
+/// waiting for a busy CPU adds the same milliseconds to every probe): scaled
+/// down by it, a slow upstream's probes would read as fast.
 pub fn scale(pairs: impl IntoIterator<Item = (f64, f64)>) -> Option<f64> {
     let mut ratios: Vec<f64> = pairs
         .into_iter()
@@ -55,7 +59,7 @@ pub fn scale(pairs: impl IntoIterator<Item = (f64, f64)>) -> Option<f64> {
         return None;
     }
     ratios.sort_by(f64::total_cmp);
-    Some(ratios[ratios.len() / 2])
+    Some(ratios[ratios.len() / 2].max(1.0))
 }
 
 /// One upstream's probes, and when it last answered a client request.
@@ -139,6 +143,9 @@ mod tests {
         assert_eq!(scale([(0.010, 0.0)]), None, "no probe time: no ratio");
         let s = scale([(0.010, 0.005), (0.012, 0.004), (0.100, 0.001)]).unwrap();
         assert!((s - 3.0).abs() < 1e-9, "{s}");
+        // Probes slower than client requests (a busy machine delaying the
+        // probes): 1, never a shrinking factor.
+        assert_eq!(scale([(0.0087, 0.072), (0.0087, 0.060)]), Some(1.0));
     }
 
     #[test]

@@ -3,6 +3,13 @@
 //! its slowness stops reaching clients' tail latency. Its estimate is kept
 //! current by probes meanwhile, and they bring it back. Pure; the weights tick
 //! applies it.
+//!
+//! Coming back takes two agreeing measures: the estimates (client time, or
+//! probes scaled to it), and the probes alone against the fastest's probes.
+//! A stall on the balancer's own machine lifts every client-side estimate of
+//! the fast upstreams at once (a peak EWMA takes one slow sample whole and
+//! keeps it for seconds), which would move the line past a still-slow
+//! upstream; both sides' probes are taken the same way and stay put.
 
 /// A sidelined upstream returns once it is under this share of the threshold,
 /// so that one hovering at the line does not flap in and out.
@@ -19,6 +26,8 @@ pub struct Candidate {
     pub usable: bool,
     /// Whether it is sidelined now.
     pub sidelined: bool,
+    /// Its typical probe (health check) time in seconds, if any passed.
+    pub probe: Option<f64>,
 }
 
 /// The lowest latency estimate among usable candidates (seconds), if any is
@@ -28,6 +37,16 @@ pub fn fastest(candidates: &[Candidate]) -> Option<f64> {
         .iter()
         .filter(|c| c.usable)
         .filter_map(|c| c.estimate)
+        .min_by(f64::total_cmp)
+}
+
+/// The lowest typical probe time among usable candidates (seconds).
+fn fastest_probe(candidates: &[Candidate]) -> Option<f64> {
+    candidates
+        .iter()
+        .filter(|c| c.usable)
+        .filter_map(|c| c.probe)
+        .filter(|p| *p > 0.0)
         .min_by(f64::total_cmp)
 }
 
@@ -45,17 +64,21 @@ pub fn sidelined(candidates: &[Candidate], min_factor: f64) -> Vec<bool> {
         return out;
     }
     let threshold = fastest / min_factor;
+    let probe_line = fastest_probe(candidates).map(|f| f / min_factor * RETURN_AT);
     let mut wanted: Vec<(f64, usize)> = candidates
         .iter()
         .enumerate()
         .filter(|(_, c)| c.usable)
         .filter_map(|(i, c)| {
-            let line = if c.sidelined {
-                threshold * RETURN_AT
+            let e = c.estimate?;
+            let out = if c.sidelined {
+                // Stays out while either measure still puts it past the line.
+                let by_probe = matches!((c.probe, probe_line), (Some(p), Some(l)) if p > l);
+                e > threshold * RETURN_AT || by_probe
             } else {
-                threshold
+                e > threshold
             };
-            c.estimate.filter(|e| *e > line).map(|e| (e, i))
+            out.then_some((e, i))
         })
         .collect();
     let available = candidates.iter().filter(|c| c.available).count();
@@ -78,6 +101,14 @@ mod tests {
             available: true,
             usable: true,
             sidelined,
+            probe: None,
+        }
+    }
+
+    fn probed(estimate_ms: f64, sidelined: bool, probe_ms: f64) -> Candidate {
+        Candidate {
+            probe: Some(probe_ms / 1e3),
+            ..up(estimate_ms, sidelined)
         }
     }
 
@@ -98,6 +129,35 @@ mod tests {
         let c = [up(5.0, false), up(5.0, false), up(19.0, true)];
         assert_eq!(sidelined(&c, 0.2), [false, false, false]);
         let c = [up(5.0, false), up(5.0, false), up(22.0, false)];
+        assert_eq!(sidelined(&c, 0.2), [false, false, false]);
+    }
+
+    #[test]
+    fn a_stall_that_lifts_the_fast_estimates_does_not_bring_a_slow_one_back() {
+        // The fast ones' estimates jumped to 30 ms (a stall on this machine):
+        // by estimates alone the 100 ms one is under 0.8 × 5 × 30 ms.
+        let stalled = [
+            probed(30.0, false, 5.0),
+            probed(32.0, false, 5.0),
+            probed(100.0, true, 100.0),
+        ];
+        assert_eq!(sidelined(&stalled, 0.2), [false, false, true]);
+        // Without probes to compare, the estimates decide, as before.
+        let c = [up(30.0, false), up(32.0, false), up(100.0, true)];
+        assert_eq!(sidelined(&c, 0.2), [false, false, false]);
+        // Really fast again: both measures agree, and it returns.
+        let recovered = [
+            probed(5.0, false, 5.0),
+            probed(5.0, false, 5.0),
+            probed(6.0, true, 6.0),
+        ];
+        assert_eq!(sidelined(&recovered, 0.2), [false, false, false]);
+        // Probes alone never sideline: entering is the estimates' call.
+        let c = [
+            probed(5.0, false, 5.0),
+            probed(5.0, false, 5.0),
+            probed(6.0, false, 90.0),
+        ];
         assert_eq!(sidelined(&c, 0.2), [false, false, false]);
     }
 

@@ -310,7 +310,6 @@ async fn admin_is_refused_without_a_configured_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_works_in_a_real_browser() {
-    let dashboard = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboard");
     assert!(
         Path::new("/usr/bin/chromium").exists() || std::env::var_os("CHROMIUM").is_some(),
         "the browser test needs Chromium: apt-get install -y chromium (or set CHROMIUM)"
@@ -329,28 +328,12 @@ async fn the_page_works_in_a_real_browser() {
         })
     };
     let screenshot = std::env::var("HLB_SCREENSHOT").ok();
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(dashboard.join("tests/browser.mjs"))
-        .arg(lb.url_dashboard("/"))
-        .arg(TOKEN)
-        .arg("b")
-        .current_dir(&dashboard)
-        .kill_on_drop(true);
-    if let Some(s) = &screenshot {
-        cmd.arg(s);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
-        .await
-        .expect("browser test within 90 s")
-        .expect("run node");
+    let url = lb.url_dashboard("/");
+    let mut args = vec![url.as_str(), TOKEN, "b"];
+    args.extend(screenshot.as_deref());
+    browser_script("browser.mjs", &args, Duration::from_secs(90)).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
-    assert!(
-        out.status.success(),
-        "browser test failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     // The drain clicked in the page took b out of rotation.
     assert_eq!(lb.upstream_state("b").await["drained"], true);
     let client = reqwest::Client::new();
@@ -458,25 +441,7 @@ async fn demo_controls_change_a_demo_upstream_and_only_by_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_controls_move_the_charts_in_a_real_browser() {
-    let dashboard = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboard");
     let lb = demo_lb().await;
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new("node")
-            .arg(dashboard.join("tests/demo.mjs"))
-            .arg(lb.url_dashboard("/"))
-            .arg("s2")
-            .current_dir(&dashboard)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("demo browser test within 120 s")
-    .expect("run node");
-    assert!(
-        out.status.success(),
-        "demo browser test failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = lb.url_dashboard("/");
+    browser_script("demo.mjs", &[&url, "s2"], Duration::from_secs(120)).await;
 }

@@ -18,25 +18,8 @@ const TOKEN: &str = "fleet-token";
 /// Runs `dashboard/tests/fleet.mjs` against `lb`'s dashboard: its fleet panel
 /// must show `ids` and `state` (`connected` or `unreachable`).
 async fn fleet_panel_shows(lb: &Lb, ids: &str, state: &str) {
-    let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboard");
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .arg(dashboard.join("tests/fleet.mjs"))
-            .args([lb.url_dashboard("/").as_str(), ids, state])
-            .current_dir(&dashboard)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("fleet browser test within 60 s")
-    .expect("run node");
-    assert!(
-        out.status.success(),
-        "fleet browser test failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = lb.url_dashboard("/");
+    browser_script("fleet.mjs", &[&url, ids, state], Duration::from_secs(60)).await;
 }
 
 /// An etcd server on ephemeral ports with its data in a temporary directory;
@@ -234,6 +217,15 @@ impl Relay {
     }
 }
 
+/// Puts an upstream entry `{"addr": addr}` at `key`.
+async fn put_upstream(client: &mut Client, key: impl Into<Vec<u8>>, addr: std::net::SocketAddr) {
+    let value = format!(r#"{{"addr": "{addr}"}}"#);
+    client
+        .put(key, value, None)
+        .await
+        .expect("put an upstream in etcd");
+}
+
 async fn fleet(lb: &Lb) -> serde_json::Value {
     reqwest::get(lb.url_dashboard("/api/fleet"))
         .await
@@ -426,14 +418,7 @@ async fn two_instances_agree_on_upstreams_and_drains_through_etcd() {
 
     // An etcd entry of a file entry's name replaces it; deleted, the file's
     // comes back.
-    client
-        .put(
-            "/agree/upstreams/s1",
-            format!(r#"{{"addr": "{}"}}"#, m3.addr()),
-            None,
-        )
-        .await
-        .unwrap();
+    put_upstream(&mut client, "/agree/upstreams/s1", m3.addr()).await;
     wait_for("a's s1 to be etcd's", || async {
         find(&a, "s1")
             .await
@@ -470,14 +455,7 @@ async fn an_etcd_restart_loses_no_request_and_the_watch_resumes() {
     let mut etcd = Etcd::start().await;
     let (m1, m2) = (mock("m1").await, mock("m2").await);
     let mut client = etcd.client().await;
-    client
-        .put(
-            "/restart/upstreams/s2",
-            format!(r#"{{"addr": "{}"}}"#, m2.addr()),
-            None,
-        )
-        .await
-        .unwrap();
+    put_upstream(&mut client, "/restart/upstreams/s2", m2.addr()).await;
     let a = member(&etcd, "/restart/", "a", &m1).await;
     // Read at start: s2 serves from the first request.
     assert!(find(&a, "s2").await.is_some());
@@ -546,14 +524,7 @@ async fn an_etcd_over_tls_with_a_password_is_joined_and_a_wrong_password_is_told
     let etcd = Etcd::start_tls().await;
     let m1 = mock("m1").await;
     let mut client = etcd.client().await;
-    client
-        .put(
-            "/secure/upstreams/s2",
-            format!(r#"{{"addr": "{}"}}"#, m1.addr()),
-            None,
-        )
-        .await
-        .unwrap();
+    put_upstream(&mut client, "/secure/upstreams/s2", m1.addr()).await;
     let _ = client.role_add("root").await;
     client.user_add("root", "rootpw", None).await.unwrap();
     client.user_grant_role("root", "root").await.unwrap();
@@ -622,14 +593,7 @@ async fn what_is_written_while_an_instance_is_cut_off_is_taken_when_it_is_back()
     let (m1, m2) = (mock("m1").await, mock("m2").await);
     let mut client = etcd.client().await;
     for name in ["s2", "s3"] {
-        client
-            .put(
-                format!("/cut/upstreams/{name}"),
-                format!(r#"{{"addr": "{}"}}"#, m2.addr()),
-                None,
-            )
-            .await
-            .unwrap();
+        put_upstream(&mut client, format!("/cut/upstreams/{name}"), m2.addr()).await;
     }
     let target: std::net::SocketAddr = etcd.endpoint().parse().unwrap();
     let mut relay = Relay::start(target).await;
@@ -651,14 +615,7 @@ async fn what_is_written_while_an_instance_is_cut_off_is_taken_when_it_is_back()
         .put("/cut/overrides/s3", r#"{"drained": true}"#, None)
         .await
         .unwrap();
-    client
-        .put(
-            "/cut/upstreams/s4",
-            format!(r#"{{"addr": "{}"}}"#, m2.addr()),
-            None,
-        )
-        .await
-        .unwrap();
+    put_upstream(&mut client, "/cut/upstreams/s4", m2.addr()).await;
     // Still the last known state while cut off.
     assert!(find(&a, "s2").await.is_some());
     relay.restore().await;

@@ -3,7 +3,7 @@
 // drain clicked in the page takes the upstream out of rotation.
 //
 //   node tests/browser.mjs URL TOKEN UPSTREAM [SCREENSHOT.png]
-import { launch } from "./launch.mjs";
+import { checkPage } from "./launch.mjs";
 
 const [url, token, target, screenshot] = process.argv.slice(2);
 if (!url || !token || !target) {
@@ -11,17 +11,7 @@ if (!url || !token || !target) {
   process.exit(2);
 }
 
-const browser = await launch();
-const problems = [];
-try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  page.on("requestfailed", (r) => {
-    if (!r.url().endsWith("/api/stream")) problems.push(`request failed: ${r.url()}`);
-  });
-
-  await page.goto(url);
+await checkPage(url, async (page, problems) => {
   await page.waitForFunction(() => document.querySelector("#live")?.textContent === "live", null, { timeout: 15000 });
 
   const statuses = await page.$$eval("#upstreams tbody tr", (rows) =>
@@ -51,13 +41,4 @@ try {
   await page.waitForFunction(() => document.querySelector("#events").textContent.includes("drained by"), null, { timeout: 15000 });
 
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
-} catch (e) {
-  problems.push(`${e}`);
-} finally {
-  await browser.close();
-}
-if (problems.length) {
-  console.error(problems.join("\n"));
-  process.exit(1);
-}
-console.log("dashboard ok");
+}, "dashboard ok", { strict: true });

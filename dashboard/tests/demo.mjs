@@ -3,7 +3,7 @@
 // brings it back, as a newcomer would see it after `cargo run`.
 //
 //   node tests/demo.mjs URL UPSTREAM
-import { launch } from "./launch.mjs";
+import { checkPage } from "./launch.mjs";
 
 const [url, target] = process.argv.slice(2);
 if (!url || !target) {
@@ -11,8 +11,6 @@ if (!url || !target) {
   process.exit(2);
 }
 
-const browser = await launch();
-const problems = [];
 const status = (name) => {
   const r = document.querySelector(`#upstreams tbody tr[data-upstream="${name}"]`);
   return r ? r.querySelector(".status").textContent : "";
@@ -23,10 +21,7 @@ const charted = (name) => {
   const d = c && c.data.datasets.find((s) => s.label === name || s.label === `${name} effective`);
   return d && d.data.length ? d.data[d.data.length - 1].y : null;
 };
-try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  await page.goto(url);
+await checkPage(url, async (page, problems) => {
   await page.waitForFunction(() => document.querySelector("#live")?.textContent === "live", null, { timeout: 15000 });
   const row = page.locator(`#upstreams tbody tr[data-upstream="${target}"]`);
   await row.locator("button.demo-slow").waitFor({ state: "visible", timeout: 15000 });
@@ -41,13 +36,4 @@ try {
   await page.waitForFunction(`!(${status})("${target}").includes("SIDELINED")`, null, { timeout: 30000 });
   await page.waitForFunction(`(${charted})("${target}") > 0`, null, { timeout: 15000 })
     .catch(() => problems.push("the weights chart did not show the upstream back"));
-} catch (e) {
-  problems.push(String(e));
-} finally {
-  await browser.close();
-}
-if (problems.length) {
-  console.error(problems.join("\n"));
-  process.exit(1);
-}
-console.log("demo controls ok");
+}, "demo controls ok");

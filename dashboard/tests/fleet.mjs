@@ -3,7 +3,7 @@
 // connected or serving the last known state.
 //
 //   node tests/fleet.mjs URL IDS connected|unreachable
-import { launch } from "./launch.mjs";
+import { checkPage } from "./launch.mjs";
 
 const [url, ids, expect] = process.argv.slice(2);
 if (!url || !ids || !["connected", "unreachable"].includes(expect)) {
@@ -11,12 +11,7 @@ if (!url || !ids || !["connected", "unreachable"].includes(expect)) {
   process.exit(2);
 }
 
-const browser = await launch();
-const problems = [];
-try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  await page.goto(url);
+await checkPage(url, async (page, problems) => {
   await page.waitForFunction(([want, state]) => {
     const panel = document.querySelector("#fleet");
     if (!panel || panel.hidden) return false;
@@ -33,13 +28,4 @@ try {
   if (problems.length === 0 && (links.length !== others || !links.every((h) => /^http:\/\//.test(h)))) {
     problems.push(`expected ${others} dashboard links to the other instances, found ${JSON.stringify(links)}`);
   }
-} catch (e) {
-  problems.push(`${e}`);
-} finally {
-  await browser.close();
-}
-if (problems.length) {
-  console.error(problems.join("\n"));
-  process.exit(1);
-}
-console.log(`fleet panel: ${ids} ${expect}`);
+}, `fleet panel: ${ids} ${expect}`);

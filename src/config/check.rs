@@ -23,6 +23,27 @@ impl Checker<'_> {
         });
     }
 
+    /// Two keys that go together (a user and its password, a certificate
+    /// and its key): both, neither, or a problem on the one missing.
+    pub fn pair<'v>(
+        &mut self,
+        (a_key, a): (&str, &'v Option<String>),
+        (b_key, b): (&str, &'v Option<String>),
+    ) -> Result<Option<(&'v String, &'v String)>, ()> {
+        match (a, b) {
+            (Some(a), Some(b)) => Ok(Some((a, b))),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                self.fail(b_key, format!("needed with {a_key}"));
+                Err(())
+            }
+            (None, Some(_)) => {
+                self.fail(a_key, format!("needed with {b_key}"));
+                Err(())
+            }
+        }
+    }
+
     pub fn duration(&mut self, key: &str, text: &str) -> Duration {
         match humantime::parse_duration(text.trim()) {
             Ok(d) if d.is_zero() => {

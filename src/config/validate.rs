@@ -152,18 +152,14 @@ fn etcd(e: &RawEtcd, c: &mut Checker) -> EtcdConfig {
             format!("`{id}` must be a non-empty name without `/` or spaces"),
         );
     }
-    let auth = match (&e.username, &e.password) {
-        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
-        (None, None) => None,
-        (Some(_), None) => {
-            c.fail("lb.etcd.password", "needed with lb.etcd.username");
-            None
-        }
-        (None, Some(_)) => {
-            c.fail("lb.etcd.username", "needed with lb.etcd.password");
-            None
-        }
-    };
+    let auth = c
+        .pair(
+            ("lb.etcd.username", &e.username),
+            ("lb.etcd.password", &e.password),
+        )
+        .ok()
+        .flatten()
+        .map(|(u, p)| (u.clone(), p.clone()));
     EtcdConfig {
         endpoints: e.endpoints.iter().map(|s| s.trim().to_string()).collect(),
         prefix: prefix.to_string(),
@@ -184,8 +180,9 @@ fn etcd_tls(t: &RawEtcdTls, c: &mut Checker) -> Option<EtcdTls> {
             None
         }
     };
-    let identity = match (&t.cert, &t.key) {
-        (Some(cert), Some(key)) => {
+    let pair = c.pair(("lb.etcd.tls.cert", &t.cert), ("lb.etcd.tls.key", &t.key));
+    let identity = match pair {
+        Ok(Some((cert, key))) => {
             let paths = CertificatePaths {
                 cert: cert.trim().into(),
                 key: key.trim().into(),
@@ -198,17 +195,9 @@ fn etcd_tls(t: &RawEtcdTls, c: &mut Checker) -> Option<EtcdTls> {
                 }
             }
         }
-        (None, None) => None,
-        (Some(_), None) => {
-            c.fail("lb.etcd.tls.key", "needed with lb.etcd.tls.cert");
-            None
-        }
-        (None, Some(_)) => {
-            c.fail("lb.etcd.tls.cert", "needed with lb.etcd.tls.key");
-            None
-        }
+        _ => None,
     };
-    let ok = ca.is_some() && (identity.is_some() || (t.cert.is_none() && t.key.is_none()));
+    let ok = ca.is_some() && (identity.is_some() || matches!(pair, Ok(None)));
     ok.then(|| EtcdTls {
         ca: ca.unwrap_or_default(),
         identity,

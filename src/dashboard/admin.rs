@@ -19,7 +19,9 @@ use subtle::ConstantTimeEq;
 
 use super::App;
 use crate::config::UpstreamConfig;
+use crate::discovery::etcd::view::Override;
 use crate::discovery::etcd::writer::WriteError;
+use crate::discovery::etcd::Fleet;
 use crate::state::SharedState;
 use crate::upstream::Upstream;
 
@@ -155,6 +157,28 @@ async fn after_write(app: &App, name: &str, code: StatusCode, done: impl Fn() ->
     }
 }
 
+/// A drain, enable or weight through etcd: the override edited there, the
+/// action an event, and the answer once this instance's `name` shows it.
+async fn override_through_etcd(
+    app: &App,
+    fleet: &Fleet,
+    name: &str,
+    peer: SocketAddr,
+    what: String,
+    edit: impl Fn(&mut Override),
+    shows_it: impl Fn(&Upstream) -> bool,
+) -> Response {
+    if let Err(e) = fleet.edit_override(name, edit).await {
+        return from_etcd(e, name).into_response();
+    }
+    event(app, name, what, peer);
+    let state = app.state.clone();
+    after_write(app, name, StatusCode::OK, || {
+        state.upstream(name).is_some_and(|u| shows_it(&u))
+    })
+    .await
+}
+
 fn event(app: &App, name: &str, what: String, peer: SocketAddr) {
     info!("admin: upstream {name} {what} by {peer}");
     app.state
@@ -175,18 +199,10 @@ async fn set_drained(
     };
     let action = if drained { "drained" } else { "enabled" };
     if let Some(fleet) = &app.state.fleet {
-        let written = fleet
-            .edit_override(&name, |o| o.drained = drained.then_some(true))
-            .await;
-        if let Err(e) = written {
-            return from_etcd(e, &name).into_response();
-        }
-        event(&app, &name, format!("{action} (through etcd)"), peer);
-        let state = app.state.clone();
-        return after_write(&app, &name, StatusCode::OK, || {
-            state
-                .upstream(&name)
-                .is_some_and(|u| u.is_drained() == drained)
+        let edit = |o: &mut Override| o.drained = drained.then_some(true);
+        let what = format!("{action} (through etcd)");
+        return override_through_etcd(&app, fleet, &name, peer, what, edit, |u| {
+            u.is_drained() == drained
         })
         .await;
     }
@@ -252,20 +268,10 @@ pub async fn set_weight(
     };
     let old = u.base_weight();
     if let Some(fleet) = &app.state.fleet {
-        if let Err(e) = fleet.edit_override(&name, |o| o.weight = Some(new)).await {
-            return from_etcd(e, &name).into_response();
-        }
-        event(
-            &app,
-            &name,
-            format!("weight {old} → {new} (through etcd)"),
-            peer,
-        );
-        let state = app.state.clone();
-        return after_write(&app, &name, StatusCode::OK, || {
-            state
-                .upstream(&name)
-                .is_some_and(|u| u.base_weight() == new)
+        let what = format!("weight {old} → {new} (through etcd)");
+        let edit = |o: &mut Override| o.weight = Some(new);
+        return override_through_etcd(&app, fleet, &name, peer, what, edit, |u| {
+            u.base_weight() == new
         })
         .await;
     }

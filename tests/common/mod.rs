@@ -348,3 +348,28 @@ fn other_listener(pid: u32, port: u16) -> bool {
     let mine = socket_inodes(pid);
     listening_inodes(port).iter().any(|i| !mine.contains(i))
 }
+
+/// Runs the dashboard's browser script `dashboard/tests/{script}` with `args`
+/// under node, and fails the test with its output unless it passes within
+/// `limit`.
+pub async fn browser_script(script: &str, args: &[&str], limit: Duration) {
+    let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboard");
+    let out = tokio::time::timeout(
+        limit,
+        tokio::process::Command::new("node")
+            .arg(dashboard.join("tests").join(script))
+            .args(args)
+            .current_dir(&dashboard)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{script} within {limit:?}"))
+    .expect("run node");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

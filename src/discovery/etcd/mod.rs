@@ -180,27 +180,28 @@ impl Fleet {
             dashboard: format!("http://{}/", config.dashboard.listen),
             started: now_rfc3339(),
         };
-        let status = Status {
-            instances: view.instances.values().cloned().collect(),
-            ..Status::default()
-        };
         Some(Fleet {
             keys: Keys::new(&conf.prefix),
             conf,
             file,
             drains: Mutex::new(drains_of(&view)),
             known: Mutex::new((view, applied)),
-            status: Mutex::new(status),
+            status: Mutex::default(),
             client: Mutex::new(None),
             me,
         })
     }
 
+    /// The session's state, with the instances of the view in force.
     pub fn status(&self) -> Status {
-        self.status
+        let mut status = self
+            .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        status.instances = known.0.instances.values().cloned().collect();
+        status
     }
 
     /// The session's client, if connected.
@@ -262,10 +263,6 @@ impl Fleet {
                     .push(Some(&u.name), "etcd", format!("{what} by etcd"));
             }
         }
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .instances = view.instances.values().cloned().collect();
         *known = (view, applied);
     }
 

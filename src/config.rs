@@ -6,6 +6,7 @@
 
 mod check;
 mod error;
+mod etcd;
 mod lines;
 mod schema;
 mod unknown;

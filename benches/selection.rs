@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use hybrid_lb::breaker::Admission;
 use hybrid_lb::config::Config;
 use hybrid_lb::state::SharedState;
 use hybrid_lb::weights;
@@ -29,22 +28,19 @@ fn state(algorithm: &str, n: usize) -> SharedState {
     let state = SharedState::new(Config::parse(&yaml).expect("config").0);
     // Give every upstream a latency estimate, a spread of 1 to 40 ms.
     let now = Instant::now();
-    for (i, u) in state.balancer.table().upstreams().iter().enumerate() {
+    for (i, u) in state.pool.table().upstreams().iter().enumerate() {
         u.observe_latency(0.001 * (1 + i % 40) as f64, false, now);
     }
     weights::tick(&state, now);
     state
 }
 
-/// One request's work on the balancer: select, then record a success.
+/// One request's work on the pool: pick over the published set, then
+/// record a success.
 fn request(s: &SharedState) -> Option<usize> {
     let now = Instant::now();
-    let table = s.balancer.load();
-    let picked = s.balancer.select(
-        &table,
-        |i| table.upstreams()[i].admit(now) != Admission::Refused,
-        |i| s.balancer.cost(&table.upstreams()[i], now),
-    );
+    let table = s.pool.current(now);
+    let picked = s.pool.pick(&table, |_| false, now).map(|p| p.index);
     if let Some(i) = picked {
         let u = &table.upstreams()[i];
         u.observe_latency(0.002, false, now);
@@ -107,14 +103,14 @@ fn breakers(c: &mut Criterion) {
     for algorithm in ALGORITHMS {
         let s = state(algorithm, 100);
         let now = Instant::now();
-        let table = s.balancer.table();
+        let table = s.pool.table();
         for (i, u) in table.upstreams().iter().enumerate() {
             match i % 3 {
                 0 => u.record(false, false, now),
                 1 => {
                     u.record(false, false, now);
-                    // Past the open time, the next admit takes the probe.
-                    let _ = u.admit(now + Duration::from_secs(3601));
+                    // Past the open time, a request claims the probe.
+                    let _ = u.claim_probe(now + Duration::from_secs(3601));
                 }
                 _ => {}
             }

@@ -10,10 +10,11 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pingora::protocols::Stream;
+use slab::Slab;
 use tokio::sync::Notify;
 
 use pingora_limits::inflight::{Guard, Inflight};
@@ -38,20 +39,45 @@ pub enum Refusal {
     PerClient,
 }
 
+/// A slot's `waiting_since` once it has been told to give its place up.
+const SHED: u64 = u64::MAX;
+
 /// One held connection as the admission sees it.
 #[derive(Debug, Default)]
 pub struct Slot {
     /// When it started waiting for a request header (milliseconds since the
-    /// admission's epoch, plus one); 0 while a request is in progress.
+    /// admission's epoch, plus one); 0 while a request is in progress;
+    /// [`SHED`] once told to close. The state is the truth: a wake-up that
+    /// finds it not shed is ignored.
     waiting_since: AtomicU64,
-    /// Woken to close the connection and give its place to a newcomer.
-    pub shed: Notify,
+    /// Woken when it is shed.
+    wake: Notify,
+}
+
+impl Slot {
+    /// Resolves once the connection is told to close and give its place to
+    /// a newcomer.
+    pub async fn shed(&self) {
+        loop {
+            if self.waiting_since.load(Ordering::Acquire) == SHED {
+                return;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// The held connections, each removed as its place is given back.
+type Slots = Arc<Mutex<Slab<Arc<Slot>>>>;
+
+fn lock(slots: &Slots) -> MutexGuard<'_, Slab<Arc<Slot>>> {
+    slots.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Counts client connections and admits or refuses new ones.
 pub struct Admission {
-    /// Held connections that could be shed under pressure.
-    slots: Mutex<Vec<Weak<Slot>>>,
+    /// Held connections, which could be shed under pressure.
+    slots: Slots,
     epoch: Instant,
     shed_total: IntCounter,
     max: usize,
@@ -69,24 +95,40 @@ pub struct Place {
     _client: Guard,
     gauge: IntGauge,
     pub slot: Arc<Slot>,
+    /// Its key in `slots`.
+    key: usize,
+    slots: Slots,
     epoch: Instant,
 }
 
 impl Place {
-    /// The connection now waits for a request header: it may be shed.
-    pub fn waiting(&self) {
+    /// The connection now waits for a request header: it may be shed. False
+    /// if it was shed already (during its last request): it should close.
+    pub fn waiting(&self) -> bool {
         let ms = self.epoch.elapsed().as_millis() as u64 + 1;
-        self.slot.waiting_since.store(ms, Ordering::Relaxed);
+        self.slot
+            .waiting_since
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != SHED).then_some(ms)
+            })
+            .is_ok()
     }
 
-    /// A request is in progress: it is not shed.
+    /// A request is in progress: it is not shed (unless it already was, in
+    /// which case the request is served and the connection then closes).
     pub fn busy(&self) {
-        self.slot.waiting_since.store(0, Ordering::Relaxed);
+        let _ = self
+            .slot
+            .waiting_since
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != SHED).then_some(0)
+            });
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
+        lock(&self.slots).try_remove(self.key);
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.gauge.dec();
     }
@@ -96,7 +138,7 @@ impl Admission {
     /// Caps for the listener called `listener` in the metrics.
     pub fn new(listener: &str, max: usize, per_client: usize, metrics: &Metrics) -> Self {
         Admission {
-            slots: Mutex::new(Vec::new()),
+            slots: Arc::new(Mutex::new(Slab::new())),
             epoch: Instant::now(),
             shed_total: metrics
                 .connections_refused
@@ -129,18 +171,21 @@ impl Admission {
         }
         self.gauge.inc();
         let slot = Arc::new(Slot::default());
-        self.lock_slots().push(Arc::downgrade(&slot));
+        let key = lock(&self.slots).insert(slot.clone());
         Ok(Place {
             open: self.open.clone(),
             _client: guard,
             gauge: self.gauge.clone(),
             slot,
+            key,
+            slots: self.slots.clone(),
             epoch: self.epoch,
         })
     }
 
-    fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Slot>>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    /// Connections held now, as the shedding list sees them.
+    pub fn held(&self) -> usize {
+        lock(&self.slots).len()
     }
 
     /// Tells the connection that has waited longest for a request header
@@ -152,25 +197,29 @@ impl Admission {
             return false;
         };
         let limit = cutoff.as_millis() as u64 + 1;
-        let mut slots = self.lock_slots();
-        slots.retain(|w| w.strong_count() > 0);
-        let oldest = slots
+        let slots = lock(&self.slots);
+        let mut waiting: Vec<(u64, &Arc<Slot>)> = slots
             .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|s| {
-                let since = s.waiting_since.load(Ordering::Relaxed);
-                since != 0 && since <= limit
-            })
-            .min_by_key(|s| s.waiting_since.load(Ordering::Relaxed));
-        match oldest {
-            Some(slot) => {
-                slot.waiting_since.store(0, Ordering::Relaxed);
-                slot.shed.notify_one();
+            .map(|(_, s)| (s.waiting_since.load(Ordering::Acquire), s))
+            .filter(|(since, _)| *since != 0 && *since != SHED && *since <= limit)
+            .collect();
+        waiting.sort_unstable_by_key(|(since, _)| *since);
+        // The longest waiting first; one that turned busy meanwhile keeps
+        // its place (the exchange fails) and the next is asked.
+        for (since, slot) in waiting {
+            let told = slot.waiting_since.compare_exchange(
+                since,
+                SHED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            if told.is_ok() {
+                slot.wake.notify_one();
                 self.shed_total.inc();
-                true
+                return true;
             }
-            None => false,
         }
+        false
     }
 
     pub fn open(&self) -> usize {
@@ -257,10 +306,43 @@ mod tests {
         std::thread::sleep(SHED_AFTER + Duration::from_millis(20));
         let newcomer = a.admit(ip(3)).unwrap();
         // The idle connection was told to go; the busy one was not.
-        assert!(futures_util::FutureExt::now_or_never(idle.slot.shed.notified()).is_some());
-        assert!(futures_util::FutureExt::now_or_never(busy.slot.shed.notified()).is_none());
+        assert!(futures_util::FutureExt::now_or_never(idle.slot.shed()).is_some());
+        assert!(futures_util::FutureExt::now_or_never(busy.slot.shed()).is_none());
+        // Shed, it closes at its next idle point even if a request came.
+        idle.busy();
+        assert!(!idle.waiting());
         drop((idle, newcomer));
-        assert!(m.render().contains("reason=\"shed\"} 1"));
+        assert!(m
+            .render()
+            .contains("hlb_connections_refused_total{listener=\"proxy\",reason=\"shed\"} 1"));
+    }
+
+    #[test]
+    fn a_connection_that_turned_busy_is_not_shed_later_by_a_stale_wake() {
+        let m = Metrics::new();
+        let a = Admission::new("proxy", 1, 2, &m);
+        let p = a.admit(ip(1)).unwrap();
+        assert!(p.waiting());
+        p.busy();
+        // A wake with no shed behind it (as a stale permit would be).
+        p.slot.wake.notify_one();
+        assert!(futures_util::FutureExt::now_or_never(p.slot.shed()).is_none());
+        assert!(p.waiting(), "still in good standing");
+    }
+
+    #[test]
+    fn places_given_back_leave_nothing_behind() {
+        let m = Metrics::new();
+        let a = Admission::new("proxy", 10, 10, &m);
+        for _ in 0..10_000 {
+            let p = a.admit(ip(1)).unwrap();
+            p.waiting();
+        }
+        assert_eq!(a.held(), 0, "every closed connection left the list");
+        let kept: Vec<Place> = (0..3).map(|_| a.admit(ip(2)).unwrap()).collect();
+        assert_eq!(a.held(), 3);
+        drop(kept);
+        assert_eq!(a.held(), 0);
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct Frontend {
     header_timeout: Duration,
     /// How long a keep-alive connection may idle before its next request.
     keepalive_timeout: Duration,
+    /// How long a shed HTTP/2 connection's streams may take to finish.
+    drain: Duration,
     header_timeouts: IntCounter,
     /// `lb.limits.max_header_bytes`, enforced while the header is read.
     max_header_bytes: usize,
@@ -86,6 +88,7 @@ impl Frontend {
             admission,
             header_timeout: limits.header_timeout,
             keepalive_timeout: limits.keepalive_timeout,
+            drain: state.config.lb.timeouts.read,
             header_timeouts: state.metrics.header_timeouts_total.clone(),
             max_header_bytes: limits.max_header_bytes as usize,
             headers_too_large: state.metrics.headers_too_large_total.clone(),
@@ -100,7 +103,7 @@ async fn with_header_deadline<T>(
     request: impl Future<Output = T>,
     arrived: oneshot::Receiver<()>,
     deadline: Duration,
-    shed: &tokio::sync::Notify,
+    shed: impl Future<Output = ()>,
     on_arrival: impl FnOnce(),
 ) -> Option<T> {
     tokio::pin!(request);
@@ -110,7 +113,7 @@ async fn with_header_deadline<T>(
         // Fired, or dropped because the request ended: no more deadline.
         _ = arrived => on_arrival(),
         _ = tokio::time::sleep(deadline) => return None,
-        _ = shed.notified() => return None,
+        _ = shed => return None,
     }
     Some(request.await)
 }
@@ -164,6 +167,28 @@ impl ServerApp for Frontend {
 }
 
 impl Frontend {
+    /// One HTTP/2 connection. Shed (or the process stopping), it gets a
+    /// GOAWAY: no new streams, and those in flight finish, within
+    /// `timeouts.read`, before it closes.
+    async fn serve_h2(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+        shed: impl Future<Output = ()>,
+    ) -> Option<Stream> {
+        let (tx, own) = tokio::sync::watch::channel(*shutdown.borrow());
+        let serve = ServerApp::process_new(&self.proxy, stream, &own);
+        tokio::pin!(serve);
+        let mut process = shutdown.clone();
+        tokio::select! {
+            out = &mut serve => return out,
+            _ = shed => {}
+            _ = process.changed() => {}
+        }
+        let _ = tx.send(true);
+        tokio::time::timeout(self.drain, serve).await.ok().flatten()
+    }
+
     /// One client connection, from admission to its last request.
     async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let place = match connections::client_of(&stream).map(|ip| self.admission.admit(ip)) {
@@ -174,8 +199,12 @@ impl Frontend {
             }
             None => None,
         };
-        let no_shed = tokio::sync::Notify::new();
-        let shed = place.as_ref().map_or(&no_shed, |p| &p.slot.shed);
+        let shed = || async {
+            match &place {
+                Some(p) => p.slot.shed().await,
+                None => std::future::pending().await,
+            }
+        };
         // Until a request is under way the connection may be shed for a
         // newcomer when the cap is full: a silent client, one stalling its
         // TLS handshake or h2c preface, cannot hold a place for long.
@@ -189,7 +218,7 @@ impl Frontend {
                 let handshake = Box::pin(tls.handshake(stream, self.header_timeout));
                 tokio::select! {
                     s = handshake => (s?, "tls"),
-                    _ = shed.notified() => return None,
+                    _ = shed() => return None,
                 }
             }
             _ => (stream, "plain"),
@@ -197,7 +226,7 @@ impl Frontend {
         let mut stream = stream;
         let h2 = tokio::select! {
             h2 = self.speaks_h2(&mut stream) => h2?,
-            _ = shed.notified() => return None,
+            _ = shed() => return None,
         };
         if h2 {
             // Pingora's own HTTP/2 server: streams are framed and bounded by
@@ -206,10 +235,7 @@ impl Frontend {
             // sheddable for its whole life: under a full cap, the one held
             // longest gives way (its client reconnects).
             self.protocols.with_label_values(&[listener, "h2"]).inc();
-            let out = tokio::select! {
-                out = ServerApp::process_new(&self.proxy, stream, shutdown) => out,
-                _ = shed.notified() => None,
-            };
+            let out = self.serve_h2(stream, shutdown, shed()).await;
             drop(place);
             return out;
         }
@@ -236,14 +262,15 @@ impl Frontend {
                 cap: cap.clone(),
                 carried,
             })));
-            if let Some(p) = &place {
-                p.waiting();
+            if place.as_ref().is_some_and(|p| !p.waiting()) {
+                // Shed during its last request: its place is promised.
+                return None;
             }
             let Some(result) = with_header_deadline(
                 self.proxy.process_new_http(session, shutdown),
                 rx,
                 deadline,
-                shed,
+                shed(),
                 || {
                     if let Some(p) = &place {
                         p.busy();
@@ -274,8 +301,14 @@ mod tests {
     async fn a_header_that_never_completes_is_cut_at_the_deadline() {
         let (_tx, rx) = oneshot::channel::<()>();
         let never = std::future::pending::<()>();
-        let shed = tokio::sync::Notify::new();
-        let out = with_header_deadline(never, rx, Duration::from_secs(10), &shed, || {}).await;
+        let out = with_header_deadline(
+            never,
+            rx,
+            Duration::from_secs(10),
+            std::future::pending(),
+            || {},
+        )
+        .await;
         assert!(out.is_none());
     }
 
@@ -287,18 +320,23 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
             7
         };
-        let shed = tokio::sync::Notify::new();
-        let out = with_header_deadline(slow, rx, Duration::from_secs(10), &shed, || {}).await;
+        let out = with_header_deadline(
+            slow,
+            rx,
+            Duration::from_secs(10),
+            std::future::pending(),
+            || {},
+        )
+        .await;
         assert_eq!(out, Some(7));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_waiting_for_its_header_can_be_shed() {
         let (_tx, rx) = oneshot::channel::<()>();
-        let shed = tokio::sync::Notify::new();
-        shed.notify_one();
         let never = std::future::pending::<()>();
-        let out = with_header_deadline(never, rx, Duration::from_secs(10), &shed, || {}).await;
+        let shed = std::future::ready(());
+        let out = with_header_deadline(never, rx, Duration::from_secs(10), shed, || {}).await;
         assert!(out.is_none());
     }
 }

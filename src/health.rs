@@ -44,7 +44,7 @@ impl HealthObserve for Observer {
             )
         };
         if let Some(addr) = target.addr.as_inet() {
-            let table = self.state.balancer.load();
+            let table = self.state.pool.load();
             for u in table.upstreams().iter().filter(|u| u.addr == *addr) {
                 u.set_health(healthy, &detail);
             }
@@ -67,7 +67,7 @@ struct Checks {
 
 impl Checks {
     fn for_target(&self, addr: Option<std::net::SocketAddr>) -> Arc<HttpHealthCheck> {
-        let table = self.state.balancer.load();
+        let table = self.state.pool.load();
         let protocol = addr.and_then(|a| {
             table
                 .upstreams()
@@ -119,7 +119,7 @@ impl Checks {
     /// A passed check's or probe's time, taken `took` seconds up to `now`, is
     /// the upstream's probe latency.
     fn record_probe(&self, u: &Upstream, took: f64, now: Instant) {
-        let scale = self.state.balancer.probe_scale();
+        let scale = self.state.pool.probe_scale();
         u.observe_probe(took, now, scale, self.state.config.lb.health_check.interval);
     }
 
@@ -147,7 +147,7 @@ impl HealthCheck for Checks {
         if let Some(addr) = addr {
             let passes = self.state.config.lb.health_check.healthy_threshold;
             let took = now.saturating_duration_since(started).as_secs_f64();
-            let table = self.state.balancer.load();
+            let table = self.state.pool.load();
             for u in table.upstreams().iter().filter(|u| u.addr == addr) {
                 u.first_check(result.is_ok(), passes);
                 if result.is_ok() {
@@ -213,7 +213,7 @@ struct TableDiscovery {
 #[async_trait]
 impl ServiceDiscovery for TableDiscovery {
     async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let table = self.state.balancer.load();
+        let table = self.state.pool.load();
         let backends = table
             .upstreams()
             .iter()
@@ -286,7 +286,7 @@ impl BackgroundService for ProbeService {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let table = state.balancer.table();
+            let table = state.pool.table();
             let sidelined = table.upstreams().iter().filter(|u| u.is_sidelined());
             futures_util::future::join_all(sidelined.map(|u| self.checks.probe(u))).await;
         }

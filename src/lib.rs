@@ -27,8 +27,8 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod outlier;
-pub mod panic;
 pub mod peer;
+pub mod pool;
 pub mod proxy;
 pub mod rate_limit;
 pub mod ready;
@@ -138,7 +138,7 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     housekeeping.add(discovery::DiscoveryService::new(state.clone()));
     housekeeping.add(discovery::etcd::EtcdService::new(state.clone()));
     housekeeping.add(outlier::OutlierService::new(state.clone()));
-    housekeeping.add(panic::PanicService::new(state.clone()));
+    housekeeping.add(pool::publisher::Publisher::new(state.pool.clone()));
     // The dashboard is a Pingora service so its socket is handed over on upgrade.
     let hub = Arc::new(dashboard::Hub::new());
     let mut sidecar = Service::new(

@@ -20,7 +20,7 @@ pub type Seen = HashMap<String, (u64, u64)>;
 /// One tick at `now`: judges the interval since `seen` and applies it.
 pub fn tick(state: &SharedState, seen: &mut Seen, now: Instant) {
     let conf = &state.config.lb.outlier;
-    let table = state.balancer.load();
+    let table = state.pool.load();
     let upstreams = table.upstreams();
     let mut next = Seen::with_capacity(upstreams.len());
     let candidates: Vec<Candidate> = upstreams
@@ -116,7 +116,8 @@ mod tests {
         let later = now + Duration::from_secs(1);
         tick(&s, &mut seen, later);
         assert!(b.is_ejected_at(later) && !a.is_ejected_at(later));
-        assert_eq!(b.admit(later), crate::breaker::Admission::Refused);
+        assert_eq!(b.gate(later), crate::upstream::Gate::Tripped);
+        assert_eq!(s.pool.table().weights[1], 0, "published: not picked");
         assert!(s
             .metrics
             .render()

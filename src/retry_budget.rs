@@ -1,21 +1,54 @@
 //! The retry budget (Linkerd's): over the last 10 s, retries may number at
 //! most `ratio` × requests plus `min_per_sec` × 10, so that when every
-//! upstream fails, retries cannot multiply the load on them. Ten one-second
-//! buckets of atomic counters: the request path never locks.
+//! upstream fails, retries cannot multiply the load on them.
+//!
+//! Ten one-second buckets. Each count is one atomic word holding its second
+//! and its value together, so a bucket rolling over to a new second can never
+//! lose a count another thread adds at that moment; counting a request takes
+//! no lock. Retries (rare: only on failures) are checked and added under one
+//! mutex, so two cannot both take the last place in the budget.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::config::RetryBudgetConfig;
 
 const WINDOW_SECS: u64 = 10;
 
+/// Bits of a count word that hold the value; the second is above them.
+const VALUE_BITS: u32 = 32;
+const VALUE_MASK: u64 = (1 << VALUE_BITS) - 1;
+
+/// One count for one second: `second << VALUE_BITS | value`, where `second`
+/// counts from the budget's epoch, plus one (0: never used).
 #[derive(Debug, Default)]
-struct Bucket {
-    /// The second it counts (since the budget's epoch), plus one; 0 unused.
-    second: AtomicU64,
-    requests: AtomicU64,
-    retries: AtomicU64,
+struct Count(AtomicU64);
+
+impl Count {
+    /// Adds one for `second`, starting afresh if the word held an older one.
+    fn add(&self, second: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(if w >> VALUE_BITS == second {
+                    w + u64::from(w & VALUE_MASK < VALUE_MASK)
+                } else {
+                    (second << VALUE_BITS) | 1
+                })
+            });
+    }
+
+    /// Its value, if it counts a second within the window ending at `second`.
+    fn within(&self, second: u64) -> u64 {
+        let w = self.0.load(Ordering::Relaxed);
+        let s = w >> VALUE_BITS;
+        if s != 0 && s + WINDOW_SECS > second && s <= second {
+            w & VALUE_MASK
+        } else {
+            0
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -23,7 +56,10 @@ pub struct RetryBudget {
     ratio: f64,
     /// Retries allowed in any window whatever the traffic.
     reserve: f64,
-    buckets: [Bucket; WINDOW_SECS as usize],
+    requests: [Count; WINDOW_SECS as usize],
+    retries: [Count; WINDOW_SECS as usize],
+    /// Makes a retry's check and its count one step.
+    retry_lock: Mutex<()>,
     epoch: Instant,
 }
 
@@ -32,47 +68,34 @@ impl RetryBudget {
         RetryBudget {
             ratio: conf.ratio,
             reserve: conf.min_per_sec * WINDOW_SECS as f64,
-            buckets: Default::default(),
+            requests: Default::default(),
+            retries: Default::default(),
+            retry_lock: Mutex::new(()),
             epoch,
         }
     }
 
-    /// The bucket of `now`'s second, emptied first if it held an older one.
-    fn bucket(&self, now: Instant) -> &Bucket {
-        let second = now.saturating_duration_since(self.epoch).as_secs() + 1;
-        let b = &self.buckets[(second % WINDOW_SECS) as usize];
-        let seen = b.second.load(Ordering::Relaxed);
-        if seen != second
-            && b.second
-                .compare_exchange(seen, second, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            b.requests.store(0, Ordering::Relaxed);
-            b.retries.store(0, Ordering::Relaxed);
-        }
-        b
+    /// `now`'s second since the epoch, plus one.
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs() + 1
     }
 
     /// Counts one request.
     pub fn request(&self, now: Instant) {
-        self.bucket(now).requests.fetch_add(1, Ordering::Relaxed);
+        let second = self.second(now);
+        self.requests[(second % WINDOW_SECS) as usize].add(second);
     }
 
     /// Whether one more retry fits the budget at `now`; if so it is counted.
     pub fn try_retry(&self, now: Instant) -> bool {
-        let second = now.saturating_duration_since(self.epoch).as_secs() + 1;
-        let (mut requests, mut retries) = (0u64, 0u64);
-        for b in &self.buckets {
-            let s = b.second.load(Ordering::Relaxed);
-            if s != 0 && s + WINDOW_SECS > second && s <= second {
-                requests += b.requests.load(Ordering::Relaxed);
-                retries += b.retries.load(Ordering::Relaxed);
-            }
-        }
+        let second = self.second(now);
+        let _one_at_a_time = self.retry_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let requests: u64 = self.requests.iter().map(|c| c.within(second)).sum();
+        let retries: u64 = self.retries.iter().map(|c| c.within(second)).sum();
         if (retries + 1) as f64 > self.ratio * requests as f64 + self.reserve {
             return false;
         }
-        self.bucket(now).retries.fetch_add(1, Ordering::Relaxed);
+        self.retries[(second % WINDOW_SECS) as usize].add(second);
         true
     }
 }
@@ -122,5 +145,46 @@ mod tests {
             !b.try_retry(t + Duration::from_secs(10)),
             "no requests left in the window"
         );
+    }
+
+    #[test]
+    fn counts_from_many_threads_across_a_rollover_are_all_kept() {
+        let (b, t) = budget(1.0, 0.0);
+        let b = std::sync::Arc::new(b);
+        // Seconds 1 to 4 all land in fresh buckets while four threads count.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    for k in 0..4000u64 {
+                        b.request(t + Duration::from_millis(k));
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        let last = t + Duration::from_millis(3999);
+        let allowed = (0..20_000).filter(|_| b.try_retry(last)).count();
+        assert_eq!(allowed, 16_000, "ratio 1: one retry per request counted");
+    }
+
+    #[test]
+    fn two_threads_never_both_take_the_last_place() {
+        for _ in 0..50 {
+            let (b, t) = budget(0.0, 0.1);
+            let b = std::sync::Arc::new(b);
+            let both: usize = (0..2)
+                .map(|_| {
+                    let b = b.clone();
+                    std::thread::spawn(move || b.try_retry(t))
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum();
+            assert_eq!(both, 1, "a reserve of one retry");
+        }
     }
 }

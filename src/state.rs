@@ -1,19 +1,20 @@
 //! What the proxy, the background services and the dashboard share: the
-//! config, the upstream table, the metrics, the events, stickiness and the
-//! process's draining flag. The request path reads only atomics and swapped
-//! snapshots; changes to the set of upstreams all go through [`SharedState::replace_upstreams`].
+//! config, the pool, the metrics, the events, stickiness and the process's
+//! draining flag. It holds the parts and decides nothing: the request path
+//! reads only atomics and swapped snapshots; changes to the set of upstreams
+//! all go through [`SharedState::replace_upstreams`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::IntCounter;
 
-use crate::balancer::{Balancer, Change};
 use crate::config::{Config, StickyMode, UpstreamConfig};
 use crate::events::Events;
 use crate::metrics::Metrics;
+use crate::pool::{Change, Pool};
 use crate::sticky::{Sealer, StickyResult};
-use crate::upstream::{Upstream, UpstreamEnv};
+use crate::upstream::{GateObserver, GateSignal, Upstream, UpstreamEnv};
 
 /// The stickiness in force.
 #[derive(Debug)]
@@ -27,8 +28,8 @@ pub enum Sticky {
 #[derive(Debug)]
 pub struct SharedState {
     pub config: Config,
-    /// The upstream table and selection.
-    pub balancer: Balancer,
+    /// The upstreams, their published eligible set, and selection.
+    pub pool: Arc<Pool>,
     pub metrics: Metrics,
     pub events: Arc<Events>,
     pub sticky: Sticky,
@@ -87,7 +88,7 @@ impl SharedState {
                 Sticky::Cookie(s) => Some(s.clone()),
                 _ => None,
             },
-            changed: Arc::new(tokio::sync::Notify::new()),
+            signal: Arc::new(GateSignal::default()),
             slow_start: config.lb.slow_start,
         };
         let upstreams = config
@@ -96,12 +97,15 @@ impl SharedState {
             .iter()
             .map(|c| Arc::new(Upstream::new(c, &env)))
             .collect();
-        let balancer = Balancer::new(
+        let pool = Arc::new(Pool::new(
             config.lb.algorithm,
             matches!(sticky, Sticky::Ip),
             !config.lb.slow_start.is_zero(),
             upstreams,
-        );
+            events.clone(),
+        ));
+        let observer: Arc<dyn GateObserver> = pool.clone();
+        env.signal.attach(Arc::downgrade(&observer));
         let sticky_series =
             StickyResult::ALL.map(|r| metrics.sticky_total.with_label_values(&[r.as_str()]));
         let retry_budget = crate::retry_budget::RetryBudget::new(
@@ -125,7 +129,7 @@ impl SharedState {
             rate_limiter,
             access_log,
             config,
-            balancer,
+            pool,
             sticky_series,
             metrics,
             events,
@@ -150,19 +154,14 @@ impl SharedState {
         self.certificates.get()
     }
 
-    /// Woken when an upstream's eligibility may have changed.
-    pub fn eligibility_changed(&self) -> Arc<tokio::sync::Notify> {
-        self.env.changed.clone()
-    }
-
     /// The upstream called `name` in the table in force.
     pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
-        self.balancer.load().members.get(name).cloned()
+        self.pool.load().members.get(name).cloned()
     }
 
     /// The table in force as configs (current weights), to edit and replace.
     pub fn upstream_configs(&self) -> Vec<UpstreamConfig> {
-        let table = self.balancer.load();
+        let table = self.pool.load();
         table
             .upstreams()
             .iter()
@@ -202,16 +201,14 @@ impl SharedState {
     fn apply(&self, configs: &[UpstreamConfig], source: &str) -> Change {
         // Whatever joins at run time takes traffic only once health checks pass.
         let passes = self.config.lb.health_check.healthy_threshold;
-        let change = self.balancer.replace(configs, |c| {
+        let change = self.pool.replace(configs, |c| {
             let u = Upstream::new(c, &self.env);
             u.await_checks(passes);
             u
         });
-        let table = self.balancer.load();
+        let table = self.pool.load();
         for u in &change.removed {
-            if table.members.get(&u.name).is_none() {
-                u.retire_metrics(&self.metrics);
-            }
+            u.retire(&self.metrics, table.members.get(&u.name).is_some());
             log::info!("upstream {} ({}) removed by {source}", u.name, u.addr);
             self.events.push(
                 Some(&u.name),
@@ -219,7 +216,6 @@ impl SharedState {
                 format!("{} removed by {source}", u.addr),
             );
         }
-        self.env.changed.notify_one();
         for u in &change.added {
             if self.fleet.as_ref().is_some_and(|f| f.drains(&u.name)) {
                 u.set_drained(true);

@@ -14,7 +14,9 @@ use pingora::services::background::BackgroundService;
 use crate::balancer::sideline::{self, Candidate};
 use crate::balancer::{dynamic, probe};
 use crate::config::Algorithm;
+use crate::pool::Table;
 use crate::state::SharedState;
+use crate::upstream::Gate;
 
 /// Estimates older than this many half-lives are forgotten by `dynamic`.
 const MAX_AGE_HALF_LIVES: u32 = 10;
@@ -26,15 +28,16 @@ pub fn latency_max_age(state: &SharedState) -> Duration {
 
 /// One tick at `now`.
 pub fn tick(state: &SharedState, now: Instant) {
-    let table = state.balancer.table();
+    let table = state.pool.table();
     let max_age = latency_max_age(state);
     let upstreams = table.upstreams();
     let mut estimates = Vec::with_capacity(upstreams.len());
     let mut usable = Vec::with_capacity(upstreams.len());
-    for u in upstreams {
+    // Eligible now, not due a probe: the set `dynamic` takes the fastest from.
+    for (u, gate) in upstreams.iter().zip(&table.gates) {
         u.age_latency(now, max_age);
         estimates.push(u.recent_latency(now, max_age));
-        usable.push(u.is_usable());
+        usable.push(*gate == Gate::Eligible);
     }
     let out = dynamic::factors(
         &estimates,
@@ -42,7 +45,7 @@ pub fn tick(state: &SharedState, now: Instant) {
         state.config.lb.dynamic_weights.min_factor,
     );
     if let Some(neutral) = out.neutral {
-        state.balancer.set_neutral_latency(neutral);
+        state.pool.set_neutral_latency(neutral);
     }
     let stale_after = state.config.lb.health_check.interval;
     let pairs = upstreams
@@ -50,12 +53,12 @@ pub fn tick(state: &SharedState, now: Instant) {
         .filter(|u| !u.is_sidelined() && u.serves_clients(now, stale_after))
         .filter_map(|u| Some((u.recent_latency(now, max_age)?, u.probe_latency()?)));
     if let Some(scale) = probe::scale(pairs) {
-        state.balancer.set_probe_scale(scale);
+        state.pool.set_probe_scale(scale);
     }
     let mut changed = advance_ramps(state, now);
-    let algorithm = state.balancer.algorithm();
+    let algorithm = state.pool.algorithm();
     if algorithm.is_latency_aware() {
-        changed |= apply_sidelines(state, upstreams, &estimates, &usable);
+        changed |= apply_sidelines(state, &table, &estimates, &usable);
     }
     if algorithm == Algorithm::Dynamic {
         for (u, f) in upstreams.iter().zip(&out.factors) {
@@ -64,7 +67,7 @@ pub fn tick(state: &SharedState, now: Instant) {
         changed = true;
     }
     if changed {
-        state.balancer.refresh();
+        state.pool.publish(now);
     }
 }
 
@@ -72,17 +75,19 @@ pub fn tick(state: &SharedState, now: Instant) {
 /// ones probes show fast again; true if any changed.
 fn apply_sidelines(
     state: &SharedState,
-    upstreams: &[Arc<crate::upstream::Upstream>],
+    table: &Table,
     estimates: &[Option<f64>],
     usable: &[bool],
 ) -> bool {
     let min_factor = state.config.lb.dynamic_weights.min_factor;
+    let upstreams = table.upstreams();
     let candidates: Vec<Candidate> = upstreams
         .iter()
         .zip(estimates.iter().zip(usable))
-        .map(|(u, (estimate, usable))| Candidate {
+        .zip(&table.gates)
+        .map(|((u, (estimate, usable)), gate)| Candidate {
             estimate: *estimate,
-            available: u.is_available(),
+            available: gate.is_healthy(),
             usable: *usable,
             sidelined: u.is_sidelined(),
             probe: u.probe_latency(),
@@ -121,7 +126,7 @@ pub fn advance_ramps(state: &SharedState, now: Instant) -> bool {
     if state.config.lb.slow_start.is_zero() {
         return false;
     }
-    let table = state.balancer.load();
+    let table = state.pool.load();
     let mut changed = false;
     for u in table.upstreams() {
         changed |= u.advance_ramp(now);
@@ -163,11 +168,11 @@ mod tests {
         let text = "lb:\n  algorithm: dynamic\n  dynamic_weights: { min_factor: 0.05, half_life: 1s }\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\", weight: 4 }\n    - { name: b, addr: \"127.0.0.1:2\", weight: 4 }\n";
         let s = SharedState::new(Config::parse(text).unwrap().0);
         let now = Instant::now();
-        let t = s.balancer.table();
+        let t = s.pool.table();
         t.upstreams()[0].observe_latency(0.010, false, now);
         t.upstreams()[1].observe_latency(0.040, false, now);
         tick(&s, now);
-        let t = s.balancer.table();
+        let t = s.pool.table();
         assert_eq!(t.effective(0), 4.0);
         assert_eq!(t.effective(1), 1.0);
         let text = s.metrics.render();
@@ -177,7 +182,7 @@ mod tests {
         );
         // Ten half-lives later without samples, both are forgotten: full weight.
         tick(&s, now + Duration::from_secs(11));
-        let t = s.balancer.table();
+        let t = s.pool.table();
         assert_eq!(t.effective(1), 4.0);
         assert_eq!(t.upstreams()[1].recent_latency(now, Duration::MAX), None);
     }
@@ -232,18 +237,18 @@ mod tests {
         let now = Instant::now();
         b.set_health(true, "test");
         tick(&s, now);
-        let t = s.balancer.table();
+        let t = s.pool.table();
         assert_eq!(t.effective(0), 2.0, "a is not ramping");
         assert!((t.effective(1) - 0.2).abs() < 0.11, "{}", t.effective(1));
         tick(&s, now + Duration::from_secs(5));
-        let t = s.balancer.table();
+        let t = s.pool.table();
         assert!(
             (t.effective(1) - 1.1).abs() < 0.11,
             "half way: {}",
             t.effective(1)
         );
         tick(&s, now + Duration::from_secs(10));
-        assert_eq!(s.balancer.table().effective(1), 2.0);
+        assert_eq!(s.pool.table().effective(1), 2.0);
         let events: Vec<String> = s
             .events
             .newest_first()

@@ -207,8 +207,9 @@ async fn an_unterminated_header_is_refused_at_the_cap_not_buffered() {
     assert!(closed, "connection left open after the 431");
     assert_eq!(hits.load(Ordering::Relaxed), 0);
     let metrics = lb.metrics().await;
-    assert!(
-        metrics.contains("hlb_headers_too_large_total 1"),
+    assert_eq!(
+        metric_value(&metrics, "hlb_headers_too_large_total"),
+        Some(1.0),
         "{metrics}"
     );
 }

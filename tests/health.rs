@@ -211,7 +211,11 @@ async fn every_upstream_down_gives_a_fast_503() {
     assert_eq!(resp.headers()["retry-after"], "1");
     assert!(resp.text().await.unwrap().contains("no upstream available"));
     let metrics = lb.metrics().await;
-    assert!(metrics.contains("hlb_no_upstream_total 1"), "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "hlb_no_upstream_total"),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,7 +350,7 @@ async fn panic_mode_keeps_serving_when_breakers_would_take_every_upstream_out() 
         panic["detail"]
             .as_str()
             .unwrap()
-            .starts_with("on: breakers leave 0 of 2"),
+            .starts_with("on: breakers and ejections leave 0 of 2"),
         "{panic}"
     );
 }

@@ -114,8 +114,45 @@ async fn when_every_upstream_fails_retries_stay_within_the_budget() {
         "{attempts} attempts for 600 requests"
     );
     let metrics = lb.metrics().await;
-    assert!(
-        !metrics.contains("hlb_retry_budget_exhausted_total 0"),
-        "{metrics}"
+    let exhausted = metric_value(&metrics, "hlb_retry_budget_exhausted_total");
+    assert!(exhausted > Some(0.0), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_503_with_nowhere_left_to_go_reaches_the_client_as_the_upstreams_own() {
+    // b is drained: when a answers 503, no eligible upstream is left to
+    // retry on, so the client gets a's own answer, not ours, and no retry
+    // budget is spent.
+    let (a, a_hits) = counting(503).await;
+    let (b, b_hits) = counting(200).await;
+    let body = format!(
+        "  algorithm: round_robin\n  retries: 2\n  retry_on: [connect, reset, 503]\n  \
+         circuit_breaker: {{ fail_threshold: 100000, failure_status: [500] }}\n  \
+         outlier: {{ max_ejection_percent: 0 }}\n  upstreams:\n{}",
+        upstreams_yaml(&[("a", a, 1), ("b", b, 1)])
     );
+    let lb = Lb::start_with(&body, "  admin_token: t0ken\n").await;
+    let client = reqwest::Client::new();
+    let drained = client
+        .post(lb.url_dashboard("/api/upstreams/b/drain"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drained.status(), 200);
+    for i in 0..10 {
+        let r = client.get(lb.url("/item")).send().await.unwrap();
+        assert_eq!(r.status(), 503, "request {i}");
+        assert_eq!(
+            r.text().await.unwrap(),
+            "answer",
+            "request {i}: a's own body"
+        );
+    }
+    assert_eq!(a_hits.load(Ordering::SeqCst), 10);
+    assert_eq!(b_hits.load(Ordering::SeqCst), 0);
+    let metrics = lb.metrics().await;
+    for series in ["hlb_no_upstream_total", "hlb_retry_budget_exhausted_total"] {
+        assert_eq!(metric_value(&metrics, series), Some(0.0), "{metrics}");
+    }
 }

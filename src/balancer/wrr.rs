@@ -5,6 +5,37 @@
 //! The request path does not run this: [`schedule`] unrolls one whole cycle into
 //! a list that readers walk with an atomic cursor, so a pick costs O(1).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// How far a pick walks the cycle looking for an acceptable upstream before it
+/// falls back to a scan of the weights.
+const MAX_WALK: usize = 64;
+
+/// Walks `cycle` from the shared `cursor` to the first index `accept` takes;
+/// past [`MAX_WALK`] steps, asks every weighted index, heaviest first.
+pub fn walk(
+    cycle: &[u32],
+    weights: &[u32],
+    cursor: &AtomicUsize,
+    mut accept: impl FnMut(usize) -> bool,
+) -> Option<usize> {
+    let len = cycle.len();
+    if len == 0 {
+        return None;
+    }
+    for _ in 0..len.min(MAX_WALK) {
+        let i = cursor.fetch_add(1, Ordering::Relaxed) % len;
+        let id = cycle[i] as usize;
+        if accept(id) {
+            return Some(id);
+        }
+    }
+    // Most of the cycle is ruled out: ask every upstream, heaviest first.
+    let mut rest: Vec<usize> = (0..weights.len()).filter(|&id| weights[id] > 0).collect();
+    rest.sort_by_key(|&id| std::cmp::Reverse(weights[id]));
+    rest.into_iter().find(|&id| accept(id))
+}
+
 /// nginx's smooth weighted round robin, one pick at a time.
 #[derive(Debug, Clone)]
 pub struct SmoothWrr {

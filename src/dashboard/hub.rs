@@ -201,7 +201,7 @@ impl Hub {
         windows: &mut HashMap<String, VecDeque<Sample>>,
         now: Instant,
     ) {
-        let table = state.balancer.table();
+        let table = state.pool.table();
         windows.retain(|name, _| table.members.get(name).is_some());
         let derived: HashMap<String, Derived> = table
             .upstreams()

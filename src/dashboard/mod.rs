@@ -130,7 +130,7 @@ impl ServerApp for DashboardApp {
         if !*shutdown.borrow() {
             tokio::select! {
                 _ = conn.as_mut() => return None,
-                _ = place.slot.shed.notified() => return None,
+                _ = place.slot.shed() => return None,
                 _ = shutdown.changed() => {}
             }
         }

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::balancer::Table;
 use crate::breaker::BreakerState;
 use crate::config::Algorithm;
 use crate::events::{unix_time, Event};
+use crate::pool::Table;
 use crate::state::SharedState;
 use crate::sticky::StickyResult;
+use crate::upstream::Gate;
 use crate::upstream::Upstream;
 use crate::weights::latency_max_age;
 
@@ -23,6 +24,8 @@ use super::hub::Derived;
 pub struct Snapshot {
     pub time: f64,
     pub algorithm: &'static str,
+    /// Panic mode: breakers and ejections are overruled.
+    pub panic: bool,
     /// `off`, `cookie` or `ip`.
     pub sticky: &'static str,
     pub sticky_stats: StickySnapshot,
@@ -192,7 +195,7 @@ fn round(v: f64, places: i32) -> f64 {
 
 /// The snapshot of `state` now, with `derived` rates by upstream name.
 pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapshot {
-    let table = state.balancer.table();
+    let table = state.pool.table();
     let now = Instant::now();
     let none = Derived::default();
     let upstreams = table
@@ -206,7 +209,8 @@ pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapsho
         .collect();
     Snapshot {
         time: unix_time(),
-        algorithm: state.balancer.algorithm().as_str(),
+        algorithm: state.pool.algorithm().as_str(),
+        panic: table.panic,
         sticky: state.config.lb.sticky.mode.as_str(),
         sticky_stats: sticky(state),
         upstreams,
@@ -233,13 +237,10 @@ fn upstream(
         health: if u.is_healthy() { "up" } else { "down" },
         breaker: u.breaker_state().as_str(),
         drained: u.is_drained(),
-        sidelined: u.is_sidelined() && state.balancer.algorithm().is_latency_aware(),
+        sidelined: u.is_sidelined() && state.pool.algorithm().is_latency_aware(),
         base_weight: u.base_weight(),
-        effective_weight: if u.is_usable() {
-            round(table.effective(i), 2)
-        } else {
-            0.0
-        },
+        // What the published table weighs it: 0 when it may not be picked.
+        effective_weight: round(table.effective(i), 2),
         inflight: u.inflight().max(0),
         rps: round(d.rps, 1),
         error_rate: round(d.error_rate, 4),
@@ -252,7 +253,7 @@ fn upstream(
             p95: d.p95,
             p99: d.p99,
         },
-        reason: with_panic(state, u, reason(state, table, i, u, now)),
+        reason: with_panic(table, i, reason(state, table, i, u, now)),
         requests_total: u.stats.requests_total.load(Relaxed),
         errors_total: u.stats.errors_total.load(Relaxed),
         retries_total: u.stats.retries_total.load(Relaxed),
@@ -279,8 +280,8 @@ fn sticky(state: &SharedState) -> StickySnapshot {
 
 /// In panic mode, a healthy upstream's reason says first that breakers and
 /// ejections are overruled.
-fn with_panic(state: &SharedState, u: &Upstream, reason: String) -> String {
-    if state.balancer.in_panic() && u.is_available() {
+fn with_panic(table: &Table, i: usize, reason: String) -> String {
+    if table.panic && table.gates[i].is_healthy() {
         format!(
             "panic mode (too few eligible upstreams): breakers and ejections overruled; {reason}"
         )
@@ -349,7 +350,7 @@ fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Insta
         .probe_latency()
         .map(|p| format!("; probes {:.1} ms", p * 1e3))
         .unwrap_or_default();
-    let algorithm = state.balancer.algorithm();
+    let algorithm = state.pool.algorithm();
     if algorithm.is_latency_aware() && u.is_sidelined() {
         let fastest = fastest_latency(table, now, max_age);
         return format!(
@@ -382,7 +383,7 @@ fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Insta
         },
         Algorithm::P2c => format!(
             "chosen per request when cheaper: latency × (in-flight + 1) / weight = {:.2} ms{probes}",
-            state.balancer.cost(u, now) * 1e3
+            state.pool.cost(u, now) * 1e3
         ),
     }
 }
@@ -392,8 +393,9 @@ fn fastest_latency(table: &Table, now: Instant, max_age: std::time::Duration) ->
     table
         .upstreams()
         .iter()
-        .filter(|o| o.is_usable())
-        .filter_map(|o| o.recent_latency(now, max_age))
+        .zip(&table.gates)
+        .filter(|(_, g)| **g == Gate::Eligible)
+        .filter_map(|(o, _)| o.recent_latency(now, max_age))
         .fold(f64::INFINITY, f64::min)
 }
 
@@ -421,7 +423,8 @@ mod tests {
         );
         let snap = build(&s, &derived);
         let a = &snap.upstreams[0];
-        assert_eq!(a.reason, "weight 3: 60% of requests");
+        // b is drained and c down: a takes every request.
+        assert_eq!(a.reason, "weight 3: 100% of requests");
         assert_eq!(a.rps, 12.3);
         assert_eq!(a.effective_weight, 3.0);
         assert!(snap.upstreams[1].reason.starts_with("drained"));
@@ -432,7 +435,7 @@ mod tests {
 
     #[test]
     fn sidelining_probes_and_panic_mode_are_explained() {
-        let text = "lb:\n  algorithm: p2c\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n    - { name: b, addr: \"127.0.0.1:2\" }\n";
+        let text = "lb:\n  algorithm: p2c\n  circuit_breaker: { fail_threshold: 1 }\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n    - { name: b, addr: \"127.0.0.1:2\" }\n";
         let s = SharedState::new(Config::parse(text).unwrap().0);
         let now = Instant::now();
         let (a, b) = (s.upstream("a").unwrap(), s.upstream("b").unwrap());
@@ -461,8 +464,11 @@ mod tests {
             .newest_first()
             .iter()
             .any(|e| e.kind == "sidelined"));
-        s.balancer.set_panic(true);
+        // Both breakers open: panic mode, at once.
+        a.record(false, false, now);
+        b.record(false, false, now);
         let snap = build(&s, &HashMap::new());
+        assert!(snap.panic);
         assert!(
             snap.upstreams[0].reason.starts_with("panic mode"),
             "{}",

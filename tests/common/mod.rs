@@ -373,3 +373,11 @@ pub async fn browser_script(script: &str, args: &[&str], limit: Duration) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The value of the series `series` (its name with labels, as rendered) in
+/// Prometheus text `text`; None if it is absent.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -154,7 +154,7 @@ impl Fleet {
                 "etcd's entry of this name replaces the config file's".into(),
             );
         }
-        let table = state.balancer.load();
+        let table = state.pool.load();
         let overridden: BTreeSet<&String> = view
             .overrides
             .keys()

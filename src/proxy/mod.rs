@@ -7,9 +7,9 @@
 //! request_filter ──── forwarding::check_request: framing, header and body size (400/431/413)
 //!   ▼
 //! upstream_peer ───── stale pooled connection? ─► a fresh try on the same upstream
-//!   │                 sticky (cookie, IP ring) or balancer.select over the table in force,
-//!   │                 vetoing upstreams tried; Upstream::admit (health, drain, breaker;
-//!   │                 breakers overruled in panic mode)
+//!   │                 pick: sticky (cookie, IP ring) or the pool's pick over its
+//!   │                 published set (panic mode included), passing over upstreams
+//!   │                 tried; a due breaker probe claimed after the choice
 //!   │                 none ─► 503;  else Attempt::new (in-flight guard, breaker probe)
 //!   ├─ fail_to_connect ──── settle(ConnectFailed) ─► retry elsewhere? ─► upstream_peer
 //!   ├─ error_while_proxy ── settle(StalePooled | Reset | TimedOut | BrokeMidBody | Abandoned)
@@ -27,9 +27,15 @@
 //! ```
 //!
 //! What an outcome means (breaker, latency, counters, retry) is decided in one
-//! place, `attempt::classify`.
+//! place, `attempt::classify`; whether a retry is made, by the request's
+//! [`RetryState`]. The pick is in `pick`, what an error says in `outcome`.
 
-use std::net::IpAddr;
+mod outcome;
+mod pick;
+mod retry;
+
+pub use retry::RetryState;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,20 +44,17 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
-use pingora::{ErrorSource, RetryType};
-use smallvec::SmallVec;
+use pingora::RetryType;
 
 use crate::access_log::RequestInfo;
 use crate::answers;
 use crate::attempt::{Attempt, Facts, Outcome, Retry};
-use crate::balancer::Table;
-use crate::breaker::Admission;
 use crate::forwarding::{self, Client};
 use crate::frontend::HeaderClock;
 use crate::rate_limit::Verdict;
 use crate::state::{SharedState, Sticky};
-use crate::sticky::{self, Decision, OpenedCookie, StickyResult};
-use crate::upstream::{RetryReason, Upstream};
+use crate::sticky::OpenedCookie;
+use outcome::{error_status, outcome_of};
 
 /// The proxy service's logic; one instance serves every request.
 pub struct Proxy {
@@ -69,16 +72,8 @@ impl Proxy {
 pub struct RequestCtx {
     /// The current try.
     attempt: Option<Attempt>,
-    /// Upstreams tried so far, vetoed for the next pick (inline: most
-    /// requests make one try, so no allocation).
-    tried: SmallVec<[Arc<Upstream>; 2]>,
-    /// What the last settled outcome asked for.
-    retry: Retry,
-    /// The upstream whose failure the next pick retries; counted once a retry
-    /// is actually sent elsewhere.
-    retry_from: Option<(Arc<Upstream>, RetryReason)>,
-    /// The answer's status is being retried on another upstream.
-    status_retry: bool,
+    /// Upstreams tried, the retry planned, and why.
+    retry: RetryState,
     /// No upstream could be chosen at all.
     no_upstream: bool,
     /// Cookie mode: set a fresh sticky cookie on the response.
@@ -103,27 +98,6 @@ struct ConnectionMemo {
     cookie: Option<OpenedCookie>,
 }
 
-/// Whether `u` may take a request now; notes whether it was admitted as the
-/// breaker's probe. In panic mode breakers are overruled.
-fn admit(u: &Upstream, now: Instant, panic: bool, probe: &mut bool) -> bool {
-    let admission = if panic {
-        u.admit_in_panic()
-    } else {
-        u.admit(now)
-    };
-    match admission {
-        Admission::Allowed => {
-            *probe = false;
-            true
-        }
-        Admission::Probe => {
-            *probe = true;
-            true
-        }
-        Admission::Refused => false,
-    }
-}
-
 impl Proxy {
     fn is_failure(&self) -> impl Fn(u16) -> bool + '_ {
         |status| {
@@ -139,12 +113,12 @@ impl Proxy {
     /// What the request allows for a retry now.
     fn facts(&self, session: &Session, ctx: &RequestCtx) -> Facts {
         let req = session.req_header();
-        let tried = ctx.tried.len();
         Facts {
             idempotent: req.method.is_idempotent() || req.headers.contains_key("idempotency-key"),
             replayable: !session.as_ref().retry_buffer_truncated(),
-            retries_left: tried <= self.state.config.lb.retries
-                && tried < self.state.balancer.load().upstreams().len(),
+            retries_left: ctx
+                .retry
+                .tries_left(&self.state.pool.load(), self.state.config.lb.retries),
         }
     }
 
@@ -152,143 +126,30 @@ impl Proxy {
     fn settle(&self, session: &Session, ctx: &mut RequestCtx, outcome: Outcome) -> Retry {
         // Facts only where `retry_on` allows a retry: for a connection that
         // failed or broke, and for an answer with a listed status.
-        let on = &self.state.config.lb.retry_on;
-        let retriable = match outcome {
-            Outcome::StalePooled => true,
-            Outcome::ConnectFailed => on.connect,
-            Outcome::Reset => on.reset,
-            Outcome::Answered(status) => on.statuses.contains(&status),
-            _ => false,
-        };
-        let facts = if retriable {
+        let facts = if RetryState::listed(&self.state.config.lb.retry_on, outcome) {
             self.facts(session, ctx)
         } else {
             Facts::NONE
         };
+        self.settle_with(ctx, outcome, facts)
+    }
+
+    /// Settles an outcome with the retry `facts` given.
+    fn settle_with(&self, ctx: &mut RequestCtx, outcome: Outcome, facts: Facts) -> Retry {
         let Some(a) = ctx.attempt.as_mut() else {
             return Retry::No;
         };
         let now = Instant::now();
-        let mut retry = a.settle(outcome, facts, self.is_failure(), now).retry;
-        // Another upstream is tried only within the budget; a stale pooled
-        // connection's fresh one is no extra load and not counted.
-        if retry == Retry::Other && !self.state.retry_budget.try_retry(now) {
-            self.state.metrics.retry_budget_exhausted_total.inc();
-            retry = Retry::No;
-        }
-        ctx.retry = retry;
-        if retry == Retry::Other {
-            let reason = match outcome {
-                Outcome::ConnectFailed => RetryReason::Connect,
-                Outcome::Answered(_) => RetryReason::Status,
-                _ => RetryReason::Reset,
-            };
-            ctx.retry_from = Some((a.upstream.clone(), reason));
-        }
-        retry
-    }
-
-    /// The peer for `u`, with the configured timeouts. Pingora keeps one read
-    /// timeout for the life of the upstream connection; an upgrade request's
-    /// is the larger of `timeouts.read` and `limits.keepalive_timeout`: it
-    /// bounds the wait for the 101 (a hung upstream cannot hold the request,
-    /// and its failure counts), and a tunnel may idle that long.
-    fn peer(&self, u: &Upstream, upgrade: bool) -> Box<HttpPeer> {
-        let lb = &self.state.config.lb;
-        let mut peer = crate::peer::peer(u.addr, &u.protocol);
-        peer.options.connection_timeout = Some(lb.timeouts.connect);
-        peer.options.read_timeout = Some(if upgrade {
-            lb.timeouts.read.max(lb.limits.keepalive_timeout)
-        } else {
-            lb.timeouts.read
-        });
-        Box::new(peer)
-    }
-
-    /// The sticky choice for a request's first try, if stickiness names an
-    /// eligible upstream; otherwise None, and normal balancing follows.
-    fn sticky_pick(
-        &self,
-        session: &Session,
-        ctx: &mut RequestCtx,
-        table: &Table,
-        now: Instant,
-        probe: &mut bool,
-    ) -> Option<usize> {
-        let state = &self.state;
-        let panic = state.balancer.in_panic();
-        let accept = |i: usize| admit(&table.upstreams()[i], now, panic, probe);
-        match &state.sticky {
-            Sticky::Off => None,
-            Sticky::Cookie(sealer) => {
-                let headers = session.req_header().headers.get_all("cookie");
-                let value = sticky::find_cookie(
-                    headers.iter().filter_map(|v| v.to_str().ok()),
-                    &state.config.lb.sticky.cookie_name,
-                );
-                let now = crate::events::unix_time() as u64;
-                let opened = value.map(|v| sealer.open_remembered(v, now, &mut ctx.conn.cookie));
-                match sticky::decide(opened, |k| table.members.by_sticky_key(k), accept) {
-                    Decision::Route(i) => {
-                        state.count_sticky(StickyResult::Hit);
-                        ctx.info.sticky = Some(StickyResult::Hit);
-                        ctx.sticky_routed = true;
-                        Some(i)
-                    }
-                    Decision::Balance(result) => {
-                        state.count_sticky(result);
-                        ctx.info.sticky = Some(result);
-                        ctx.set_cookie = true;
-                        None
-                    }
-                }
-            }
-            Sticky::Ip => {
-                let ring = table.members.ring.as_ref()?;
-                let ip = self.client_ip(session, ctx)?;
-                // Nothing eligible on the ring: nothing moved, nothing counted.
-                let (i, own) = ring.select(ip, accept)?;
-                let result = if own {
-                    StickyResult::Hit
-                } else {
-                    StickyResult::Moved
-                };
-                state.count_sticky(result);
-                ctx.info.sticky = Some(result);
-                Some(i)
-            }
-        }
-    }
-
-    /// The client at the other end of this request's connection.
-    fn client<'c>(&self, session: &Session, ctx: &'c mut RequestCtx) -> Option<&'c Client> {
-        if ctx.conn.client.is_none() {
-            let ip = session.client_addr().and_then(|a| a.as_inet())?.ip();
-            ctx.conn.client = Some(Client::new(ip, &self.state.config.lb.trusted_proxies));
-        }
-        ctx.conn.client.as_ref()
-    }
-
-    /// The client's address for IP stickiness: the connection's peer, worked
-    /// out once per connection; `X-Forwarded-For` is read only when that peer
-    /// is a trusted proxy.
-    fn client_ip(&self, session: &Session, ctx: &mut RequestCtx) -> Option<IpAddr> {
-        let client = self.client(session, ctx)?;
-        if !client.trusted {
-            return Some(client.ip);
-        }
-        let xff: Vec<&str> = session
-            .req_header()
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        Some(sticky::client_ip(
-            client.ip,
-            &xff,
-            &self.state.config.lb.trusted_proxies,
-        ))
+        let asked = a.settle(outcome, facts, self.is_failure(), now).retry;
+        let exhausted = &self.state.metrics.retry_budget_exhausted_total;
+        ctx.retry.plan(
+            asked,
+            outcome,
+            &a.upstream,
+            &self.state.retry_budget,
+            now,
+            || exhausted.inc(),
+        )
     }
 }
 
@@ -403,7 +264,7 @@ impl ProxyHttp for Proxy {
         // A retried try replays the body through the body filter.
         ctx.body_bytes = 0;
         let upgrade = session.is_upgrade_req();
-        if std::mem::take(&mut ctx.retry) == Retry::Same {
+        if ctx.retry.take_same() {
             // A pooled connection was stale: a fresh one to the same upstream.
             if let Some(a) = ctx.attempt.take() {
                 ctx.info.attempts += 1;
@@ -413,47 +274,19 @@ impl ProxyHttp for Proxy {
                 return Ok(peer);
             }
         }
-        let state = &self.state;
-        let table = state.balancer.load();
-        let mut probe = false;
-        if ctx.tried.is_empty() {
-            state.retry_budget.request(now);
+        if ctx.retry.is_first() {
+            self.state.retry_budget.request(now);
         }
-        let sticky = if ctx.tried.is_empty() {
-            self.sticky_pick(session, ctx, &table, now, &mut probe)
-        } else {
-            if std::mem::take(&mut ctx.sticky_routed) {
-                // The sticky upstream failed: the session moves.
-                ctx.set_cookie = true;
-                state.count_sticky(StickyResult::Moved);
-                ctx.info.sticky = Some(StickyResult::Moved);
-            }
-            None
-        };
-        let tried = &ctx.tried;
-        let panic = state.balancer.in_panic();
-        let picked = sticky.or_else(|| {
-            state.balancer.select(
-                &table,
-                |i| {
-                    let u = &table.upstreams()[i];
-                    !tried.iter().any(|t| Arc::ptr_eq(t, u)) && admit(u, now, panic, &mut probe)
-                },
-                |i| state.balancer.cost(&table.upstreams()[i], now),
-            )
-        });
-        let Some(i) = picked else {
+        let table = self.state.pool.current(now);
+        let Some(pick) = self.pick(session, ctx, &table, now) else {
             ctx.no_upstream = true;
             return Error::e_explain(HTTPStatus(503), "no upstream available");
         };
-        let upstream = table.upstreams()[i].clone();
-        if let Some((from, reason)) = ctx.retry_from.take() {
-            from.count_retry(reason);
-        }
+        let upstream = table.upstreams()[pick.index].clone();
         let peer = self.peer(&upstream, upgrade);
-        ctx.tried.push(upstream.clone());
+        ctx.retry.sent(upstream.clone());
         ctx.info.attempts += 1;
-        ctx.attempt = Some(Attempt::new(upstream, probe, now));
+        ctx.attempt = Some(Attempt::new(upstream, pick.probe, now));
         Ok(peer)
     }
 
@@ -478,7 +311,7 @@ impl ProxyHttp for Proxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if std::mem::take(&mut ctx.status_retry) {
+        if ctx.retry.take_status_retry() {
             // Its answer was settled already (see upstream_response_filter).
             if let Some(a) = ctx.attempt.as_mut() {
                 a.retire();
@@ -519,8 +352,10 @@ impl ProxyHttp for Proxy {
             return Ok(());
         }
         if let Some(why) = forwarding::check_response(upstream_response, session.is_upgrade_req()) {
-            // A broken answer is the upstream's failure, and never reaches the client.
-            self.settle(session, ctx, Outcome::Reset);
+            // A broken answer is the upstream's failure, and never reaches the
+            // client; the 502 ends the request, so no retry is planned (nor
+            // its budget spent).
+            self.settle_with(ctx, Outcome::Reset, Facts::NONE);
             return Error::e_explain(HTTPStatus(502), why);
         }
         for name in forwarding::hop_by_hop(&upstream_response.headers, upgraded) {
@@ -537,7 +372,7 @@ impl ProxyHttp for Proxy {
             // A status listed in `retry_on`, on a request that may be sent
             // again: the answer never reaches the client; another upstream is
             // tried (`error_while_proxy` lets it through).
-            ctx.status_retry = true;
+            ctx.retry.hold_status();
             let mut e = Error::explain(HTTPStatus(status), "retried on another upstream");
             e.set_retry(true);
             return Err(e);
@@ -664,96 +499,10 @@ impl Proxy {
     }
 }
 
-/// What an error during a try says about it. `status` is the response's, if
-/// its header arrived; `stale` says a pooled connection explains the error.
-fn outcome_of(e: &Error, status: Option<u16>, stale: bool) -> Outcome {
-    match (e.esource(), status) {
-        (ErrorSource::Upstream, Some(s)) => Outcome::BrokeMidBody(s),
-        (ErrorSource::Upstream, None) if stale => Outcome::StalePooled,
-        (ErrorSource::Upstream, None) => match e.etype() {
-            ReadTimedout | WriteTimedout => Outcome::TimedOut,
-            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError => {
-                Outcome::ConnectFailed
-            }
-            _ => Outcome::Reset,
-        },
-        // The client went away, or its request broke a limit.
-        _ => Outcome::Abandoned,
-    }
-}
-
-/// The status answered for an error (0: the client is gone, answer nothing).
-fn error_status(e: &Error) -> u16 {
-    match e.etype() {
-        HTTPStatus(code) => *code,
-        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
-        _ => match e.esource() {
-            ErrorSource::Upstream => 502,
-            ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed => 0,
-                _ => 400,
-            },
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
-    }
-}
-
 /// Whether the client's connection is TLS.
 fn over_tls(session: &Session) -> bool {
     session
         .as_downstream()
         .digest()
         .is_some_and(|d| d.ssl_digest.is_some())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_map_to_outcomes() {
-        let up = |t| {
-            let mut e = Error::new(t);
-            e.as_up();
-            e
-        };
-        assert_eq!(
-            outcome_of(&up(ReadTimedout), None, false),
-            Outcome::TimedOut
-        );
-        assert_eq!(
-            outcome_of(&up(ConnectionClosed), None, false),
-            Outcome::Reset
-        );
-        assert_eq!(
-            outcome_of(&up(ConnectionClosed), None, true),
-            Outcome::StalePooled
-        );
-        assert_eq!(
-            outcome_of(&up(ReadError), Some(200), false),
-            Outcome::BrokeMidBody(200)
-        );
-        assert_eq!(
-            outcome_of(&up(ConnectRefused), None, false),
-            Outcome::ConnectFailed
-        );
-        let mut down = Error::new(ConnectionClosed);
-        down.as_down();
-        assert_eq!(outcome_of(&down, None, false), Outcome::Abandoned);
-        assert_eq!(outcome_of(&down, Some(200), false), Outcome::Abandoned);
-    }
-
-    #[test]
-    fn errors_map_to_statuses() {
-        let mut timeout = Error::new(ReadTimedout);
-        timeout.as_up();
-        assert_eq!(error_status(&timeout), 504);
-        let mut reset = Error::new(ConnectionClosed);
-        reset.as_up();
-        assert_eq!(error_status(&reset), 502);
-        let mut gone = Error::new(ConnectionClosed);
-        gone.as_down();
-        assert_eq!(error_status(&gone), 0);
-        assert_eq!(error_status(&Error::new(HTTPStatus(413))), 413);
-    }
 }

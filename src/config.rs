@@ -386,11 +386,7 @@ pub struct TlsConfig {
     pub redirect_http: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificatePaths {
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
-}
+pub use crate::tls::pem::CertificatePaths;
 
 /// The lowest TLS version a client may speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

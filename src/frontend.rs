@@ -11,7 +11,6 @@
 //!   trickling a byte at a time could otherwise hold a connection forever. The
 //!   proxy reports "header read" through the connection's user context.
 
-use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,29 +26,11 @@ use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::oneshot;
 
 use crate::connections::{self, Admission};
-use crate::header_cap::{Arming, HeaderCap};
+use crate::header_cap::HeaderCap;
+use crate::header_clock::HeaderClock;
 use crate::proxy::Proxy;
 use crate::state::SharedState;
 use crate::tls::listener::TlsListener;
-
-/// Rides in the connection's user context into the proxy, which fires it as
-/// soon as the request header has been read; carries on whatever context the
-/// previous request on the connection left.
-pub struct HeaderClock {
-    arrived: oneshot::Sender<()>,
-    cap: Arming,
-    carried: Option<Box<dyn Any + Send + Sync>>,
-}
-
-impl HeaderClock {
-    /// The request header is in: stops the clock and the header cap, and
-    /// hands back what the previous request left.
-    pub fn header_in(self) -> Option<Box<dyn Any + Send + Sync>> {
-        self.cap.header_in();
-        let _ = self.arrived.send(());
-        self.carried
-    }
-}
 
 pub struct Frontend {
     proxy: Arc<HttpProxy<Proxy>>,

@@ -20,6 +20,7 @@ pub mod ewma;
 pub mod forwarding;
 pub mod frontend;
 pub mod header_cap;
+pub mod header_clock;
 pub mod health;
 pub mod housekeeping;
 pub mod lifecycle;
@@ -71,7 +72,7 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     if let Some(fleet) = &state.fleet {
         fleet.apply_start(&state);
     }
-    let mut housekeeping = housekeeping::Housekeeping::default();
+    let mut housekeeping = housekeeping::Housekeeping::new(state.events.clone());
 
     let limits = &state.config.lb.limits;
     let admission = connections::Admission::new(
@@ -93,10 +94,10 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
             let store = Arc::new(tls::CertStore::load_all(&conf.certificates).map_err(|e| {
                 pingora::Error::explain(pingora::ErrorType::InvalidCert, e.to_string())
             })?);
-            housekeeping.add(tls::rotation::RotationService::new(
-                store.clone(),
-                state.events.clone(),
-            ));
+            housekeeping.add(
+                "certificate rotation",
+                tls::rotation::RotationService::new(store.clone(), state.events.clone()),
+            );
             state.set_certificates(store.clone());
             Some(tls::listener::TlsListener::new(
                 tls::server_config(store, conf),
@@ -123,8 +124,8 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     server.add_service(proxy);
 
     let (checks, probes) = health::services(state.clone())?;
-    housekeeping.add(checks);
-    housekeeping.add(probes);
+    housekeeping.add("health checks", checks);
+    housekeeping.add("probe timing", probes);
     // The access log's writer does blocking file writes: a thread of its own,
     // so a stalled disk never holds up health checks or the weights tick.
     if let Some(log) = &state.access_log {
@@ -134,11 +135,14 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
         ));
     }
 
-    housekeeping.add(weights::WeightsService::new(state.clone()));
-    housekeeping.add(discovery::DiscoveryService::new(state.clone()));
-    housekeeping.add(discovery::etcd::EtcdService::new(state.clone()));
-    housekeeping.add(outlier::OutlierService::new(state.clone()));
-    housekeeping.add(pool::publisher::Publisher::new(state.pool.clone()));
+    housekeeping.add("weights", weights::WeightsService::new(state.clone()));
+    housekeeping.add("discovery", discovery::DiscoveryService::new(state.clone()));
+    housekeeping.add("etcd", discovery::etcd::EtcdService::new(state.clone()));
+    housekeeping.add("ejection", outlier::OutlierService::new(state.clone()));
+    housekeeping.add(
+        "pool publisher",
+        pool::publisher::Publisher::new(state.pool.clone()),
+    );
     // The dashboard is a Pingora service so its socket is handed over on upgrade.
     let hub = Arc::new(dashboard::Hub::new());
     let mut sidecar = Service::new(
@@ -148,13 +152,16 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     sidecar.threads = Some(1);
     sidecar.add_tcp(&state.config.dashboard.listen.to_string());
     server.add_service(sidecar);
-    housekeeping.add(dashboard::TickerService::new(state.clone(), hub));
-    housekeeping.add(memory::MemoryService);
-    housekeeping.add(ready::ReadyService::new(state.clone()));
-    housekeeping.add(lifecycle::LifecycleService::new(
-        state.clone(),
-        server.watch_execution_phase(),
-    ));
+    housekeeping.add(
+        "dashboard ticker",
+        dashboard::TickerService::new(state.clone(), hub),
+    );
+    housekeeping.add("memory", memory::MemoryService);
+    housekeeping.add("readiness", ready::ReadyService::new(state.clone()));
+    housekeeping.add(
+        "lifecycle",
+        lifecycle::LifecycleService::new(state.clone(), server.watch_execution_phase()),
+    );
     server.add_service(background_service("housekeeping", housekeeping));
     // The demo's upstreams serve traffic: a thread of their own.
     if let Some(demo) = &state.config.demo {

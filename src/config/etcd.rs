@@ -79,7 +79,7 @@ pub(super) fn etcd(e: &RawEtcd, c: &mut Checker) -> EtcdConfig {
 /// key come together and must match.
 fn etcd_tls(t: &RawEtcdTls, c: &mut Checker) -> Option<EtcdTls> {
     let ca_path = std::path::Path::new(t.ca.trim());
-    let ca = match crate::tls::load_ca(ca_path) {
+    let ca = match crate::tls::pem::load_ca(ca_path) {
         Ok(_) => std::fs::read(ca_path).ok(),
         Err(why) => {
             c.fail("lb.etcd.tls.ca", why);
@@ -93,7 +93,7 @@ fn etcd_tls(t: &RawEtcdTls, c: &mut Checker) -> Option<EtcdTls> {
                 cert: cert.trim().into(),
                 key: key.trim().into(),
             };
-            match crate::tls::load(&paths) {
+            match crate::tls::pem::load(&paths) {
                 Ok(loaded) => Some((loaded.cert_pem, loaded.key_pem)),
                 Err(why) => {
                     c.fail(&format!("lb.etcd.tls.{}", why.part()), why.to_string());

@@ -257,7 +257,7 @@ fn upstream_tls(
     let ca_path = t.ca.as_deref().map(|p| std::path::PathBuf::from(p.trim()));
     let ca = ca_path
         .as_ref()
-        .and_then(|path| match crate::tls::load_ca(path) {
+        .and_then(|path| match crate::tls::pem::load_ca(path) {
             Ok(ca) => Some(ca),
             Err(why) => {
                 c.fail(&format!("{key}.ca"), why);
@@ -316,7 +316,7 @@ fn tls(t: &RawTls, c: &mut Checker) -> TlsConfig {
             key: pair.key.trim().into(),
         };
         // Checked now, so `-t` and a reload refuse a pair that cannot serve.
-        if let Err(why) = crate::tls::load(&paths) {
+        if let Err(why) = crate::tls::pem::load(&paths) {
             c.fail(&format!("{key}.{}", why.part()), why.to_string());
         }
         certificates.push(paths);

@@ -15,7 +15,7 @@ use pingora::services::background::BackgroundService;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::snapshot::{self, Snapshot};
+use super::snapshot::{self, Derived, Snapshot};
 use crate::state::SharedState;
 use crate::upstream::Upstream;
 
@@ -23,16 +23,6 @@ use crate::upstream::Upstream;
 pub const HISTORY_SECONDS: usize = 300;
 /// Window over which rates and percentiles are computed.
 const RATE_WINDOW: usize = 5;
-
-/// Rates and percentiles of one upstream over the last window.
-#[derive(Debug, Clone, Default)]
-pub struct Derived {
-    pub rps: f64,
-    pub error_rate: f64,
-    pub p50: Option<f64>,
-    pub p95: Option<f64>,
-    pub p99: Option<f64>,
-}
 
 /// One point of the charts' history: the page draws these, from
 /// `/api/history` first and then from the stream, so there is one schema.

@@ -18,8 +18,6 @@ use crate::upstream::Gate;
 use crate::upstream::Upstream;
 use crate::weights::latency_max_age;
 
-use super::hub::Derived;
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub time: f64,
@@ -182,6 +180,17 @@ pub struct LatencySnapshot {
     /// Typical health-check (probe) response time; null before one passed.
     pub probe: Option<f64>,
     /// Percentiles over the last few seconds, from the duration histogram.
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// Rates and percentiles of one upstream over the last window, as the hub
+/// works them out from its history.
+#[derive(Debug, Clone, Default)]
+pub struct Derived {
+    pub rps: f64,
+    pub error_rate: f64,
     pub p50: Option<f64>,
     pub p95: Option<f64>,
     pub p99: Option<f64>,

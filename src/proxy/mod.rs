@@ -50,7 +50,7 @@ use crate::access_log::RequestInfo;
 use crate::answers;
 use crate::attempt::{Attempt, Facts, Outcome, Retry};
 use crate::forwarding::{self, Client};
-use crate::frontend::HeaderClock;
+use crate::header_clock::HeaderClock;
 use crate::rate_limit::Verdict;
 use crate::state::{SharedState, Sticky};
 use crate::sticky::OpenedCookie;

@@ -3,7 +3,9 @@
 //! then on. A pair that does not check out (a key for another certificate, a
 //! truncated file) is refused with an event and the old pair stays; a tool
 //! that renames the two files one after the other is given one more look
-//! before its half-done state counts as broken.
+//! before its half-done state counts as broken. The files are read on a
+//! blocking thread: a hung file system stalls this loop only, never the
+//! health checks and the etcd keep-alive beside it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ struct Pending {
     reported: bool,
 }
 
+#[derive(Clone)]
 pub struct RotationService {
     store: Arc<CertStore>,
     events: Arc<Events>,
@@ -98,7 +101,22 @@ impl BackgroundService for RotationService {
             .collect();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => self.look(&mut pending),
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.changed() => return,
+            }
+            let me = self.clone();
+            let look = tokio::task::spawn_blocking(move || {
+                me.look(&mut pending);
+                pending
+            });
+            tokio::select! {
+                done = look => match done {
+                    Ok(p) => pending = p,
+                    // A panic in the check is the loop's: its supervisor
+                    // restarts it.
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => return,
+                },
                 _ = shutdown.changed() => return,
             }
         }

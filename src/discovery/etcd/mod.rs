@@ -6,6 +6,7 @@
 //! instance knows of the fleet and how a view is put in force; the sessions
 //! are `session.rs`.
 
+mod apply;
 mod session;
 pub mod view;
 pub mod writer;
@@ -20,8 +21,7 @@ use etcd_client::Client;
 use serde::Serialize;
 
 use crate::config::{Config, EtcdConfig, UpstreamConfig};
-use crate::state::SharedState;
-use view::{merge, Applied, Instance, Keys, View};
+use view::{Applied, Instance, Keys, View};
 
 /// The fleet's starting point: the view read at start, what it put in
 /// force, and the config file's own upstreams.
@@ -135,81 +135,6 @@ impl Fleet {
     pub fn owns(&self, name: &str) -> bool {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         known.1.upstreams.contains(name)
-    }
-
-    /// Puts `view` in force: the upstream set, weights and drains.
-    pub fn apply(&self, state: &SharedState, view: View) {
-        *self.drains.lock().unwrap_or_else(|p| p.into_inner()) = drains_of(&view);
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        let mut shadowed = Vec::new();
-        let mut applied = known.1.clone();
-        let _ = state.edit_upstreams("etcd", |configs| {
-            (shadowed, applied) = merge(configs, &self.file, &view, &known.1);
-            Ok::<(), ()>(())
-        });
-        for name in shadowed {
-            state.events.push(
-                Some(&name),
-                "etcd",
-                "etcd's entry of this name replaces the config file's".into(),
-            );
-        }
-        let table = state.pool.load();
-        let overridden: BTreeSet<&String> = view
-            .overrides
-            .keys()
-            .chain(known.0.overrides.keys())
-            .collect();
-        for u in table
-            .upstreams()
-            .iter()
-            .filter(|u| overridden.contains(&u.name))
-        {
-            let want = view::drained(&view, &u.name);
-            if u.set_drained(want) != want {
-                let what = if want { "drained" } else { "enabled" };
-                log::info!("upstream {} {what} by etcd", u.name);
-                state
-                    .events
-                    .push(Some(&u.name), "etcd", format!("{what} by etcd"));
-            }
-        }
-        *known = (view, applied);
-    }
-
-    /// Drains written before the table held the upstream (at start).
-    pub fn apply_start(&self, state: &SharedState) {
-        let view = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone();
-        self.apply(state, view);
-    }
-
-    fn set_connected(&self, state: &SharedState, error: Option<String>) {
-        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let connected = error.is_none();
-        if s.connected != connected || s.since.is_none() {
-            s.since = Some(now_rfc3339());
-            let detail = match &error {
-                None => format!(
-                    "connected to {}; state read afresh",
-                    self.conf.endpoints.join(", ")
-                ),
-                Some(e) => format!("unreachable ({e}); serving the last known state"),
-            };
-            if connected {
-                log::info!("etcd: {detail}");
-            } else {
-                log::warn!("etcd: {detail}");
-            }
-            state.events.push(None, "etcd", detail);
-        }
-        s.connected = connected;
-        s.error = error;
-        state.metrics.etcd_connected.set(i64::from(connected));
     }
 }
 

@@ -1,0 +1,86 @@
+//! How a view of the fleet is put in force on this instance: etcd's
+//! upstreams merged into the table, the overrides' drains and weights, and
+//! the session's state for the dashboard and the metrics.
+
+use std::collections::BTreeSet;
+
+use super::view::{self, merge, View};
+use super::{drains_of, now_rfc3339, Fleet};
+use crate::state::SharedState;
+
+impl Fleet {
+    /// Puts `view` in force: the upstream set, weights and drains.
+    pub fn apply(&self, state: &SharedState, view: View) {
+        *self.drains.lock().unwrap_or_else(|p| p.into_inner()) = drains_of(&view);
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shadowed = Vec::new();
+        let mut applied = known.1.clone();
+        let _ = state.edit_upstreams("etcd", |configs| {
+            (shadowed, applied) = merge(configs, &self.file, &view, &known.1);
+            Ok::<(), ()>(())
+        });
+        for name in shadowed {
+            state.events.push(
+                Some(&name),
+                "etcd",
+                "etcd's entry of this name replaces the config file's".into(),
+            );
+        }
+        let table = state.pool.load();
+        let overridden: BTreeSet<&String> = view
+            .overrides
+            .keys()
+            .chain(known.0.overrides.keys())
+            .collect();
+        for u in table
+            .upstreams()
+            .iter()
+            .filter(|u| overridden.contains(&u.name))
+        {
+            let want = view::drained(&view, &u.name);
+            if u.set_drained(want) != want {
+                let what = if want { "drained" } else { "enabled" };
+                log::info!("upstream {} {what} by etcd", u.name);
+                state
+                    .events
+                    .push(Some(&u.name), "etcd", format!("{what} by etcd"));
+            }
+        }
+        *known = (view, applied);
+    }
+
+    /// Drains written before the table held the upstream (at start).
+    pub fn apply_start(&self, state: &SharedState) {
+        let view = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        self.apply(state, view);
+    }
+
+    pub(super) fn set_connected(&self, state: &SharedState, error: Option<String>) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let connected = error.is_none();
+        if s.connected != connected || s.since.is_none() {
+            s.since = Some(now_rfc3339());
+            let detail = match &error {
+                None => format!(
+                    "connected to {}; state read afresh",
+                    self.conf.endpoints.join(", ")
+                ),
+                Some(e) => format!("unreachable ({e}); serving the last known state"),
+            };
+            if connected {
+                log::info!("etcd: {detail}");
+            } else {
+                log::warn!("etcd: {detail}");
+            }
+            state.events.push(None, "etcd", detail);
+        }
+        s.connected = connected;
+        s.error = error;
+        state.metrics.etcd_connected.set(i64::from(connected));
+    }
+}

@@ -67,7 +67,7 @@ const TLS_BUFFERS: L4BufferSettings = L4BufferSettings {
 pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<SharedState>> {
     let mut config = config;
     discovery::resolve_at_start(&mut config);
-    let fleet_start = discovery::etcd::read_at_start(&mut config);
+    let fleet_start = discovery::etcd::read_at_start(&config);
     let state = Arc::new(SharedState::with_fleet(config, fleet_start));
     if let Some(fleet) = &state.fleet {
         fleet.apply_start(&state);

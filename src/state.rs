@@ -2,17 +2,17 @@
 //! config, the pool, the metrics, the events, stickiness and the process's
 //! draining flag. It holds the parts and decides nothing: the request path
 //! reads only atomics and swapped snapshots; changes to the set of upstreams
-//! all go through [`SharedState::replace_upstreams`].
+//! all go through [`SharedState::edit_sources`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus::IntCounter;
 
 use crate::config::{Config, StickyMode, UpstreamConfig};
 use crate::events::Events;
 use crate::metrics::Metrics;
-use crate::pool::{Change, Pool};
+use crate::pool::{compose, Change, Desired, Pool};
 use crate::sticky::{Sealer, StickyResult};
 use crate::upstream::{GateObserver, GateSignal, Upstream, UpstreamEnv};
 
@@ -39,8 +39,6 @@ pub struct SharedState {
     sticky_series: [IntCounter; 4],
     /// What new upstreams are made with.
     env: UpstreamEnv,
-    /// Serializes read-modify-replace edits of the set (admin, discovery).
-    edits: Mutex<()>,
     /// Set when the process starts handing over or stopping: answers then ask
     /// clients to close their connections. Atomic for the request path, a watch
     /// for tasks that wait on it.
@@ -67,8 +65,9 @@ impl SharedState {
 
     /// With the fleet's starting point read from etcd (see
     /// `discovery::etcd::read_at_start`).
-    pub fn with_fleet(config: Config, start: Option<crate::discovery::etcd::Start>) -> Self {
+    pub fn with_fleet(config: Config, start: Option<crate::discovery::etcd::view::View>) -> Self {
         let fleet = start
+            .clone()
             .and_then(|s| crate::discovery::etcd::Fleet::new(&config, s))
             .map(Arc::new);
         let metrics = Metrics::new();
@@ -91,9 +90,17 @@ impl SharedState {
             signal: Arc::new(GateSignal::default()),
             slow_start: config.lb.slow_start,
         };
-        let upstreams = config
+        let groups: Vec<String> = config
             .lb
-            .upstreams
+            .discovered
+            .iter()
+            .map(|g| g.name.clone())
+            .collect();
+        let mut desired = Desired::from_start(&config.lb.upstreams, &groups);
+        if let Some(view) = &start {
+            desired.etcd = crate::discovery::etcd::view::wanted(view);
+        }
+        let upstreams = compose(&desired)
             .iter()
             .map(|c| Arc::new(Upstream::new(c, &env)))
             .collect();
@@ -102,6 +109,7 @@ impl SharedState {
             matches!(sticky, Sticky::Ip),
             !config.lb.slow_start.is_zero(),
             upstreams,
+            desired,
             events.clone(),
         ));
         let observer: Arc<dyn GateObserver> = pool.clone();
@@ -136,7 +144,6 @@ impl SharedState {
             sticky,
             sticky_counts: Default::default(),
             env,
-            edits: Mutex::new(()),
             draining: AtomicBool::new(false),
             draining_watch: tokio::sync::watch::channel(false).0,
             certificates: std::sync::OnceLock::new(),
@@ -159,43 +166,21 @@ impl SharedState {
         self.pool.load().members.get(name).cloned()
     }
 
-    /// The table in force as configs (current weights), to edit and replace.
-    pub fn upstream_configs(&self) -> Vec<UpstreamConfig> {
-        let table = self.pool.load();
-        table
-            .upstreams()
-            .iter()
-            .map(|u| UpstreamConfig {
-                name: u.name.clone(),
-                addr: u.addr,
-                weight: u.base_weight(),
-                group: u.group.clone(),
-                priority: u.priority(),
-                protocol: u.protocol.clone(),
-            })
-            .collect()
-    }
-
-    /// Edits the set: `edit` gets the table in force as configs (current
-    /// weights) and changes them, or refuses; the result replaces the table.
-    /// Edits run one at a time, so two cannot both take a name.
-    pub fn edit_upstreams<E>(
+    /// Edits what one source wants: `edit` changes its part of the pool's
+    /// [`Desired`] (and may read the others'), or refuses and changes
+    /// nothing; the set is then replaced with the composition of every
+    /// source's. Edits run one at a time, so two cannot both take a name.
+    /// Each addition and removal is an event naming `source`.
+    pub fn edit_sources<E>(
         &self,
         source: &str,
-        edit: impl FnOnce(&mut Vec<UpstreamConfig>) -> Result<(), E>,
+        edit: impl FnOnce(&mut Desired) -> Result<(), E>,
     ) -> Result<Change, E> {
-        let _one_at_a_time = self.edits.lock().unwrap_or_else(|p| p.into_inner());
-        let mut configs = self.upstream_configs();
-        edit(&mut configs)?;
-        Ok(self.apply(&configs, source))
-    }
-
-    /// Replaces the set of upstreams, keeping the state of those whose name and
-    /// address are unchanged; each addition and removal is an event naming
-    /// `source` (config, admin, dns, …).
-    pub fn replace_upstreams(&self, configs: &[UpstreamConfig], source: &str) -> Change {
-        let _one_at_a_time = self.edits.lock().unwrap_or_else(|p| p.into_inner());
-        self.apply(configs, source)
+        let mut desired = self.pool.desired();
+        let mut next = desired.clone();
+        edit(&mut next)?;
+        *desired = next;
+        Ok(self.apply(&compose(&desired), source))
     }
 
     fn apply(&self, configs: &[UpstreamConfig], source: &str) -> Change {

@@ -275,16 +275,14 @@ pub async fn set_weight(
         })
         .await;
     }
-    // A weight change is a replacement of the table in which every upstream
-    // keeps its state.
-    let edited = app.state.edit_upstreams("admin", |configs| {
-        match configs.iter_mut().find(|c| c.name == name) {
-            Some(c) => {
-                c.weight = new;
-                Ok(())
-            }
-            None => Err(AdminError::UnknownUpstream(name.clone())),
+    // The admin API's weight stands over the entry's own (a DNS member's
+    // until its answer's weight changes); every upstream keeps its state.
+    let edited = app.state.edit_sources("admin", |d| {
+        if !d.names(&name) {
+            return Err(AdminError::UnknownUpstream(name.clone()));
         }
+        d.admin.weights.insert(name.clone(), new);
+        Ok(())
     });
     if let Err(e) = edited {
         return e.into_response();
@@ -372,11 +370,11 @@ pub async fn add(
         .await;
     }
     let source = format!("admin {}", peer.ip());
-    let edited = app.state.edit_upstreams(&source, |configs| {
-        if configs.iter().any(|c| c.name == new.name) {
+    let edited = app.state.edit_sources(&source, |d| {
+        if d.names(&new.name) {
             return Err(AdminError::TakenName(new.name));
         }
-        configs.push(new);
+        d.admin.add(new);
         Ok(())
     });
     if let Err(e) = edited {
@@ -421,12 +419,11 @@ pub async fn remove(
         return (StatusCode::OK, Json(row)).into_response();
     }
     let source = format!("admin {}", peer.ip());
-    let edited = app.state.edit_upstreams(&source, |configs| {
-        let before = configs.len();
-        configs.retain(|c| c.name != name);
-        if configs.len() == before {
+    let edited = app.state.edit_sources(&source, |d| {
+        if !d.names(&name) {
             return Err(AdminError::UnknownUpstream(name.clone()));
         }
+        d.admin.remove(&name);
         Ok(())
     });
     if let Err(e) = edited {

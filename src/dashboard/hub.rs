@@ -290,14 +290,15 @@ mod tests {
             s.upstream("b").unwrap().count_response(200, false);
         }
         // a leaves; b moves to the front of the table; c arrives.
-        let mut next = s.upstream_configs();
-        next.remove(0);
-        next.push(crate::config::UpstreamConfig::new(
-            "c",
-            "127.0.0.1:3".parse().unwrap(),
-            1,
-        ));
-        s.replace_upstreams(&next, "test");
+        let _ = s.edit_sources("test", |d| {
+            d.admin.remove("a");
+            d.admin.add(crate::config::UpstreamConfig::new(
+                "c",
+                "127.0.0.1:3".parse().unwrap(),
+                1,
+            ));
+            Ok::<(), ()>(())
+        });
         hub.tick(&s, &mut windows, t + Duration::from_secs(1));
         let snap = hub.snapshot(&s);
         let names: Vec<&str> = snap.upstreams.iter().map(|u| u.name.as_str()).collect();

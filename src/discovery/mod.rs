@@ -7,7 +7,6 @@
 pub mod dns;
 pub mod etcd;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{Config, DiscoveredGroup, UpstreamConfig};
+use crate::pool::Desired;
 use crate::state::SharedState;
 use dns::Resolver;
 
@@ -59,31 +59,22 @@ pub fn members(group: &DiscoveredGroup, targets: &[Target]) -> Vec<UpstreamConfi
         .collect()
 }
 
-/// Merges `group`'s members `next` into the table's `configs`: members no
-/// longer named are removed, new ones appended, kept ones keep their place.
-/// A kept member's weight follows the answer only when the answer's weight
-/// changed (`last` holds the previous answer's), so an operator's weight
-/// stands until DNS says otherwise. Returns whether anything changed.
-pub fn merge(
-    configs: &mut Vec<UpstreamConfig>,
-    group: &str,
-    next: &[UpstreamConfig],
-    last: &HashMap<String, u32>,
-) -> bool {
-    let before = configs.clone();
-    configs.retain(|c| c.group.as_deref() != Some(group) || next.iter().any(|n| n.name == c.name));
-    for n in next {
-        match configs.iter_mut().find(|c| c.name == n.name) {
-            Some(c) => {
-                if last.get(&n.name).is_some_and(|&w| w != n.weight) {
-                    c.weight = n.weight;
-                }
-                c.priority = n.priority;
-            }
-            None => configs.push(n.clone()),
+/// Takes a good answer's members `next` for `group` into the pool's wanted
+/// sets: they become the group's members (a member no longer named leaves,
+/// a new one joins). An operator's weight for a member stands until the
+/// answer's weight for it changes, and a member the operator removed is
+/// back while DNS names it. Returns whether anything changed.
+pub fn take_answer(d: &mut Desired, group: &str, next: Vec<UpstreamConfig>) -> bool {
+    let before = d.clone();
+    for n in &next {
+        let last = d.members(group).iter().find(|m| m.name == n.name);
+        if last.is_some_and(|m| m.weight != n.weight) {
+            d.admin.weights.remove(&n.name);
         }
+        d.admin.removed.remove(&n.name);
     }
-    *configs != before
+    d.set_members(group, next);
+    *d != before
 }
 
 /// When to ask again: at least every `refresh`, sooner when DNS says the
@@ -168,8 +159,6 @@ impl DiscoveryService {
 /// What the service remembers of one group between answers.
 #[derive(Default)]
 struct Known {
-    /// The last good answer's weight by member name.
-    weights: HashMap<String, u32>,
     /// The answer is being refused (for one event per outage, not one per try).
     refusing: bool,
     due: Option<Instant>,
@@ -192,29 +181,29 @@ impl DiscoveryService {
             Ok(answer) => {
                 let next = members(group, &answer.targets);
                 let source = format!("{kind} {}", group.source);
-                let mut changed = false;
-                let _ = state.edit_upstreams(&source, |configs| {
-                    changed = merge(configs, &group.name, &next, &known.weights);
-                    if changed {
-                        Ok(())
-                    } else {
-                        Err(())
-                    }
-                });
-                known.weights = next.iter().map(|c| (c.name.clone(), c.weight)).collect();
+                let count = next.len();
+                let changed = state
+                    .edit_sources(&source, |d| {
+                        if take_answer(d, &group.name, next) {
+                            Ok(())
+                        } else {
+                            Err(())
+                        }
+                    })
+                    .is_ok();
                 if known.refusing {
                     known.refusing = false;
                     state.events.push(
                         Some(&group.name),
                         "discovery",
-                        format!("{source}: answers again ({} targets)", next.len()),
+                        format!("{source}: answers again ({count} targets)"),
                     );
                 }
                 let result = if changed { "changed" } else { "unchanged" };
                 (result, Some(answer.valid_until))
             }
             Err(why) => {
-                let held = known.weights.len();
+                let held = state.pool.desired().members(&group.name).len();
                 if !known.refusing {
                     known.refusing = true;
                     log::warn!(
@@ -263,19 +252,7 @@ impl BackgroundService for DiscoveryService {
             }
         };
         // The members found at start count as the last good answer.
-        let mut known: Vec<Known> = groups
-            .iter()
-            .map(|g| Known {
-                weights: self
-                    .state
-                    .upstream_configs()
-                    .into_iter()
-                    .filter(|c| c.group.as_deref() == Some(g.name.as_str()))
-                    .map(|c| (c.name, c.weight))
-                    .collect(),
-                ..Known::default()
-            })
-            .collect();
+        let mut known: Vec<Known> = groups.iter().map(|_| Known::default()).collect();
         loop {
             let now = Instant::now();
             let mut wake = now + self.state.config.lb.discovery.refresh;
@@ -331,28 +308,36 @@ mod tests {
     }
 
     #[test]
-    fn merging_removes_the_gone_adds_the_new_and_keeps_the_rest_in_place() {
+    fn an_answer_replaces_the_groups_members_and_keeps_an_operators_weight_until_dns_changes_it() {
         let fixed = UpstreamConfig::new("s1", "127.0.0.1:1".parse().unwrap(), 1);
-        let mut configs = vec![fixed.clone()];
+        let mut d = Desired {
+            file: vec![fixed.clone()],
+            ..Desired::default()
+        };
         let first = members(&group(), &[target(1, 2, 0), target(2, 2, 0)]);
-        assert!(merge(&mut configs, "api", &first, &HashMap::new()));
-        assert_eq!(configs.len(), 3);
-        let last: HashMap<String, u32> = first.iter().map(|c| (c.name.clone(), c.weight)).collect();
+        assert!(take_answer(&mut d, "api", first.clone()));
+        assert_eq!(crate::pool::compose(&d).len(), 3);
         // The same answer changes nothing.
-        assert!(!merge(&mut configs, "api", &first, &last));
+        assert!(!take_answer(&mut d, "api", first));
         // An operator's weight on a kept member stands while DNS's is unchanged.
-        configs[1].weight = 7;
+        d.admin.weights.insert("api@10.0.0.1:80".into(), 7);
         let next = members(&group(), &[target(1, 2, 0), target(3, 2, 0)]);
-        assert!(merge(&mut configs, "api", &next, &last));
-        let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+        assert!(take_answer(&mut d, "api", next));
+        let set = crate::pool::compose(&d);
+        let names: Vec<&str> = set.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["s1", "api@10.0.0.1:80", "api@10.0.0.3:80"]);
-        assert_eq!(configs[1].weight, 7);
-        assert_eq!(configs[0], fixed);
+        assert_eq!(set[1].weight, 7);
+        assert_eq!(set[0], fixed);
         // A weight DNS changes is taken.
-        let last: HashMap<String, u32> = next.iter().map(|c| (c.name.clone(), c.weight)).collect();
         let heavier = members(&group(), &[target(1, 9, 0), target(3, 2, 0)]);
-        assert!(merge(&mut configs, "api", &heavier, &last));
-        assert_eq!(configs[1].weight, 9);
+        assert!(take_answer(&mut d, "api", heavier));
+        assert_eq!(crate::pool::compose(&d)[1].weight, 9);
+        // A member the operator removed is back while DNS names it.
+        d.admin.remove("api@10.0.0.3:80");
+        assert_eq!(crate::pool::compose(&d).len(), 2);
+        let same = members(&group(), &[target(1, 9, 0), target(3, 2, 0)]);
+        assert!(take_answer(&mut d, "api", same));
+        assert_eq!(crate::pool::compose(&d).len(), 3);
     }
 
     #[test]
@@ -360,11 +345,13 @@ mod tests {
         let mut other = members(&group(), &[target(1, 2, 0)]);
         other[0].group = Some("web".into());
         other[0].name = "web@10.0.0.1:80".into();
-        let mut configs = other.clone();
+        let mut d = Desired::default();
+        d.set_members("web", other.clone());
         let next = members(&group(), &[target(2, 2, 0)]);
-        assert!(merge(&mut configs, "api", &next, &HashMap::new()));
-        assert_eq!(configs.len(), 2);
-        assert_eq!(configs[0], other[0]);
+        assert!(take_answer(&mut d, "api", next));
+        let set = crate::pool::compose(&d);
+        assert_eq!(set.len(), 2);
+        assert_eq!(set[0], other[0]);
     }
 
     #[test]

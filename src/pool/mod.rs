@@ -8,6 +8,7 @@
 //! idle), when weights change (the weights tick) and when the set changes.
 //! Writers take a small mutex so that their rebuilds do not race.
 
+pub mod compose;
 pub mod panic;
 pub mod publisher;
 pub mod table;
@@ -27,6 +28,7 @@ use crate::config::{Algorithm, UpstreamConfig};
 use crate::events::Events;
 use crate::upstream::{Gate, GateObserver, Upstream};
 
+pub use compose::{compose, Desired};
 pub use table::{Members, Table, DYNAMIC_SCALE};
 
 /// Latency estimate assumed before any upstream has answered (seconds).
@@ -70,6 +72,9 @@ pub struct Pool {
     /// Woken on every publication, so the publisher loop learns the next
     /// deadline.
     published: Notify,
+    /// What each source wants; the set is replaced with their composition,
+    /// one edit at a time.
+    desired: Mutex<Desired>,
 }
 
 impl GateObserver for Pool {
@@ -86,6 +91,7 @@ impl Pool {
         ip_ring: bool,
         ramps: bool,
         upstreams: Vec<Arc<Upstream>>,
+        desired: Desired,
         events: Arc<Events>,
     ) -> Self {
         let members = Arc::new(Members::new(upstreams, ip_ring));
@@ -102,6 +108,7 @@ impl Pool {
             probe_scale: AtomicU64::new(1f64.to_bits()),
             events,
             published: Notify::new(),
+            desired: Mutex::new(desired),
         };
         pool.publish_weights(&pool.table.load());
         pool
@@ -225,6 +232,11 @@ impl Pool {
         for (i, u) in table.upstreams().iter().enumerate() {
             u.publish_effective_weight(table.effective(i));
         }
+    }
+
+    /// What each source wants, locked: edits of the set run one at a time.
+    pub fn desired(&self) -> MutexGuard<'_, Desired> {
+        self.desired.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether panic mode overrules breakers and ejections now.

@@ -30,7 +30,14 @@ fn pool_with(algorithm: Algorithm, weights: &[u32], extra: &str) -> (Arc<Pool>, 
         .iter()
         .map(|c| Arc::new(Upstream::new(c, &env)))
         .collect();
-    let pool = Arc::new(Pool::new(algorithm, false, false, ups, env.events.clone()));
+    let pool = Arc::new(Pool::new(
+        algorithm,
+        false,
+        false,
+        ups,
+        Desired::default(),
+        env.events.clone(),
+    ));
     let observer: Arc<dyn GateObserver> = pool.clone();
     env.signal.attach(Arc::downgrade(&observer));
     (pool, env)

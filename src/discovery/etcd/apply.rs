@@ -1,10 +1,11 @@
-//! How a view of the fleet is put in force on this instance: etcd's
-//! upstreams merged into the table, the overrides' drains and weights, and
-//! the session's state for the dashboard and the metrics.
+//! How a view of the fleet is put in force on this instance: what etcd wants
+//! of the pool (its entries and override weights) becomes the pool's etcd
+//! source, the overrides' drains are set, and the session's state is kept
+//! for the dashboard and the metrics.
 
 use std::collections::BTreeSet;
 
-use super::view::{self, merge, View};
+use super::view::{self, View};
 use super::{drains_of, now_rfc3339, Fleet};
 use crate::state::SharedState;
 
@@ -14,9 +15,17 @@ impl Fleet {
         *self.drains.lock().unwrap_or_else(|p| p.into_inner()) = drains_of(&view);
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut shadowed = Vec::new();
-        let mut applied = known.1.clone();
-        let _ = state.edit_upstreams("etcd", |configs| {
-            (shadowed, applied) = merge(configs, &self.file, &view, &known.1);
+        let _ = state.edit_sources("etcd", |d| {
+            let next = view::wanted(&view);
+            // File entries etcd's now stand in for (not those it already did).
+            shadowed = next
+                .upstreams
+                .keys()
+                .filter(|n| !d.etcd.upstreams.contains_key(*n))
+                .filter(|n| d.file.iter().any(|f| &f.name == *n))
+                .cloned()
+                .collect();
+            d.etcd = next;
             Ok::<(), ()>(())
         });
         for name in shadowed {
@@ -30,7 +39,7 @@ impl Fleet {
         let overridden: BTreeSet<&String> = view
             .overrides
             .keys()
-            .chain(known.0.overrides.keys())
+            .chain(known.overrides.keys())
             .collect();
         for u in table
             .upstreams()
@@ -46,17 +55,12 @@ impl Fleet {
                     .push(Some(&u.name), "etcd", format!("{what} by etcd"));
             }
         }
-        *known = (view, applied);
+        *known = view;
     }
 
     /// Drains written before the table held the upstream (at start).
     pub fn apply_start(&self, state: &SharedState) {
-        let view = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone();
+        let view = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
         self.apply(state, view);
     }
 

@@ -20,12 +20,8 @@ use std::time::SystemTime;
 use etcd_client::Client;
 use serde::Serialize;
 
-use crate::config::{Config, EtcdConfig, UpstreamConfig};
-use view::{Applied, Instance, Keys, View};
-
-/// The fleet's starting point: the view read at start, what it put in
-/// force, and the config file's own upstreams.
-pub type Start = (View, Applied, Vec<UpstreamConfig>);
+use crate::config::{Config, EtcdConfig};
+use view::{Instance, Keys, View};
 
 /// What this instance knows of the fleet, for the admin API and the
 /// dashboard.
@@ -43,10 +39,8 @@ pub struct Status {
 pub struct Fleet {
     pub conf: EtcdConfig,
     pub keys: Keys,
-    /// The config file's upstreams, which etcd's may shadow.
-    file: Vec<UpstreamConfig>,
-    /// The last view applied and what it put in force.
-    known: Mutex<(View, Applied)>,
+    /// The last view applied.
+    known: Mutex<View>,
     /// The upstreams etcd's overrides drain, for upstreams made anew while
     /// the view stands (a DNS member back, an entry's address changed).
     drains: Mutex<BTreeSet<String>>,
@@ -71,9 +65,9 @@ fn now_rfc3339() -> String {
 }
 
 impl Fleet {
-    pub fn new(config: &Config, start: Start) -> Option<Fleet> {
+    /// The fleet from the view read at start.
+    pub fn new(config: &Config, view: View) -> Option<Fleet> {
         let conf = config.lb.etcd.clone()?;
-        let (view, applied, file) = start;
         let lb = &config.lb;
         let me = Instance {
             id: conf.id.clone(),
@@ -94,9 +88,8 @@ impl Fleet {
         Some(Fleet {
             keys: Keys::new(&conf.prefix),
             conf,
-            file,
             drains: Mutex::new(drains_of(&view)),
-            known: Mutex::new((view, applied)),
+            known: Mutex::new(view),
             status: Mutex::default(),
             client: Mutex::new(None),
             me,
@@ -111,7 +104,7 @@ impl Fleet {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        status.instances = known.0.instances.values().cloned().collect();
+        status.instances = known.instances.values().cloned().collect();
         status
     }
 
@@ -134,7 +127,7 @@ impl Fleet {
     /// Whether etcd supplied the upstream `name`.
     pub fn owns(&self, name: &str) -> bool {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.1.upstreams.contains(name)
+        known.upstreams.contains_key(name)
     }
 }
 

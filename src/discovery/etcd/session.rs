@@ -14,8 +14,8 @@ use etcd_client::{
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::view::{self, merge, Applied, Keys, View};
-use super::{Fleet, Start};
+use super::view::{self, Keys, View};
+use super::Fleet;
 use crate::config::{Config, EtcdConfig};
 use crate::state::SharedState;
 
@@ -73,10 +73,9 @@ async fn read(
 
 /// Reads etcd once before the table is built, so the first requests find
 /// etcd's upstreams; unreachable, the file's upstreams serve and the service
-/// keeps trying. Returns the fleet's starting point.
-pub fn read_at_start(config: &mut Config) -> Option<Start> {
+/// keeps trying. Returns the view the fleet starts from.
+pub fn read_at_start(config: &Config) -> Option<View> {
     let conf = config.lb.etcd.clone()?;
-    let file = config.lb.upstreams.clone();
     let keys = Keys::new(&conf.prefix);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -93,18 +92,17 @@ pub fn read_at_start(config: &mut Config) -> Option<Start> {
         Ok(Ok(read)) => read,
         Ok(Err(e)) => {
             log::warn!("etcd at start: {e}; serving the config file's upstreams until it answers");
-            return Some((View::default(), Applied::default(), file));
+            return Some(View::default());
         }
         Err(_) => {
             log::warn!("etcd did not answer within {AT_START:?} at start; serving the config file's upstreams until it does");
-            return Some((View::default(), Applied::default(), file));
+            return Some(View::default());
         }
     };
     for (key, why) in refused {
         log::warn!("etcd: {key} refused: {why}");
     }
-    let (_, applied) = merge(&mut config.lb.upstreams, &file, &view, &Applied::default());
-    Some((view, applied, file))
+    Some(view)
 }
 
 /// Why a session ended.

@@ -3,11 +3,12 @@
 //! etcd entry of a file entry's name wins), the operator's overrides on top.
 //! Pure: the service feeds it etcd's keys and applies what it returns.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, UpstreamConfig};
+use crate::pool::compose::EtcdSet;
 
 /// The keys under `lb.etcd.prefix`.
 #[derive(Debug, Clone)]
@@ -137,78 +138,16 @@ impl View {
     }
 }
 
-/// What the last merge put in force, so the next can take it back.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Applied {
-    /// Upstreams etcd supplied.
-    pub upstreams: BTreeSet<String>,
-    /// Upstreams whose weight an override set.
-    pub weighted: BTreeSet<String>,
-}
-
-/// Merges `view` into the table's `configs`: etcd's upstreams replace or
-/// join the table's; those etcd no longer names leave it, or go back to the
-/// file's entry of that name (`file`); override weights are set and, when an
-/// override goes, the entry's own weight comes back. Returns the names of
-/// file entries etcd now shadows (for an event) and what is in force.
-pub fn merge(
-    configs: &mut Vec<UpstreamConfig>,
-    file: &[UpstreamConfig],
-    view: &View,
-    last: &Applied,
-) -> (Vec<String>, Applied) {
-    let mut shadowed = Vec::new();
-    // Entries etcd dropped: back to the file's, or out.
-    for name in last
-        .upstreams
-        .iter()
-        .filter(|n| !view.upstreams.contains_key(*n))
-    {
-        let restored = file.iter().find(|f| &f.name == name);
-        match (configs.iter().position(|c| &c.name == name), restored) {
-            (Some(i), Some(f)) => configs[i] = f.clone(),
-            (Some(i), None) => drop(configs.remove(i)),
-            (None, Some(f)) => configs.push(f.clone()),
-            (None, None) => {}
-        }
+/// What `view` wants of the pool: its entries, and its overrides' weights.
+pub fn wanted(view: &View) -> EtcdSet {
+    EtcdSet {
+        upstreams: view.upstreams.clone(),
+        weights: view
+            .overrides
+            .iter()
+            .filter_map(|(name, o)| Some((name.clone(), o.weight?)))
+            .collect(),
     }
-    for (name, entry) in &view.upstreams {
-        match configs.iter_mut().find(|c| &c.name == name) {
-            Some(c) => {
-                if !last.upstreams.contains(name) && file.iter().any(|f| &f.name == name) {
-                    shadowed.push(name.clone());
-                }
-                *c = entry.clone();
-            }
-            None => configs.push(entry.clone()),
-        }
-    }
-    // Weights: an override's, else the entry's own (etcd's or the file's).
-    let mut weighted = BTreeSet::new();
-    for c in configs.iter_mut() {
-        let own = view
-            .upstreams
-            .get(&c.name)
-            .or_else(|| file.iter().find(|f| f.name == c.name))
-            .map(|e| e.weight);
-        match view.overrides.get(&c.name).and_then(|o| o.weight) {
-            Some(w) => {
-                c.weight = w;
-                weighted.insert(c.name.clone());
-            }
-            None if last.weighted.contains(&c.name) => {
-                if let Some(w) = own {
-                    c.weight = w;
-                }
-            }
-            None => {}
-        }
-    }
-    let applied = Applied {
-        upstreams: view.upstreams.keys().cloned().collect(),
-        weighted,
-    };
-    (shadowed, applied)
 }
 
 /// Whether the overrides drain `name`.
@@ -292,43 +231,18 @@ mod tests {
     }
 
     #[test]
-    fn etcd_upstreams_join_and_shadow_the_files_then_give_way() {
-        let file = vec![up("s1", 1, 1), up("s2", 2, 1)];
-        let mut configs = file.clone();
+    fn a_view_wants_its_entries_and_its_override_weights() {
         let v = view_of(&[
             (
-                "/lb/upstreams/s2",
-                r#"{"addr": "127.0.0.1:22", "weight": 2}"#,
+                "/lb/upstreams/s3",
+                r#"{"addr": "127.0.0.1:3", "weight": 2}"#,
             ),
-            ("/lb/upstreams/s3", r#"{"addr": "127.0.0.1:3"}"#),
+            ("/lb/overrides/s1", r#"{"weight": 9, "drained": false}"#),
+            ("/lb/overrides/s2", r#"{"drained": true}"#),
         ]);
-        let (shadowed, applied) = merge(&mut configs, &file, &v, &Applied::default());
-        assert_eq!(shadowed, ["s2"]);
-        assert_eq!(configs, [up("s1", 1, 1), up("s2", 22, 2), up("s3", 3, 1)]);
-        // The same view again: nothing new is shadowed, nothing changes.
-        let (shadowed, again) = merge(&mut configs, &file, &v, &applied);
-        assert!(shadowed.is_empty());
-        assert_eq!(again, applied);
-        assert_eq!(configs, [up("s1", 1, 1), up("s2", 22, 2), up("s3", 3, 1)]);
-        // etcd empties: s2 is the file's again, s3 goes.
-        let (_, applied) = merge(&mut configs, &file, &View::default(), &applied);
-        assert_eq!(configs, file);
-        assert_eq!(applied, Applied::default());
-    }
-
-    #[test]
-    fn override_weights_hold_until_the_override_goes() {
-        let file = vec![up("s1", 1, 4)];
-        let mut configs = file.clone();
-        let v = view_of(&[("/lb/overrides/s1", r#"{"weight": 9, "drained": false}"#)]);
-        let (_, applied) = merge(&mut configs, &file, &v, &Applied::default());
-        assert_eq!(configs[0].weight, 9);
-        let (_, applied) = merge(&mut configs, &file, &View::default(), &applied);
-        assert_eq!(configs[0].weight, 4);
-        assert!(applied.weighted.is_empty());
-        // Upstreams from elsewhere (DNS) keep the weight they have.
-        let mut configs = vec![up("api@10.0.0.1:80", 80, 5)];
-        merge(&mut configs, &file, &View::default(), &applied);
-        assert_eq!(configs[0].weight, 5);
+        let w = wanted(&v);
+        assert_eq!(w.upstreams["s3"], up("s3", 3, 2));
+        assert_eq!(w.weights.len(), 1, "a drain alone sets no weight");
+        assert_eq!(w.weights["s1"], 9);
     }
 }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 
-use crate::config::{Config, StickyMode, UpstreamConfig};
+use crate::config::{Config, StickyMode};
 use crate::events::Events;
 use crate::metrics::Metrics;
-use crate::pool::{compose, Change, Desired, Pool};
+use crate::pool::{Change, Desired, Pool};
 use crate::sticky::{Sealer, StickyResult};
 use crate::upstream::{GateObserver, GateSignal, Upstream, UpstreamEnv};
 
@@ -37,8 +37,6 @@ pub struct SharedState {
     sticky_counts: [AtomicU64; 4],
     /// `hlb_sticky_total{result}` by [`StickyResult`], resolved once.
     sticky_series: [IntCounter; 4],
-    /// What new upstreams are made with.
-    env: UpstreamEnv,
     /// Set when the process starts handing over or stopping: answers then ask
     /// clients to close their connections. Atomic for the request path, a watch
     /// for tasks that wait on it.
@@ -100,20 +98,16 @@ impl SharedState {
         if let Some(view) = &start {
             desired.etcd = crate::discovery::etcd::view::wanted(view);
         }
-        let upstreams = compose(&desired)
-            .iter()
-            .map(|c| Arc::new(Upstream::new(c, &env)))
-            .collect();
         let pool = Arc::new(Pool::new(
             config.lb.algorithm,
             matches!(sticky, Sticky::Ip),
             !config.lb.slow_start.is_zero(),
-            upstreams,
             desired,
-            events.clone(),
+            env,
+            config.lb.health_check.healthy_threshold,
         ));
         let observer: Arc<dyn GateObserver> = pool.clone();
-        env.signal.attach(Arc::downgrade(&observer));
+        pool.env().signal.attach(Arc::downgrade(&observer));
         let sticky_series =
             StickyResult::ALL.map(|r| metrics.sticky_total.with_label_values(&[r.as_str()]));
         let retry_budget = crate::retry_budget::RetryBudget::new(
@@ -143,7 +137,6 @@ impl SharedState {
             events,
             sticky,
             sticky_counts: Default::default(),
-            env,
             draining: AtomicBool::new(false),
             draining_watch: tokio::sync::watch::channel(false).0,
             certificates: std::sync::OnceLock::new(),
@@ -166,53 +159,16 @@ impl SharedState {
         self.pool.load().members.get(name).cloned()
     }
 
-    /// Edits what one source wants: `edit` changes its part of the pool's
-    /// [`Desired`] (and may read the others'), or refuses and changes
-    /// nothing; the set is then replaced with the composition of every
-    /// source's. Edits run one at a time, so two cannot both take a name.
-    /// Each addition and removal is an event naming `source`.
+    /// Edits what one source wants (see [`Pool::edit`]); an upstream that
+    /// etcd's overrides drain joins drained.
     pub fn edit_sources<E>(
         &self,
         source: &str,
         edit: impl FnOnce(&mut Desired) -> Result<(), E>,
     ) -> Result<Change, E> {
-        let mut desired = self.pool.desired();
-        let mut next = desired.clone();
-        edit(&mut next)?;
-        *desired = next;
-        Ok(self.apply(&compose(&desired), source))
-    }
-
-    fn apply(&self, configs: &[UpstreamConfig], source: &str) -> Change {
-        // Whatever joins at run time takes traffic only once health checks pass.
-        let passes = self.config.lb.health_check.healthy_threshold;
-        let change = self.pool.replace(configs, |c| {
-            let u = Upstream::new(c, &self.env);
-            u.await_checks(passes);
-            u
-        });
-        let table = self.pool.load();
-        for u in &change.removed {
-            u.retire(&self.metrics, table.members.get(&u.name).is_some());
-            log::info!("upstream {} ({}) removed by {source}", u.name, u.addr);
-            self.events.push(
-                Some(&u.name),
-                "upstreams",
-                format!("{} removed by {source}", u.addr),
-            );
-        }
-        for u in &change.added {
-            if self.fleet.as_ref().is_some_and(|f| f.drains(&u.name)) {
-                u.set_drained(true);
-            }
-            log::info!("upstream {} ({}) added by {source}", u.name, u.addr);
-            self.events.push(
-                Some(&u.name),
-                "upstreams",
-                format!("{} added by {source}", u.addr),
-            );
-        }
-        change
+        let fleet = self.fleet.as_ref();
+        self.pool
+            .edit(source, |name| fleet.is_some_and(|f| f.drains(name)), edit)
     }
 
     /// Counts one sticky outcome.

@@ -11,6 +11,7 @@
 pub mod compose;
 pub mod panic;
 pub mod publisher;
+pub mod sources;
 pub mod table;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,7 +27,7 @@ use crate::balancer::{p2c, wrr};
 use crate::breaker::Admission;
 use crate::config::{Algorithm, UpstreamConfig};
 use crate::events::Events;
-use crate::upstream::{Gate, GateObserver, Upstream};
+use crate::upstream::{Gate, GateObserver, Upstream, UpstreamEnv};
 
 pub use compose::{compose, Desired};
 pub use table::{Members, Table, DYNAMIC_SCALE};
@@ -75,6 +76,10 @@ pub struct Pool {
     /// What each source wants; the set is replaced with their composition,
     /// one edit at a time.
     desired: Mutex<Desired>,
+    /// What upstreams joining at run time are made with.
+    env: UpstreamEnv,
+    /// Health checks in a row an upstream joining at run time must pass.
+    passes: usize,
 }
 
 impl GateObserver for Pool {
@@ -84,16 +89,22 @@ impl GateObserver for Pool {
 }
 
 impl Pool {
-    /// A pool over `upstreams`; `ramps` says slow start is on, so weights
-    /// need a finer scale.
+    /// A pool of what `desired` composes to, its upstreams made with `env`
+    /// (whose gate signal the caller attaches to it); `ramps` says slow
+    /// start is on, so weights need a finer scale. Upstreams that join later
+    /// must first pass `passes` health checks in a row.
     pub fn new(
         algorithm: Algorithm,
         ip_ring: bool,
         ramps: bool,
-        upstreams: Vec<Arc<Upstream>>,
         desired: Desired,
-        events: Arc<Events>,
+        env: UpstreamEnv,
+        passes: usize,
     ) -> Self {
+        let upstreams = compose(&desired)
+            .iter()
+            .map(|c| Arc::new(Upstream::new(c, &env)))
+            .collect();
         let members = Arc::new(Members::new(upstreams, ip_ring));
         let scale = table::scale(algorithm, ramps);
         let first = Table::publish(members, algorithm, scale, Instant::now());
@@ -106,9 +117,11 @@ impl Pool {
             writer: Mutex::new(()),
             neutral: AtomicU64::new(DEFAULT_LATENCY.to_bits()),
             probe_scale: AtomicU64::new(1f64.to_bits()),
-            events,
+            events: env.events.clone(),
             published: Notify::new(),
             desired: Mutex::new(desired),
+            env,
+            passes,
         };
         pool.publish_weights(&pool.table.load());
         pool
@@ -237,6 +250,11 @@ impl Pool {
     /// What each source wants, locked: edits of the set run one at a time.
     pub fn desired(&self) -> MutexGuard<'_, Desired> {
         self.desired.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What upstreams of this pool are made with.
+    pub fn env(&self) -> &UpstreamEnv {
+        &self.env
     }
 
     /// Whether panic mode overrules breakers and ejections now.

@@ -19,25 +19,18 @@ fn configs(weights: &[u32]) -> Vec<UpstreamConfig> {
         .collect()
 }
 
-/// A pool over `weights`, attached to its upstreams' signal as in the
-/// process.
+/// A pool over `weights` from the config file, attached to its upstreams'
+/// signal as in the process.
 fn pool_with(algorithm: Algorithm, weights: &[u32], extra: &str) -> (Arc<Pool>, UpstreamEnv) {
     let mut env = env(&format!(
         "lb:\n  upstreams:\n    - {{ name: a, addr: \"127.0.0.1:1\" }}\n{extra}"
     ));
     env.signal = Arc::new(GateSignal::default());
-    let ups = configs(weights)
-        .iter()
-        .map(|c| Arc::new(Upstream::new(c, &env)))
-        .collect();
-    let pool = Arc::new(Pool::new(
-        algorithm,
-        false,
-        false,
-        ups,
-        Desired::default(),
-        env.events.clone(),
-    ));
+    let desired = Desired {
+        file: configs(weights),
+        ..Desired::default()
+    };
+    let pool = Arc::new(Pool::new(algorithm, false, false, desired, env.clone(), 2));
     let observer: Arc<dyn GateObserver> = pool.clone();
     env.signal.attach(Arc::downgrade(&observer));
     (pool, env)
@@ -278,10 +271,17 @@ fn a_same_name_replacement_keeps_the_series_right() {
     let inflight = crate::upstream::Inflight::new(old.clone());
     let mut next = configs(&[1, 1]);
     next[1].addr = "127.0.0.1:2999".parse().unwrap();
-    let change = p.replace(&next, |c| Upstream::new(c, &env));
-    for u in &change.removed {
-        u.retire(&env.metrics, true);
-    }
+    let change = p
+        .edit(
+            "test",
+            |_| false,
+            |d| {
+                d.file = next;
+                Ok::<(), ()>(())
+            },
+        )
+        .unwrap();
+    assert_eq!(change.removed.len(), 1);
     let series = |name: &str| {
         let text = env.metrics.render();
         let line = format!("{name}{{upstream=\"u1\"}} ");
@@ -295,4 +295,55 @@ fn a_same_name_replacement_keeps_the_series_right() {
     drop(inflight);
     assert_eq!(series("hlb_upstream_inflight"), "0", "never negative");
     assert_eq!(series("hlb_upstream_breaker_state"), "0", "the new one's");
+}
+
+#[test]
+fn an_edit_composes_the_sources_and_newcomers_wait_for_their_checks() {
+    let (p, env) = pool(Algorithm::Weighted, &[1, 1]);
+    let refused = p.edit(
+        "admin",
+        |_| false,
+        |d| {
+            if d.names("u0") {
+                return Err("taken");
+            }
+            Ok(())
+        },
+    );
+    assert_eq!(refused.err(), Some("taken"));
+    let change = p
+        .edit(
+            "admin",
+            |name| name == "x",
+            |d| {
+                d.admin
+                    .add(UpstreamConfig::new("x", "127.0.0.1:9".parse().unwrap(), 1));
+                d.admin.remove("u0");
+                Ok::<(), ()>(())
+            },
+        )
+        .unwrap();
+    let t = p.table();
+    let names: Vec<&str> = t.upstreams().iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["u1", "x"]);
+    let x = &change.added[0];
+    assert!(
+        x.is_awaiting_checks() && x.is_drained(),
+        "joins drained, unchecked"
+    );
+    assert_eq!(t.gates[1], Gate::Out);
+    let kinds: Vec<String> = env
+        .events
+        .newest_first()
+        .iter()
+        .map(|e| e.detail.clone())
+        .collect();
+    assert!(
+        kinds.iter().any(|d| d.ends_with("removed by admin")),
+        "{kinds:?}"
+    );
+    assert!(
+        !env.metrics.render().contains("upstream=\"u0\""),
+        "u0's series retired"
+    );
 }

@@ -50,10 +50,11 @@ impl RetryState {
             && (0..table.gates.len()).any(|i| table.pickable(i) && !self.has_tried(table, i))
     }
 
-    /// Whether the request was already sent to index `i` of `table`.
+    /// Whether the request was already sent to index `i` of `table`, by
+    /// name: an upstream replaced under its name meanwhile is the same one.
     pub fn has_tried(&self, table: &Table, i: usize) -> bool {
-        let u = &table.upstreams()[i];
-        self.tried.iter().any(|t| Arc::ptr_eq(t, u))
+        let name = &table.upstreams()[i].name;
+        self.tried.iter().any(|t| &t.name == name)
     }
 
     /// Whether no try has been made yet.

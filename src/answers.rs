@@ -1,6 +1,6 @@
 //! The answers the balancer gives itself rather than an upstream: the fast 503
-//! when no upstream can take a request, the 429 of a rate limit, and
-//! Pingora's error answers. Each carries the request's id.
+//! when no upstream can take a request, the 429s of a rate limit and of too
+//! many requests in flight, and Pingora's error answers. Each carries the request's id.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -13,6 +13,10 @@ pub const NO_UPSTREAM_BODY: &str = "503 Service Unavailable: no upstream availab
 
 /// Body of a rate limit's 429.
 const TOO_MANY_BODY: &str = "429 Too Many Requests: over this client's rate limit\n";
+
+/// Body of the 429 for a client with too many requests in flight.
+const IN_FLIGHT_BODY: &str =
+    "429 Too Many Requests: too many requests in flight from this client\n";
 
 /// A short plain-text answer that is not to be cached, asking the client to
 /// come back in `retry_after` seconds.
@@ -39,10 +43,26 @@ pub async fn unavailable(session: &mut Session, request_id: &str) -> Result<()> 
 
 /// A 429 for a client over `lb.rate_limit`; the connection stays open.
 pub async fn too_many(session: &mut Session, retry_after: u64, request_id: &str) -> Result<()> {
-    let resp = plain(429, TOO_MANY_BODY, retry_after, request_id)?;
+    short(session, 429, TOO_MANY_BODY, retry_after, request_id).await
+}
+
+/// A 429 for a client with `lb.limits.max_connections_per_client` requests
+/// in flight.
+pub async fn too_many_in_flight(session: &mut Session, request_id: &str) -> Result<()> {
+    short(session, 429, IN_FLIGHT_BODY, 1, request_id).await
+}
+
+async fn short(
+    session: &mut Session,
+    code: u16,
+    body: &'static str,
+    retry_after: u64,
+    request_id: &str,
+) -> Result<()> {
+    let resp = plain(code, body, retry_after, request_id)?;
     session.write_response_header(Box::new(resp), false).await?;
     session
-        .write_response_body(Some(Bytes::from_static(TOO_MANY_BODY.as_bytes())), true)
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
         .await
 }
 

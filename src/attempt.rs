@@ -216,15 +216,15 @@ impl Attempt {
         self.finished
     }
 
-    /// Classifies `outcome` and applies the verdict to the upstream; returns it.
-    /// An answer settles the header; any other outcome ends the try, and only
-    /// the first such is applied.
     /// Ends the attempt without a verdict: its answer was settled already
     /// and it is being retried elsewhere.
     pub fn retire(&mut self) {
         self.finished = true;
     }
 
+    /// Classifies `outcome` and applies the verdict to the upstream; returns it.
+    /// An answer settles the header; any other outcome ends the try, and only
+    /// the first such is applied.
     pub fn settle(
         &mut self,
         outcome: Outcome,
@@ -245,6 +245,10 @@ impl Attempt {
         }
         self.outcome = Some(outcome);
         let u = &self.upstream;
+        if outcome == Outcome::ConnectFailed {
+            // A DNS member taken on trust is out at its first failure.
+            u.fail_probation("a connection to it failed");
+        }
         if let Some(ok) = v.breaker {
             match self.probe.take() {
                 Some(p) => p.finish(ok, now),

@@ -8,6 +8,7 @@ mod check;
 mod error;
 mod etcd;
 mod lines;
+pub mod rules;
 mod schema;
 mod unknown;
 mod validate;
@@ -82,6 +83,17 @@ pub struct Config {
     pub lb: LbConfig,
     pub dashboard: DashboardConfig,
     pub demo: Option<DemoConfig>,
+}
+
+impl Config {
+    /// Every address this balancer listens on: the proxy's, the HTTPS ones
+    /// and the dashboard's. No upstream may be one of them.
+    pub fn own_addrs(&self) -> Vec<SocketAddr> {
+        let mut own = self.lb.listen.clone();
+        own.extend(self.lb.tls.iter().flat_map(|t| t.listen.iter().copied()));
+        own.push(self.dashboard.listen);
+        own
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -190,8 +202,14 @@ pub struct LimitsConfig {
     /// Client connections open at once on the proxy listeners; more are
     /// closed at once.
     pub max_connections: usize,
-    /// Of those, how many one client address may hold.
+    /// Of those, how many one client address may hold; also how many
+    /// requests it may have in flight at once, HTTP/2 streams included.
     pub max_connections_per_client: usize,
+    /// How long a write to a client may wait (nginx's `send_timeout`): a
+    /// client, or an HTTP/2 stream, that stops reading is cut after it.
+    pub send_timeout: Duration,
+    /// Upstreams one pool may hold, from every source together.
+    pub max_upstreams: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -230,7 +230,8 @@ impl Admission {
 /// The client address of an accepted connection, if it has one.
 pub fn client_of(stream: &Stream) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
-    digest.peer_addr()?.as_inet().map(|a| a.ip())
+    // `::ffff:a.b.c.d` is the IPv4 client a.b.c.d, however it connected.
+    digest.peer_addr()?.as_inet().map(|a| a.ip().to_canonical())
 }
 
 /// Raises the descriptor limit as far as allowed and returns the connection

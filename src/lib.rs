@@ -9,6 +9,7 @@ pub mod answers;
 pub mod attempt;
 pub mod balancer;
 pub mod breaker;
+pub mod client_requests;
 pub mod config;
 pub mod connections;
 pub mod dashboard;
@@ -39,6 +40,7 @@ pub mod sticky;
 pub mod tls;
 pub mod trace;
 pub mod upstream;
+pub mod via;
 pub mod weights;
 
 use std::sync::Arc;
@@ -64,6 +66,9 @@ const TLS_BUFFERS: L4BufferSettings = L4BufferSettings {
     write: None,
 };
 
+/// The most answer bytes buffered for one HTTP/2 stream.
+const H2_STREAM_BUFFER: usize = 64 * 1024;
+
 pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<SharedState>> {
     let mut config = config;
     discovery::resolve_at_start(&mut config);
@@ -87,6 +92,13 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     // An idle HTTP/2 connection is closed as an idle HTTP/1 one would be.
     options.h2_idle_timeout = Some(limits.keepalive_timeout);
     http.server_options = Some(options);
+    // Pingora's bounded defaults (100 streams, a 64 KiB header list), and at
+    // most 64 KiB of answer buffered per stream for a client not reading:
+    // with `limits.send_timeout`, what a stalled stream holds is bounded in
+    // size and in time.
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_send_buffer_size(H2_STREAM_BUFFER);
+    http.h2_options = Some(h2);
     // The HTTPS listeners are plain sockets to Pingora (so they are handed
     // over on upgrade like the others); the frontend does the handshake.
     let tls = match &state.config.lb.tls {
@@ -103,6 +115,7 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
                 tls::server_config(store, conf),
                 conf.listen.clone(),
                 state.metrics.tls_handshakes_total.clone(),
+                state.metrics.header_timeouts_total.clone(),
             ))
         }
         None => None,

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub no_upstream_total: IntCounter,
     /// Requests refused with 429 by `lb.rate_limit`.
     pub rate_limited_total: IntCounter,
+    pub client_requests_refused_total: IntCounter,
     /// Access log lines lost because the writer fell behind.
     pub access_log_dropped_total: IntCounter,
     /// 1 while a session to `lb.etcd` is up.
@@ -133,6 +134,12 @@ impl Metrics {
         let rate_limited_total = IntCounter::new(
             "hlb_rate_limited_total",
             "Requests refused with 429 because their client was over lb.rate_limit",
+        )
+        .expect("metric");
+        let client_requests_refused_total = IntCounter::new(
+            "hlb_client_requests_refused_total",
+            "Requests refused with 429 because their client had \
+             lb.limits.max_connections_per_client requests in flight (HTTP/2 streams each count)",
         )
         .expect("metric");
         let access_log_dropped_total = IntCounter::new(
@@ -249,6 +256,7 @@ impl Metrics {
             Box::new(retries_total.clone()),
             Box::new(no_upstream_total.clone()),
             Box::new(rate_limited_total.clone()),
+            Box::new(client_requests_refused_total.clone()),
             Box::new(access_log_dropped_total.clone()),
             Box::new(etcd_connected.clone()),
             Box::new(retry_budget_exhausted_total.clone()),
@@ -279,6 +287,7 @@ impl Metrics {
             retries_total,
             no_upstream_total,
             rate_limited_total,
+            client_requests_refused_total,
             access_log_dropped_total,
             etcd_connected,
             retry_budget_exhausted_total,

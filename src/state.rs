@@ -12,7 +12,7 @@ use prometheus::IntCounter;
 use crate::config::{Config, StickyMode};
 use crate::events::Events;
 use crate::metrics::Metrics;
-use crate::pool::{Change, Desired, Pool};
+use crate::pool::{Change, Desired, EditError, Pool, SetRules};
 use crate::sticky::{Sealer, StickyResult};
 use crate::upstream::{GateObserver, GateSignal, Upstream, UpstreamEnv};
 
@@ -44,8 +44,12 @@ pub struct SharedState {
     draining_watch: tokio::sync::watch::Sender<bool>,
     /// Retries allowed over the last 10 s (`lb.retry_budget`).
     pub retry_budget: crate::retry_budget::RetryBudget,
+    /// This process's `Via` entry, which also tells a loop.
+    pub via: crate::via::Via,
     /// Per-client request rates (`lb.rate_limit`).
     pub rate_limiter: Option<crate::rate_limit::RateLimiter>,
+    /// Requests in flight per client (`lb.limits.max_connections_per_client`).
+    pub client_requests: crate::client_requests::ClientRequests,
     /// Where request records go (`lb.access_log`).
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// The demo upstreams' controls, while the demo runs.
@@ -104,7 +108,11 @@ impl SharedState {
             !config.lb.slow_start.is_zero(),
             desired,
             env,
-            config.lb.health_check.healthy_threshold,
+            SetRules {
+                passes: config.lb.health_check.healthy_threshold,
+                max_upstreams: config.lb.limits.max_upstreams,
+                own: config.own_addrs(),
+            },
         ));
         let observer: Arc<dyn GateObserver> = pool.clone();
         pool.env().signal.attach(Arc::downgrade(&observer));
@@ -129,6 +137,11 @@ impl SharedState {
             fleet,
             demo: Default::default(),
             rate_limiter,
+            via: Default::default(),
+            client_requests: crate::client_requests::ClientRequests::new(
+                config.lb.limits.max_connections_per_client,
+                metrics.client_requests_refused_total.clone(),
+            ),
             access_log,
             config,
             pool,
@@ -165,7 +178,7 @@ impl SharedState {
         &self,
         source: &str,
         edit: impl FnOnce(&mut Desired) -> Result<(), E>,
-    ) -> Result<Change, E> {
+    ) -> Result<Change, EditError<E>> {
         let fleet = self.fleet.as_ref();
         self.pool
             .edit(source, |name| fleet.is_some_and(|f| f.drains(name)), edit)

@@ -288,13 +288,15 @@ impl IpHash {
 /// not itself a trusted proxy.
 pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = peer.to_canonical();
     if !is_trusted(&peer) {
         return peer;
     }
     let chain: Vec<IpAddr> = forwarded_for
         .iter()
         .flat_map(|h| h.split(','))
-        .filter_map(|s| s.trim().parse().ok())
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
         .collect();
     chain
         .iter()
@@ -308,6 +310,23 @@ pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpA
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv4_mapped_address_is_the_ipv4_client() {
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_ip(mapped, &[], &[]), v4);
+        let proxy: ipnet::IpNet = "10.0.0.0/8".parse().unwrap();
+        let behind = client_ip(
+            "::ffff:10.0.0.1".parse().unwrap(),
+            &["::ffff:192.0.2.7"],
+            &[proxy],
+        );
+        assert_eq!(
+            behind, v4,
+            "a mapped trusted proxy is trusted, its client mapped too"
+        );
+    }
 
     const NOW: u64 = 1_800_000_000;
 

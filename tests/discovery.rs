@@ -343,6 +343,43 @@ async fn dns_members_follow_the_records_and_a_bad_answer_keeps_the_last_good_set
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_flipping_between_working_addresses_costs_no_request() {
+    // One record at a time, flipping between two working addresses (DNS
+    // round robin answering a rotating subset): the new member takes
+    // requests at once, so nothing is lost while the old one leaves.
+    let backends = replicas(&["r2", "r3"]).await;
+    let port = backends[0].addr().port();
+    let dns = Dnsmasq::start("127.0.0.2 flip.test\n", &[]).await;
+    let lb = Lb::start(&format!(
+        "  algorithm: round_robin\n{QUICK_CHECKS}{}  upstreams:\n    - {{ name: flip, dns: \"flip.test:{port}\" }}\n",
+        discovery_yaml(&dns)
+    ))
+    .await;
+    let (stop, sent, failed, stream) = request_stream(&lb);
+    let lb_ref = &lb;
+    for i in 0..4 {
+        let addr = if i % 2 == 0 { "127.0.0.3" } else { "127.0.0.2" };
+        dns.change_hosts(&format!("{addr} flip.test\n"));
+        let want = format!("flip@{addr}:{port}");
+        wait_for("the flip taken", || {
+            let want = want.clone();
+            async move { names(lb_ref).await == [want] }
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    stream.await.unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 20);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed while the name flipped"
+    );
+    let events = lb.state().await["events"].to_string();
+    assert!(!events.contains("right after it joined"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_members_take_their_weights_and_only_the_preferred_priority_serves() {
     let backends = replicas(&["a", "b", "backup"]).await;
     let port = backends[0].addr().port();

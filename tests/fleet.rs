@@ -460,6 +460,16 @@ async fn an_etcd_restart_loses_no_request_and_the_watch_resumes() {
     // Read at start: s2 serves from the first request.
     assert!(find(&a, "s2").await.is_some());
     until_up(&a, "s2").await;
+    // Its session is up and has registered it before etcd goes away (the
+    // read at start comes before either).
+    wait_for("a's session up, with a registered", || async {
+        let f = fleet(&a).await;
+        f["connected"] == true
+            && f["instances"]
+                .as_array()
+                .is_some_and(|i| i.iter().any(|x| x["id"] == "a"))
+    })
+    .await;
 
     // Clients keep asking while etcd goes away and comes back.
     let stop = Arc::new(AtomicBool::new(false));

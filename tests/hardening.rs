@@ -730,3 +730,51 @@ async fn pipelined_requests_are_answered_in_order() {
     );
     assert!(at("/third") < usize::MAX, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_comes_round_again_is_answered_508_and_our_own_address_is_refused() {
+    // An upstream that sends what it gets back to the balancer, once: the
+    // request returns carrying the balancer's own `Via` entry.
+    let back_to = Arc::new(std::sync::OnceLock::<String>::new());
+    let target = back_to.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let target = target.clone();
+        async move {
+            if headers.contains_key("x-came-round") {
+                return (axum::http::StatusCode::OK, "came round twice".to_string());
+            }
+            let mut req = reqwest::Client::new()
+                .get(target.get().unwrap())
+                .header("x-came-round", "1");
+            for v in headers.get_all("via") {
+                req = req.header("via", v.to_str().unwrap());
+            }
+            let r = req.send().await.unwrap();
+            let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap();
+            (status, r.text().await.unwrap())
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let lb = Lb::start_with(
+        &format!("  upstreams:\n{}", upstreams_yaml(&[("mirror", addr, 1)])),
+        "  admin_token: t0ken\n",
+    )
+    .await;
+    back_to.set(lb.url("/")).unwrap();
+    let r = reqwest::get(lb.url("/")).await.unwrap();
+    assert_eq!(r.status(), 508, "{}", r.text().await.unwrap());
+    // An upstream at the balancer's own listener is refused outright.
+    let add = reqwest::Client::new()
+        .post(lb.url_dashboard("/api/upstreams"))
+        .bearer_auth("t0ken")
+        .json(&serde_json::json!({ "name": "me", "addr": lb.proxy.to_string() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(add.status(), 400);
+    assert!(add.text().await.unwrap().contains("own listener"));
+}

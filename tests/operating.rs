@@ -226,3 +226,38 @@ async fn error_answers_carry_the_request_id_too() {
     assert_eq!(resp.status(), 413);
     assert_eq!(resp.headers()["x-request-id"], "too-big-7");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_client_through_a_mapped_ipv6_listener_is_the_same_client() {
+    // One client alternating between 127.0.0.1 and [::ffff:127.0.0.1] is
+    // one client to the rate limit, not two.
+    let a = mock("a").await;
+    let (proxy, mapped, dashboard) = (free_port(), free_port(), free_port());
+    let yaml = config_yaml(
+        proxy,
+        dashboard,
+        &format!(
+            "  rate_limit: {{ requests_per_sec: 5, burst: 10 }}\n  upstreams:\n{}",
+            upstreams_yaml(&[("a", a.addr(), 1)])
+        ),
+    )
+    .replace(
+        &format!("listen: [\"127.0.0.1:{proxy}\"]"),
+        &format!("listen: [\"127.0.0.1:{proxy}\", \"[::ffff:127.0.0.1]:{mapped}\"]"),
+    );
+    let lb = Lb::launch(&yaml, proxy, dashboard).await;
+    let client = reqwest::Client::new();
+    let urls = [lb.url("/"), format!("http://[::ffff:127.0.0.1]:{mapped}/")];
+    let mut served = 0;
+    for i in 0..30 {
+        let status = client.get(&urls[i % 2]).send().await.unwrap().status();
+        match status.as_u16() {
+            200 => served += 1,
+            429 => {}
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    // The burst of 10, and a window turning over mid-run may admit a few
+    // more; two clients would have had 20.
+    assert!((10..=13).contains(&served), "served {served}");
+}

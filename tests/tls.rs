@@ -438,11 +438,17 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_header_timeout
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     let lb = &s.lb;
     wait_for("the failed handshake counted", || async move {
-        lb.metrics()
-            .await
-            .contains("hlb_tls_handshakes_total{version=\"failed\"} 1")
+        let m = lb.metrics().await;
+        metric_value(&m, "hlb_tls_handshakes_total{version=\"failed\"}") == Some(1.0)
     })
     .await;
+    // A handshake the deadline cut is a header that did not come in time.
+    let m = lb.metrics().await;
+    assert_eq!(
+        metric_value(&m, "hlb_header_timeouts_total"),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,6 +111,8 @@ pub(super) struct RawLimits {
     pub keepalive_timeout: String,
     pub max_connections: i64,
     pub max_connections_per_client: i64,
+    pub send_timeout: String,
+    pub max_upstreams: i64,
 }
 
 impl Default for RawLimits {
@@ -122,6 +124,8 @@ impl Default for RawLimits {
             keepalive_timeout: "60s".into(),
             max_connections: 10_000,
             max_connections_per_client: 1_000,
+            send_timeout: "60s".into(),
+            max_upstreams: 10_000,
         }
     }
 }

@@ -317,7 +317,7 @@ fn a_discovery_entry_is_refused_by_key_and_line() {
         "{e:?}"
     );
     assert!(
-        e[2].starts_with("lb.upstreams[4].name: `a@b` may not hold"),
+        e[2].starts_with("lb.upstreams[4].name: `a@b` may hold only"),
         "{e:?}"
     );
     assert!(

@@ -50,11 +50,24 @@ pub(super) fn validate(raw: RawFile, c: &mut Checker) -> Config {
             .collect(),
     };
     let demo = raw.demo.map(|d| validate_demo(d, c));
-    Config {
+    let config = Config {
         lb,
         dashboard,
         demo,
+    };
+    let own = config.own_addrs();
+    for u in &config.lb.upstreams {
+        if super::rules::is_own(u.addr, &own) {
+            c.fail(
+                "lb.upstreams",
+                format!(
+                    "`{}` is at {}, this balancer's own listener: requests would loop",
+                    u.name, u.addr
+                ),
+            );
+        }
     }
+    config
 }
 
 fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
@@ -70,6 +83,17 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
 
     let etcd = raw.etcd.as_ref().map(|e| super::etcd::etcd(e, c));
     let (upstreams, discovered) = upstreams(&raw.upstreams, etcd.is_some(), c);
+    let limits = limits(&raw.limits, c);
+    if raw.upstreams.len() > limits.max_upstreams {
+        c.fail(
+            "lb.upstreams",
+            format!(
+                "{} entries, over lb.limits.max_upstreams ({})",
+                raw.upstreams.len(),
+                limits.max_upstreams
+            ),
+        );
+    }
     LbConfig {
         listen,
         h2c: raw.h2c,
@@ -92,7 +116,7 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
             connect: c.duration("lb.timeouts.connect", &raw.timeouts.connect),
             read: c.duration("lb.timeouts.read", &raw.timeouts.read),
         },
-        limits: limits(&raw.limits, c),
+        limits,
         rate_limit: raw.rate_limit.as_ref().map(|r| rate_limit(r, c)),
         access_log: raw.access_log.as_ref().map(|a| access_log(a, c)),
         etcd,
@@ -151,15 +175,9 @@ pub(super) fn upstreams(
     for (i, u) in raw.iter().enumerate() {
         let key = format!("lb.upstreams[{i}]");
         let name = u.name.trim();
-        if name.is_empty() {
-            c.fail(&format!("{key}.name"), "must not be empty");
-        } else if name.contains('@') || name.contains('/') || name.chars().any(char::is_whitespace)
-        {
-            // Discovered members are named `{entry}@{address}`.
-            c.fail(
-                &format!("{key}.name"),
-                format!("`{name}` may not hold `@`, `/` or spaces"),
-            );
+        // (Discovered members are named `{entry}@{address}`: `@` is theirs.)
+        if let Err(why) = super::rules::upstream_name(name) {
+            c.fail(&format!("{key}.name"), why);
         } else if !names.insert(name.to_string()) {
             c.fail(
                 &format!("{key}.name"),
@@ -187,7 +205,12 @@ pub(super) fn upstreams(
         };
         match (&u.addr, &u.dns, &u.srv) {
             (Some(addr), None, None) => {
-                if let Some(addr) = c.addr(&format!("{key}.addr"), addr) {
+                let addr = c.addr(&format!("{key}.addr"), addr).filter(|a| {
+                    super::rules::upstream_addr(*a)
+                        .map_err(|why| c.fail(&format!("{key}.addr"), why))
+                        .is_ok()
+                });
+                if let Some(addr) = addr {
                     let mut conf = UpstreamConfig::new(name, addr, weight);
                     conf.protocol = protocol;
                     upstreams.push(conf);
@@ -544,6 +567,8 @@ fn limits(l: &RawLimits, c: &mut Checker) -> LimitsConfig {
             }
             n as usize
         },
+        send_timeout: c.duration("lb.limits.send_timeout", &l.send_timeout),
+        max_upstreams: c.at_least("lb.limits.max_upstreams", l.max_upstreams, 1) as usize,
     }
 }
 

@@ -18,10 +18,11 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::App;
-use crate::config::UpstreamConfig;
+use crate::config::{rules, UpstreamConfig};
 use crate::discovery::etcd::view::Override;
 use crate::discovery::etcd::writer::WriteError;
 use crate::discovery::etcd::Fleet;
+use crate::pool::EditError;
 use crate::state::SharedState;
 use crate::upstream::Upstream;
 
@@ -41,6 +42,17 @@ pub enum AdminError {
     Etcd(String),
     /// Removing an upstream etcd did not supply.
     NotFromEtcd(String),
+    /// The pool holds `lb.limits.max_upstreams` already.
+    Full(usize),
+}
+
+impl From<EditError<AdminError>> for AdminError {
+    fn from(e: EditError<AdminError>) -> Self {
+        match e {
+            EditError::Refused(e) => e,
+            EditError::OverCap { cap, .. } => AdminError::Full(cap),
+        }
+    }
 }
 
 impl IntoResponse for AdminError {
@@ -66,6 +78,10 @@ impl IntoResponse for AdminError {
                 format!("an upstream named `{name}` exists already"),
             ),
             AdminError::BadBody(why) => (StatusCode::BAD_REQUEST, why),
+            AdminError::Full(cap) => (
+                StatusCode::CONFLICT,
+                format!("the pool holds lb.limits.max_upstreams ({cap}) upstreams already"),
+            ),
             AdminError::Etcd(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("etcd did not confirm the change ({why}); it may not have been made"),
@@ -87,16 +103,30 @@ fn authorize(state: &SharedState, headers: &HeaderMap) -> Result<(), AdminError>
         .admin_token
         .as_deref()
         .ok_or(AdminError::Disabled)?;
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
         Err(AdminError::Unauthorized)
     }
+}
+
+/// How long a wrong or missing token waits for its 401, so tokens cannot
+/// be tried at speed.
+const WRONG_TOKEN_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The answer to a refused admin request; a 401 only after a pause.
+async fn refuse(e: AdminError) -> Response {
+    if matches!(e, AdminError::Unauthorized) {
+        tokio::time::sleep(WRONG_TOKEN_DELAY).await;
+    }
+    e.into_response()
 }
 
 /// Authorizes and finds the upstream.
@@ -195,7 +225,7 @@ async fn set_drained(
 ) -> Response {
     let u = match target(&app, &headers, &name) {
         Ok(u) => u,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(e).await,
     };
     let action = if drained { "drained" } else { "enabled" };
     if let Some(fleet) = &app.state.fleet {
@@ -255,7 +285,7 @@ pub async fn set_weight(
 ) -> Response {
     let u = match target(&app, &headers, &name) {
         Ok(u) => u,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(e).await,
     };
     let new = match serde_json::from_slice::<WeightBody>(&body) {
         Ok(b) => match weight(b.weight) {
@@ -285,7 +315,7 @@ pub async fn set_weight(
         Ok(())
     });
     if let Err(e) = edited {
-        return e.into_response();
+        return AdminError::from(e).into_response();
     }
     event(&app, &name, format!("weight {old} → {new}"), peer);
     upstream_json(&app, &name, StatusCode::OK)
@@ -312,22 +342,14 @@ fn parse_add(body: &[u8]) -> Result<UpstreamConfig, AdminError> {
         ))
     })?;
     let name = b.name.trim();
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
-    {
-        return Err(AdminError::BadBody(
-            "name must be 1 to 64 letters, digits, `-`, `_` or `.`".into(),
-        ));
-    }
+    rules::upstream_name(name).map_err(|why| AdminError::BadBody(format!("name {why}")))?;
     let addr: SocketAddr = b.addr.trim().parse().map_err(|_| {
         AdminError::BadBody(format!(
             "`{}` is not an address; write ip:port, e.g. 10.0.0.7:8080",
             b.addr
         ))
     })?;
+    rules::upstream_addr(addr).map_err(AdminError::BadBody)?;
     Ok(UpstreamConfig::new(name, addr, weight(b.weight)?))
 }
 
@@ -339,12 +361,19 @@ pub async fn add(
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(e) = authorize(&app.state, &headers) {
-        return e.into_response();
+        return refuse(e).await;
     }
     let new = match parse_add(&body) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    if rules::is_own(new.addr, &app.state.config.own_addrs()) {
+        let why = format!(
+            "{} is this balancer's own listener: requests would loop",
+            new.addr
+        );
+        return AdminError::BadBody(why).into_response();
+    }
     let name = new.name.clone();
     if let Some(fleet) = &app.state.fleet {
         if app.state.upstream(&name).is_some() {
@@ -378,7 +407,7 @@ pub async fn add(
         Ok(())
     });
     if let Err(e) = edited {
-        return e.into_response();
+        return AdminError::from(e).into_response();
     }
     upstream_json(&app, &name, StatusCode::CREATED)
 }
@@ -392,7 +421,7 @@ pub async fn remove(
     Path(name): Path<String>,
 ) -> Response {
     if let Err(e) = target(&app, &headers, &name) {
-        return e.into_response();
+        return refuse(e).await;
     }
     let row = app
         .hub
@@ -427,7 +456,7 @@ pub async fn remove(
         Ok(())
     });
     if let Err(e) = edited {
-        return e.into_response();
+        return AdminError::from(e).into_response();
     }
     match row {
         Some(u) => (StatusCode::OK, Json(u)).into_response(),
@@ -455,6 +484,11 @@ mod tests {
             br#"{"name":"a b","addr":"127.0.0.1:1"}"#,
             br#"{"name":"s4","addr":"127.0.0.1:1","weight":0}"#,
             br#"{"name":"s4","addr":"127.0.0.1:1","extra":1}"#,
+            br#"{"name":"..","addr":"127.0.0.1:1"}"#,
+            br#"{"name":".","addr":"127.0.0.1:1"}"#,
+            br#"{"name":"s4","addr":"127.0.0.1:0"}"#,
+            br#"{"name":"s4","addr":"0.0.0.0:80"}"#,
+            br#"{"name":"s4","addr":"255.255.255.255:80"}"#,
             b"not json",
         ] {
             assert!(

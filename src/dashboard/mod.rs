@@ -91,7 +91,7 @@ impl ServerApp for DashboardApp {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()))
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let place = match self.admission.admit(peer.ip()) {
+        let place = match self.admission.admit(peer.ip().to_canonical()) {
             Ok(place) => Arc::new(place),
             Err(why) => {
                 log::debug!("dashboard connection from {peer} refused: {why:?}");

@@ -30,6 +30,7 @@ use crate::events::Events;
 use crate::upstream::{Gate, GateObserver, Upstream, UpstreamEnv};
 
 pub use compose::{compose, Desired};
+pub use sources::EditError;
 pub use table::{Members, Table, DYNAMIC_SCALE};
 
 /// Latency estimate assumed before any upstream has answered (seconds).
@@ -78,8 +79,18 @@ pub struct Pool {
     desired: Mutex<Desired>,
     /// What upstreams joining at run time are made with.
     env: UpstreamEnv,
+    rules: SetRules,
+}
+
+/// What a pool holds its sources' sets to.
+#[derive(Debug, Clone, Default)]
+pub struct SetRules {
     /// Health checks in a row an upstream joining at run time must pass.
-    passes: usize,
+    pub passes: usize,
+    /// `lb.limits.max_upstreams`: the most the sources together may name.
+    pub max_upstreams: usize,
+    /// The balancer's own listeners: an upstream there is refused (a loop).
+    pub own: Vec<std::net::SocketAddr>,
 }
 
 impl GateObserver for Pool {
@@ -90,19 +101,19 @@ impl GateObserver for Pool {
 
 impl Pool {
     /// A pool of what `desired` composes to, its upstreams made with `env`
-    /// (whose gate signal the caller attaches to it); `ramps` says slow
-    /// start is on, so weights need a finer scale. Upstreams that join later
-    /// must first pass `passes` health checks in a row.
+    /// (whose gate signal the caller attaches to it) and held to `rules`;
+    /// `ramps` says slow start is on, so weights need a finer scale.
     pub fn new(
         algorithm: Algorithm,
         ip_ring: bool,
         ramps: bool,
         desired: Desired,
         env: UpstreamEnv,
-        passes: usize,
+        rules: SetRules,
     ) -> Self {
         let upstreams = compose(&desired)
             .iter()
+            .filter(|c| !crate::config::rules::is_own(c.addr, &rules.own))
             .map(|c| Arc::new(Upstream::new(c, &env)))
             .collect();
         let members = Arc::new(Members::new(upstreams, ip_ring));
@@ -121,7 +132,7 @@ impl Pool {
             published: Notify::new(),
             desired: Mutex::new(desired),
             env,
-            passes,
+            rules,
         };
         pool.publish_weights(&pool.table.load());
         pool

@@ -1,11 +1,23 @@
 //! A change of one source's wanted set, carried through: the set composed
 //! anew replaces the table (upstreams kept by name and address keep their
-//! state), newcomers wait for their first passing health checks, those that
+//! state), newcomers wait for their first passing health checks (DNS
+//! members are taken on trust, on probation), those that
 //! left retire their series, and each addition and removal is an event
 //! naming the source.
 
 use super::{compose, Change, Desired, Pool};
+use crate::config::rules::is_own;
 use crate::upstream::Upstream;
+
+/// Why an edit was not made.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EditError<E> {
+    /// The source's own refusal.
+    Refused(E),
+    /// It would take the pool past `lb.limits.max_upstreams` (an event says
+    /// so; nothing changed).
+    OverCap { wanted: usize, cap: usize },
+}
 
 impl Pool {
     /// Edits what one source wants: `edit` changes its part of the
@@ -18,15 +30,48 @@ impl Pool {
         source: &str,
         starts_drained: impl Fn(&str) -> bool,
         edit: impl FnOnce(&mut Desired) -> Result<(), E>,
-    ) -> Result<Change, E> {
+    ) -> Result<Change, EditError<E>> {
         let mut desired = self.desired();
         let mut next = desired.clone();
-        edit(&mut next)?;
+        edit(&mut next).map_err(EditError::Refused)?;
+        let mut set = compose(&next);
+        let cap = self.rules.max_upstreams;
+        set.retain(|c| {
+            let own = is_own(c.addr, &self.rules.own);
+            if own {
+                let detail = format!(
+                    "{source}: {} refused: {} is this balancer's own listener (a loop)",
+                    c.name, c.addr
+                );
+                log::warn!("{detail}");
+                self.events.push(Some(&c.name), "upstreams", detail);
+            }
+            !own
+        });
+        let held = self.load().upstreams().len();
+        if set.len() > cap && set.len() > held {
+            let detail = format!(
+                "{source}: refused a change to {} upstreams, over lb.limits.max_upstreams ({cap})",
+                set.len(),
+            );
+            log::warn!("{detail}");
+            self.events.push(None, "upstreams", detail);
+            return Err(EditError::OverCap {
+                wanted: set.len(),
+                cap,
+            });
+        }
         *desired = next;
-        let passes = self.passes;
-        let change = self.replace(&compose(&desired), |c| {
+        let passes = self.rules.passes;
+        let change = self.replace(&set, |c| {
             let u = Upstream::new(c, &self.env);
-            u.await_checks(passes);
+            // A DNS member is taken on trust (see `on_probation`); any other
+            // newcomer waits for its checks.
+            if c.group.is_some() {
+                u.on_probation(passes);
+            } else {
+                u.await_checks(passes);
+            }
             u
         });
         let table = self.load();

@@ -30,7 +30,18 @@ fn pool_with(algorithm: Algorithm, weights: &[u32], extra: &str) -> (Arc<Pool>, 
         file: configs(weights),
         ..Desired::default()
     };
-    let pool = Arc::new(Pool::new(algorithm, false, false, desired, env.clone(), 2));
+    let pool = Arc::new(Pool::new(
+        algorithm,
+        false,
+        false,
+        desired,
+        env.clone(),
+        SetRules {
+            passes: 2,
+            max_upstreams: 6,
+            own: vec!["127.0.0.1:8080".parse().unwrap()],
+        },
+    ));
     let observer: Arc<dyn GateObserver> = pool.clone();
     env.signal.attach(Arc::downgrade(&observer));
     (pool, env)
@@ -310,7 +321,7 @@ fn an_edit_composes_the_sources_and_newcomers_wait_for_their_checks() {
             Ok(())
         },
     );
-    assert_eq!(refused.err(), Some("taken"));
+    assert_eq!(refused.err(), Some(EditError::Refused("taken")));
     let change = p
         .edit(
             "admin",
@@ -346,4 +357,54 @@ fn an_edit_composes_the_sources_and_newcomers_wait_for_their_checks() {
         !env.metrics.render().contains("upstream=\"u0\""),
         "u0's series retired"
     );
+}
+
+#[test]
+fn an_edit_past_the_cap_changes_nothing_and_says_so() {
+    let (p, env) = pool(Algorithm::Weighted, &[1, 1, 1, 1, 1]);
+    let add = |name: &str| {
+        let c = UpstreamConfig::new(name, "127.0.0.1:9".parse().unwrap(), 1);
+        p.edit(
+            "admin",
+            |_| false,
+            move |d| {
+                d.admin.add(c);
+                Ok::<(), ()>(())
+            },
+        )
+    };
+    assert!(add("x").is_ok(), "6 is the cap");
+    assert_eq!(
+        add("y").err(),
+        Some(EditError::OverCap { wanted: 7, cap: 6 })
+    );
+    assert_eq!(p.table().upstreams().len(), 6);
+    assert!(!p.desired().names("y"));
+    assert!(env.events.newest_first()[0]
+        .detail
+        .contains("over lb.limits.max_upstreams (6)"));
+}
+
+#[test]
+fn an_upstream_at_our_own_listener_is_refused_from_any_source() {
+    let (p, env) = pool(Algorithm::Weighted, &[1]);
+    p.edit(
+        "dns api.test:8080",
+        |_| false,
+        |d| {
+            d.set_members(
+                "api",
+                vec![UpstreamConfig::new(
+                    "api@127.0.0.1:8080",
+                    "127.0.0.1:8080".parse().unwrap(),
+                    1,
+                )],
+            );
+            Ok::<(), ()>(())
+        },
+    )
+    .unwrap();
+    assert_eq!(p.table().upstreams().len(), 1, "not taken");
+    let e = &env.events.newest_first()[0];
+    assert!(e.detail.contains("own listener"), "{}", e.detail);
 }

@@ -80,6 +80,8 @@ pub struct RequestCtx {
     set_cookie: bool,
     /// The first try went where the request's cookie said.
     sticky_routed: bool,
+    /// Its place among its client's requests in flight.
+    held: Option<crate::client_requests::Held>,
     /// Request body bytes seen so far, against `lb.limits.max_body`.
     body_bytes: u64,
     /// What this request's connection has taught so far, carried from one
@@ -203,11 +205,32 @@ impl ProxyHttp for Proxy {
             limits.max_header_bytes,
             limits.max_body,
         );
+        // A request that carries our own `Via` entry came round in a loop.
+        let verdict = verdict.or_else(|| {
+            self.state
+                .via
+                .is_loop(&session.req_header().headers)
+                .then_some(508)
+        });
         if let Some(code) = verdict {
             // The connection cannot be trusted to be in sync any more: close it.
             session.set_keepalive(None);
             answers::error(session, code, &ctx.info.request_id).await?;
             return Ok(true);
+        }
+        // A client (or an HTTP/2 stream of it) that stops reading is cut
+        // after this long, which frees the upstream connection it holds.
+        session.set_write_timeout(Some(limits.send_timeout));
+        // Each request holds a place among its client's, HTTP/2 streams
+        // included: the connection's peer is the client that holds them.
+        if let Some(peer) = self.client(session, ctx).map(|c| c.ip) {
+            match self.state.client_requests.admit(peer) {
+                Some(held) => ctx.held = Some(held),
+                None => {
+                    answers::too_many_in_flight(session, &ctx.info.request_id).await?;
+                    return Ok(true);
+                }
+            }
         }
         if let Some(limiter) = &self.state.rate_limiter {
             if let Some(ip) = self.client_ip(session, ctx) {
@@ -338,7 +361,10 @@ impl ProxyHttp for Proxy {
         // upstream request policy strips them (and those `Connection` names)
         // before this filter runs.
         let scheme = if over_tls(session) { "https" } else { "http" };
-        forwarding::set_forwarding(upstream_request, self.client(session, ctx), scheme)
+        forwarding::set_forwarding(upstream_request, self.client(session, ctx), scheme)?;
+        self.state
+            .via
+            .add(upstream_request, session.req_header().version)
     }
 
     async fn upstream_response_filter(

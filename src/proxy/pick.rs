@@ -110,7 +110,12 @@ impl Proxy {
         ctx: &'c mut RequestCtx,
     ) -> Option<&'c Client> {
         if ctx.conn.client.is_none() {
-            let ip = session.client_addr().and_then(|a| a.as_inet())?.ip();
+            // `::ffff:a.b.c.d` is the IPv4 client a.b.c.d wherever it is keyed.
+            let ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())?
+                .ip()
+                .to_canonical();
             ctx.conn.client = Some(Client::new(ip, &self.state.config.lb.trusted_proxies));
         }
         ctx.conn.client.as_ref()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 use rustls::ServerConfig;
 
 pub struct TlsListener {
@@ -17,6 +17,9 @@ pub struct TlsListener {
     /// The `lb.tls.listen` addresses.
     addrs: Vec<SocketAddr>,
     handshakes: IntCounterVec,
+    /// `hlb_header_timeouts_total`: a handshake cut by the header deadline
+    /// is a request header that did not come in time.
+    header_timeouts: IntCounter,
 }
 
 impl TlsListener {
@@ -24,11 +27,13 @@ impl TlsListener {
         config: Arc<ServerConfig>,
         addrs: Vec<SocketAddr>,
         handshakes: IntCounterVec,
+        header_timeouts: IntCounter,
     ) -> Self {
         TlsListener {
             acceptor: Acceptor::from_server_config(config),
             addrs,
             handshakes,
+            header_timeouts,
         }
     }
 
@@ -46,7 +51,7 @@ impl TlsListener {
     }
 
     /// The TLS handshake on `stream`, within `limit`; `None` if it failed or
-    /// took too long (counted as `failed`).
+    /// took too long (counted as `failed`, and a timeout as a header timeout).
     pub async fn handshake(&self, stream: Stream, limit: Duration) -> Option<Stream> {
         let l4 = match stream.into_any().downcast::<L4Stream>() {
             Ok(l4) => *l4,
@@ -74,6 +79,7 @@ impl TlsListener {
             Err(_) => {
                 log::debug!("tls handshake not done within {limit:?}");
                 self.handshakes.with_label_values(&["failed"]).inc();
+                self.header_timeouts.inc();
                 None
             }
         }

@@ -212,6 +212,33 @@ impl Upstream {
         self.metrics.up.set(0);
     }
 
+    /// Joined at run time from a DNS answer: eligible at once, as nginx's
+    /// `resolve` takes a new address, so a rotating answer never empties its
+    /// group; but its first failed check or connection takes it out until
+    /// `passes` checks in a row pass.
+    pub fn on_probation(&self, passes: usize) {
+        self.probation.store(passes.max(1), Ordering::Relaxed);
+    }
+
+    /// Its first check or connection failed while on probation: out of
+    /// rotation until its checks pass (with an event).
+    pub fn fail_probation(&self, why: &str) {
+        let passes = self.probation.swap(0, Ordering::Relaxed);
+        if passes == 0 {
+            return;
+        }
+        self.awaiting_checks.store(passes, Ordering::Relaxed);
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            if !self.is_retired() {
+                self.metrics.up.set(0);
+            }
+            let detail = format!("down: {why} right after it joined from DNS");
+            log::warn!("upstream {}: health {detail}", self.name);
+            self.events.push(Some(&self.name), "health", detail);
+            self.signal.fire();
+        }
+    }
+
     /// Whether it is still waiting for its first passing checks.
     pub fn is_awaiting_checks(&self) -> bool {
         self.awaiting_checks.load(Ordering::Relaxed) > 0
@@ -220,6 +247,15 @@ impl Upstream {
     /// Takes one health check's result while it awaits its first passes
     /// (`passes` in a row needed); a failure starts the count again.
     pub fn first_check(&self, ok: bool, passes: usize) {
+        if self.probation.load(Ordering::Relaxed) > 0 {
+            if ok {
+                // Its check passed: trusted like any other from now on.
+                self.probation.store(0, Ordering::Relaxed);
+            } else {
+                self.fail_probation("its first health check failed");
+            }
+            return;
+        }
         let left = self.awaiting_checks.load(Ordering::Relaxed);
         if left == 0 {
             return;

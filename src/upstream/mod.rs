@@ -93,6 +93,10 @@ pub struct Upstream {
     /// Joined at run time: takes no traffic until this many health checks in
     /// a row pass (0: not waiting).
     awaiting_checks: AtomicUsize,
+    /// A DNS member that joined at run time takes traffic at once, on
+    /// probation: its first failed check or connection takes it out until
+    /// this many checks in a row pass. 0 once a check has passed.
+    probation: AtomicUsize,
     /// Taken out of rotation by the operator.
     drained: AtomicBool,
     /// The breaker; locked only to claim a probe and to record a failure or
@@ -154,6 +158,7 @@ impl Upstream {
             standby: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             awaiting_checks: AtomicUsize::new(0),
+            probation: AtomicUsize::new(0),
             drained: AtomicBool::new(false),
             breaker: Mutex::new(Breaker::new(&env.breaker)),
             breaker_state: AtomicU8::new(BreakerState::Closed as u8),

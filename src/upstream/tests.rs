@@ -184,3 +184,33 @@ fn responses_are_counted_by_code_without_formatting_twice() {
     u.retire_metrics(&env.metrics);
     assert!(!env.metrics.render().contains("upstream=\"a\""));
 }
+
+#[test]
+fn a_member_on_probation_serves_at_once_and_its_first_failure_takes_it_out() {
+    let (u, env) = upstream();
+    let now = Instant::now();
+    u.on_probation(2);
+    assert_eq!(u.gate(now), Gate::Eligible, "taken on trust");
+    u.first_check(false, 2);
+    assert_eq!(u.gate(now), Gate::Out);
+    assert!(u.is_awaiting_checks());
+    assert!(env.events.newest_first()[0]
+        .detail
+        .contains("its first health check failed"));
+    u.first_check(true, 2);
+    assert_eq!(u.gate(now), Gate::Out, "one pass of two");
+    u.first_check(true, 2);
+    assert_eq!(u.gate(now), Gate::Eligible);
+    // A passed first check ends the probation: failures are the breaker's
+    // and the checks' again.
+    let (v, _) = upstream();
+    v.on_probation(2);
+    v.first_check(true, 2);
+    v.fail_probation("a connection to it failed");
+    assert_eq!(v.gate(now), Gate::Eligible);
+    // Before any check, a failed connection takes it out.
+    let (w, _) = upstream();
+    w.on_probation(2);
+    w.fail_probation("a connection to it failed");
+    assert_eq!(w.gate(now), Gate::Out);
+}

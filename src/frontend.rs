@@ -25,6 +25,7 @@ use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::oneshot;
 
+use crate::answer_wait::AnswerWait;
 use crate::connections::{self, Admission};
 use crate::header_cap::HeaderCap;
 use crate::header_clock::HeaderClock;
@@ -77,26 +78,43 @@ impl Frontend {
     }
 }
 
+/// How one request's processing ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended<T> {
+    Done(T),
+    /// Its header did not arrive whole in time, or the connection was shed.
+    HeaderLate,
+}
+
 /// Runs `request` (one request's whole processing), but drops it (closing the
 /// connection) if `arrived` has not fired within `deadline`, or if the
-/// connection is told to make room (`shed`) before it has.
+/// connection is told to make room (`shed`) before it has. Once the header is
+/// in, an upgrade request's wait for its answer (`answer`) is kept to its
+/// bound meanwhile.
 async fn with_header_deadline<T>(
     request: impl Future<Output = T>,
     arrived: oneshot::Receiver<()>,
     deadline: Duration,
     shed: impl Future<Output = ()>,
+    answer: &AnswerWait,
     on_arrival: impl FnOnce(),
-) -> Option<T> {
+) -> Ended<T> {
     tokio::pin!(request);
     tokio::select! {
         biased;
-        out = &mut request => return Some(out),
+        out = &mut request => return Ended::Done(out),
         // Fired, or dropped because the request ended: no more deadline.
         _ = arrived => on_arrival(),
-        _ = tokio::time::sleep(deadline) => return None,
-        _ = shed => return None,
+        _ = tokio::time::sleep(deadline) => return Ended::HeaderLate,
+        _ = shed => return Ended::HeaderLate,
     }
-    Some(request.await)
+    tokio::select! {
+        biased;
+        out = &mut request => return Ended::Done(out),
+        // Cut: the proxy's read ends, and it answers 504.
+        _ = answer.cut_when_due() => {}
+    }
+    Ended::Done(request.await)
 }
 
 /// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
@@ -234,6 +252,7 @@ impl Frontend {
         let secs = self.header_timeout.as_secs().max(1);
         session.set_keepalive((!*shutdown.borrow()).then_some(secs));
         let mut deadline = self.header_timeout;
+        let answer = Arc::new(AnswerWait::default());
         loop {
             let (tx, rx) = oneshot::channel();
             let carried = session.take_connection_user_context();
@@ -242,16 +261,18 @@ impl Frontend {
                 arrived: tx,
                 cap: cap.clone(),
                 carried,
+                answer: answer.clone(),
             })));
             if place.as_ref().is_some_and(|p| !p.waiting()) {
                 // Shed during its last request: its place is promised.
                 return None;
             }
-            let Some(result) = with_header_deadline(
+            let result = match with_header_deadline(
                 self.proxy.process_new_http(session, shutdown),
                 rx,
                 deadline,
                 shed(),
+                &answer,
                 || {
                     if let Some(p) = &place {
                         p.busy();
@@ -259,10 +280,13 @@ impl Frontend {
                 },
             )
             .await
-            else {
-                self.header_timeouts.inc();
-                log::debug!("request header not whole within {deadline:?}: connection closed");
-                return None;
+            {
+                Ended::Done(result) => result,
+                Ended::HeaderLate => {
+                    self.header_timeouts.inc();
+                    log::debug!("request header not whole within {deadline:?}: connection closed");
+                    return None;
+                }
             };
             let (stream, persistent) = result?.consume();
             session = ServerSession::new_http1(stream);
@@ -282,15 +306,17 @@ mod tests {
     async fn a_header_that_never_completes_is_cut_at_the_deadline() {
         let (_tx, rx) = oneshot::channel::<()>();
         let never = std::future::pending::<()>();
+        let answer = AnswerWait::default();
         let out = with_header_deadline(
             never,
             rx,
             Duration::from_secs(10),
             std::future::pending(),
+            &answer,
             || {},
         )
         .await;
-        assert!(out.is_none());
+        assert_eq!(out, Ended::HeaderLate);
     }
 
     #[tokio::test(start_paused = true)]
@@ -301,15 +327,17 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
             7
         };
+        let answer = AnswerWait::default();
         let out = with_header_deadline(
             slow,
             rx,
             Duration::from_secs(10),
             std::future::pending(),
+            &answer,
             || {},
         )
         .await;
-        assert_eq!(out, Some(7));
+        assert_eq!(out, Ended::Done(7));
     }
 
     #[tokio::test(start_paused = true)]
@@ -317,7 +345,9 @@ mod tests {
         let (_tx, rx) = oneshot::channel::<()>();
         let never = std::future::pending::<()>();
         let shed = std::future::ready(());
-        let out = with_header_deadline(never, rx, Duration::from_secs(10), shed, || {}).await;
-        assert!(out.is_none());
+        let answer = AnswerWait::default();
+        let out =
+            with_header_deadline(never, rx, Duration::from_secs(10), shed, &answer, || {}).await;
+        assert_eq!(out, Ended::HeaderLate);
     }
 }

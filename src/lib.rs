@@ -5,6 +5,7 @@
 //! Pingora [`Server`]; `main.rs` only parses flags and the config.
 
 pub mod access_log;
+pub mod answer_wait;
 pub mod answers;
 pub mod attempt;
 pub mod balancer;

@@ -80,6 +80,10 @@ pub struct RequestCtx {
     set_cookie: bool,
     /// The first try went where the request's cookie said.
     sticky_routed: bool,
+    /// The frontend's wait for an upgrade request's answer (HTTP/1 only).
+    answer: Option<std::sync::Arc<crate::answer_wait::AnswerWait>>,
+    /// The current try's upstream socket.
+    fd: Option<std::os::unix::io::RawFd>,
     /// Its place among its client's requests in flight.
     held: Option<crate::client_requests::Held>,
     /// Request body bytes seen so far, against `lb.limits.max_body`.
@@ -180,10 +184,14 @@ impl ProxyHttp for Proxy {
         // The frontend's header clock: the header is in, stop it; then take
         // what the previous request on the connection left.
         let prev = match prev.downcast::<HeaderClock>() {
-            Ok(clock) => match clock.header_in() {
-                Some(carried) => carried,
-                None => return,
-            },
+            Ok(clock) => {
+                let (carried, answer) = clock.header_in();
+                ctx.answer = Some(answer);
+                match carried {
+                    Some(carried) => carried,
+                    None => return,
+                }
+            }
             Err(other) => other,
         };
         if let Ok(conn) = prev.downcast::<ConnectionMemo>() {
@@ -333,6 +341,18 @@ impl ProxyHttp for Proxy {
         ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
+        if let Some(wait) = &ctx.answer {
+            wait.lift();
+            if wait.take_ran_out() {
+                // The upgrade's answer did not begin within the read
+                // timeout: a timeout like any other (504, not retried).
+                self.settle(session, ctx, Outcome::TimedOut);
+                let mut t = Error::explain(ReadTimedout, "no answer to the upgrade in time");
+                t.as_up();
+                t.set_retry(false);
+                return t;
+            }
+        }
         let mut e = e.more_context(format!("Peer: {peer}"));
         if ctx.retry.take_status_retry() {
             // Its answer was settled already (see upstream_response_filter).
@@ -351,6 +371,19 @@ impl ProxyHttp for Proxy {
         e
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.fd = Some(fd);
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -362,6 +395,19 @@ impl ProxyHttp for Proxy {
         // before this filter runs.
         let scheme = if over_tls(session) { "https" } else { "http" };
         forwarding::set_forwarding(upstream_request, self.client(session, ctx), scheme)?;
+        // An upgrade's upstream connection may idle as a tunnel for long, so
+        // the wait for its answer is bounded apart (see `answer_wait`).
+        // (Over HTTP/1.1 only: an HTTP/2 connection carries other streams.)
+        let h1 = ctx
+            .attempt
+            .as_ref()
+            .is_some_and(|a| !a.upstream.protocol.h2);
+        if let (true, true, Some(wait), Some(fd)) =
+            (session.is_upgrade_req(), h1, &ctx.answer, ctx.fd)
+        {
+            let read = self.state.config.lb.timeouts.read;
+            wait.arm(Instant::now() + read, fd);
+        }
         self.state
             .via
             .add(upstream_request, session.req_header().version)
@@ -373,6 +419,9 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(wait) = &ctx.answer {
+            wait.lift();
+        }
         let upgraded = upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS;
         if upstream_response.status.is_informational() && !upgraded {
             return Ok(());
@@ -480,6 +529,9 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        if let Some(wait) = &ctx.answer {
+            wait.lift();
+        }
         self.settle_last(session, e, ctx);
         if let Some(log) = &self.state.access_log {
             let client = self.client_ip(session, ctx);

@@ -7,6 +7,7 @@
 mod check;
 mod error;
 mod etcd;
+mod limits;
 mod lines;
 pub mod rules;
 mod schema;

@@ -33,6 +33,7 @@
 mod outcome;
 mod pick;
 mod retry;
+mod settle;
 
 pub use retry::RetryState;
 
@@ -102,61 +103,6 @@ struct ConnectionMemo {
     client: Option<Client>,
     /// The sticky cookie it last presented, once it opened.
     cookie: Option<OpenedCookie>,
-}
-
-impl Proxy {
-    fn is_failure(&self) -> impl Fn(u16) -> bool + '_ {
-        |status| {
-            self.state
-                .config
-                .lb
-                .circuit_breaker
-                .failure_status
-                .contains(&status)
-        }
-    }
-
-    /// What the request allows for a retry now.
-    fn facts(&self, session: &Session, ctx: &RequestCtx) -> Facts {
-        let req = session.req_header();
-        Facts {
-            idempotent: req.method.is_idempotent() || req.headers.contains_key("idempotency-key"),
-            replayable: !session.as_ref().retry_buffer_truncated(),
-            retries_left: ctx
-                .retry
-                .tries_left(&self.state.pool.load(), self.state.config.lb.retries),
-        }
-    }
-
-    /// Settles an outcome of the current try and plans the retry it asks for.
-    fn settle(&self, session: &Session, ctx: &mut RequestCtx, outcome: Outcome) -> Retry {
-        // Facts only where `retry_on` allows a retry: for a connection that
-        // failed or broke, and for an answer with a listed status.
-        let facts = if RetryState::listed(&self.state.config.lb.retry_on, outcome) {
-            self.facts(session, ctx)
-        } else {
-            Facts::NONE
-        };
-        self.settle_with(ctx, outcome, facts)
-    }
-
-    /// Settles an outcome with the retry `facts` given.
-    fn settle_with(&self, ctx: &mut RequestCtx, outcome: Outcome, facts: Facts) -> Retry {
-        let Some(a) = ctx.attempt.as_mut() else {
-            return Retry::No;
-        };
-        let now = Instant::now();
-        let asked = a.settle(outcome, facts, self.is_failure(), now).retry;
-        let exhausted = &self.state.metrics.retry_budget_exhausted_total;
-        ctx.retry.plan(
-            asked,
-            outcome,
-            &a.upstream,
-            &self.state.retry_budget,
-            now,
-            || exhausted.inc(),
-        )
-    }
 }
 
 #[async_trait]
@@ -546,33 +492,6 @@ impl ProxyHttp for Proxy {
                 Instant::now(),
             );
             log.log(record);
-        }
-    }
-}
-
-impl Proxy {
-    /// Settles what is still open of the last try at the request's end, and
-    /// takes its duration.
-    fn settle_last(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(a) = ctx.attempt.as_ref() else {
-            return;
-        };
-        if !a.is_finished() {
-            let outcome = match e {
-                None if a.status.is_some() => None,
-                Some(e) => Some(outcome_of(e, a.status, false)),
-                None => Some(Outcome::Abandoned),
-            };
-            if let Some(o) = outcome {
-                self.settle(session, ctx, o);
-            }
-        }
-        let Some(a) = ctx.attempt.as_ref() else {
-            return;
-        };
-        if a.status.is_some() || matches!(a.outcome, Some(Outcome::Reset | Outcome::TimedOut)) {
-            a.upstream
-                .observe_duration(a.started.elapsed().as_secs_f64());
         }
     }
 }

@@ -246,7 +246,11 @@ async fn an_ipv4_client_through_a_mapped_ipv6_listener_is_the_same_client() {
         &format!("listen: [\"127.0.0.1:{proxy}\", \"[::ffff:127.0.0.1]:{mapped}\"]"),
     );
     let lb = Lb::launch(&yaml, proxy, dashboard).await;
-    let client = reqwest::Client::new();
+    // A connection per request: what is shared is the client's address.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let urls = [lb.url("/"), format!("http://[::ffff:127.0.0.1]:{mapped}/")];
     let mut served = 0;
     for i in 0..30 {

@@ -308,20 +308,28 @@ mod tests {
     // Pingora's fast timer runs on a clock of its own: these use real time,
     // with short deadlines.
 
-    #[tokio::test]
-    async fn a_header_that_never_completes_is_cut_at_the_deadline() {
-        let (_tx, rx) = oneshot::channel::<()>();
-        let never = std::future::pending::<()>();
+    /// Runs `request` with a 100 ms header deadline, never shed.
+    async fn within_100ms<T>(
+        request: impl Future<Output = T>,
+        arrived: oneshot::Receiver<()>,
+    ) -> Ended<T> {
         let answer = AnswerWait::default();
-        let out = with_header_deadline(
-            never,
-            rx,
-            Duration::from_millis(100),
+        let deadline = Duration::from_millis(100);
+        with_header_deadline(
+            request,
+            arrived,
+            deadline,
             std::future::pending(),
             &answer,
             || {},
         )
-        .await;
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_header_that_never_completes_is_cut_at_the_deadline() {
+        let (_tx, rx) = oneshot::channel::<()>();
+        let out = within_100ms(std::future::pending::<()>(), rx).await;
         assert_eq!(out, Ended::HeaderLate);
     }
 
@@ -333,17 +341,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(400)).await;
             7
         };
-        let answer = AnswerWait::default();
-        let out = with_header_deadline(
-            slow,
-            rx,
-            Duration::from_millis(100),
-            std::future::pending(),
-            &answer,
-            || {},
-        )
-        .await;
-        assert_eq!(out, Ended::Done(7));
+        assert_eq!(within_100ms(slow, rx).await, Ended::Done(7));
     }
 
     #[tokio::test]

@@ -4,20 +4,26 @@
 //! comes back carrying that entry has gone round in a loop: it is answered
 //! 508 at once instead of being sent round again.
 
-use http::{HeaderMap, Version};
+use http::{HeaderMap, HeaderValue, Version};
 use pingora::http::RequestHeader;
 
 /// This process's entry in `Via`.
 #[derive(Debug, Clone)]
 pub struct Via {
     pseudonym: String,
+    /// The entry for a request that came in over HTTP/1.0, 1.1, 2 and 3,
+    /// made once: the request path only clones one.
+    entries: [HeaderValue; 4],
 }
 
 impl Default for Via {
     fn default() -> Self {
-        Via {
-            pseudonym: format!("hybrid-lb-{:08x}", rand::random::<u32>()),
-        }
+        let pseudonym = format!("hybrid-lb-{:08x}", rand::random::<u32>());
+        let entries = ["1.0", "1.1", "2", "3"].map(|protocol| {
+            HeaderValue::from_str(&format!("{protocol} {pseudonym}"))
+                .expect("a pseudonym of hex digits is a header value")
+        });
+        Via { pseudonym, entries }
     }
 }
 
@@ -36,14 +42,13 @@ impl Via {
     /// Adds this process's entry after any the request carries, naming the
     /// protocol the request came in with.
     pub fn add(&self, req: &mut RequestHeader, version: Version) -> pingora::Result<()> {
-        let protocol = match version {
-            Version::HTTP_10 => "1.0",
-            Version::HTTP_2 => "2",
-            Version::HTTP_3 => "3",
-            _ => "1.1",
+        let entry = match version {
+            Version::HTTP_10 => 0,
+            Version::HTTP_2 => 2,
+            Version::HTTP_3 => 3,
+            _ => 1,
         };
-        let entry = format!("{protocol} {}", self.pseudonym);
-        req.append_header(http::header::VIA, entry)?;
+        req.append_header(http::header::VIA, self.entries[entry].clone())?;
         Ok(())
     }
 }

@@ -12,16 +12,6 @@ use mock_backend::{Behaviour, BehaviourPatch};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 
-/// The process's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// Opens `n` connections to `to`, 32 at a time, each from one of eight
 /// loopback addresses and closed with a reset (so no port waits in
 /// TIME_WAIT on either side).

@@ -13,16 +13,6 @@ use std::time::Duration;
 use axum::Router;
 use common::*;
 
-/// The process's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// An upstream answering 100 KB to everything.
 async fn big() -> SocketAddr {
     let body = "x".repeat(100 * 1024);

@@ -31,7 +31,7 @@ fn state(algorithm: &str, n: usize) -> SharedState {
     for (i, u) in state.pool.table().upstreams().iter().enumerate() {
         u.observe_latency(0.001 * (1 + i % 40) as f64, false, now);
     }
-    weights::tick(&state, now);
+    weights::tick(&state.pool, now);
     state
 }
 

@@ -78,6 +78,8 @@ impl RequestInfo {
             bytes,
             request_id: self.request_id.clone(),
             sticky: self.sticky.map(|s| s.as_str()),
+            route: None,
+            pool: None,
         }
     }
 }
@@ -111,6 +113,9 @@ pub struct Record {
     pub request_id: String,
     /// `hit`, `new`, `moved` or `invalid` with sticky sessions on.
     pub sticky: Option<&'static str>,
+    /// The route the request took (None: no route matched) and its pool.
+    pub route: Option<String>,
+    pub pool: Option<String>,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -298,6 +303,8 @@ mod tests {
             bytes: 10,
             request_id: "id".into(),
             sticky: None,
+            route: Some("api".into()),
+            pool: Some("api".into()),
         }
     }
 

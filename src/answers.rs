@@ -1,6 +1,7 @@
 //! The answers the balancer gives itself rather than an upstream: the fast 503
 //! when no upstream can take a request, the 429s of a rate limit and of too
-//! many requests in flight, and Pingora's error answers. Each carries the request's id.
+//! many requests in flight, the 404 when no route matches, a route's
+//! redirect, and Pingora's error answers. Each carries the request's id.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -17,6 +18,9 @@ const TOO_MANY_BODY: &str = "429 Too Many Requests: over this client's rate limi
 /// Body of the 429 for a client with too many requests in flight.
 const IN_FLIGHT_BODY: &str =
     "429 Too Many Requests: too many requests in flight from this client\n";
+
+/// Body of the 404 when no route matches.
+const NO_ROUTE_BODY: &str = "404 Not Found: no route for this host and path\n";
 
 /// A short plain-text answer that is not to be cached, asking the client to
 /// come back in `retry_after` seconds.
@@ -64,6 +68,36 @@ async fn short(
     session
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
         .await
+}
+
+/// The 404 for a request no route matches; the connection stays open.
+pub async fn no_route(session: &mut Session, request_id: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(404, Some(4))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", NO_ROUTE_BODY.len().to_string())?;
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, request_id)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(NO_ROUTE_BODY.as_bytes())), true)
+        .await
+}
+
+/// A route's redirect to `location` with `status` (301, 302, 303, 307, 308).
+pub async fn redirect(
+    session: &mut Session,
+    status: u16,
+    location: &str,
+    request_id: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(http::header::LOCATION, location)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, request_id)?;
+    }
+    session.write_response_header(Box::new(resp), true).await
 }
 
 /// Pingora's error answer for `code`, with the request id.

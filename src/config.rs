@@ -7,11 +7,15 @@
 mod check;
 mod error;
 mod etcd;
+mod inherit;
 mod limits;
 mod lines;
+mod pools;
+mod routes;
 pub mod rules;
 mod schema;
 mod unknown;
+mod upstreams;
 mod validate;
 
 use std::net::SocketAddr;
@@ -22,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Problem};
 use lines::LineIndex;
+pub use pools::{PoolConfig, DEFAULT_POOL};
+pub use routes::{HeaderEdits, MatchConfig, RouteAction, RouteConfig};
 
 /// Selection algorithm (`lb.algorithm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -103,27 +109,18 @@ pub struct LbConfig {
     /// HTTP/2 with prior knowledge on the plain listeners, beside HTTP/1.1.
     pub h2c: bool,
     pub tls: Option<TlsConfig>,
-    pub algorithm: Algorithm,
     /// Peers whose forwarding headers (`X-Forwarded-*`, `X-Real-IP`,
     /// `Forwarded`) are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// The upstreams named by address.
-    pub upstreams: Vec<UpstreamConfig>,
-    /// The entries whose members DNS supplies.
-    pub discovered: Vec<DiscoveredGroup>,
     pub discovery: DiscoveryConfig,
-    pub health_check: HealthCheckConfig,
-    pub circuit_breaker: BreakerConfig,
-    pub outlier: OutlierConfig,
-    pub dynamic_weights: DynamicWeightsConfig,
-    pub sticky: StickyConfig,
-    /// Extra attempts, each on another upstream, after a connect failure.
-    pub retries: usize,
-    pub retry_on: RetryOn,
-    pub retry_budget: RetryBudgetConfig,
-    /// A new or recovered upstream ramps its weight over this (zero: off).
-    pub slow_start: Duration,
+    /// `lb.timeouts`: the `default` pool's, and the frontend's bound on a
+    /// closing HTTP/2 connection's streams.
     pub timeouts: TimeoutsConfig,
+    /// Every pool; the first is `default` (`lb.upstreams` with `lb`'s
+    /// policy keys), empty when the file names none and routes do not use it.
+    pub pools: Vec<PoolConfig>,
+    /// First match wins; without `lb.routes`, one catch-all to `default`.
+    pub routes: Vec<RouteConfig>,
     pub limits: LimitsConfig,
     /// Per-client request rate (`lb.rate_limit`); None: off.
     pub rate_limit: Option<RateLimitConfig>,
@@ -449,16 +446,16 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::single("", format!("cannot read {path}: {e}"), None))?;
         let (mut config, server) = Self::parse(&text)?;
-        if config.lb.sticky.secret.is_none() {
-            if let Ok(secret) = std::env::var(SECRET_ENV) {
-                if secret.len() < MIN_SECRET_LEN {
-                    return Err(ConfigError::single(
-                        SECRET_ENV,
-                        format!("must be at least {MIN_SECRET_LEN} bytes"),
-                        None,
-                    ));
-                }
-                config.lb.sticky.secret = Some(secret);
+        if let Ok(secret) = std::env::var(SECRET_ENV) {
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(ConfigError::single(
+                    SECRET_ENV,
+                    format!("must be at least {MIN_SECRET_LEN} bytes"),
+                    None,
+                ));
+            }
+            for pool in &mut config.lb.pools {
+                pool.sticky.secret.get_or_insert_with(|| secret.clone());
             }
         }
         Ok((config, server))
@@ -478,6 +475,7 @@ impl Config {
         };
         validate::check_top_level(&mut c);
         let config = validate::validate(raw, &mut c);
+        inherit::once(&mut c.problems);
         if c.problems.is_empty() {
             Ok((config, server))
         } else {
@@ -513,7 +511,7 @@ pub fn upstream_entry(name: &str, json: &[u8]) -> Result<UpstreamConfig, String>
         index: &index,
         problems: Vec::new(),
     };
-    let (mut upstreams, _) = validate::upstreams(std::slice::from_ref(&raw), true, &mut c);
+    let (mut upstreams, _) = upstreams::upstreams("lb", std::slice::from_ref(&raw), true, &mut c);
     if let Some(p) = c.problems.first() {
         let key = p
             .key

@@ -20,18 +20,18 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::UpstreamProtocol;
-use crate::state::SharedState;
+use crate::pool::Pool;
 use crate::upstream::Upstream;
 
 /// Takes Pingora's health flips into the shared state (metric, event).
 struct Observer {
-    state: Arc<SharedState>,
+    pool: Arc<Pool>,
 }
 
 #[async_trait]
 impl HealthObserve for Observer {
     async fn observe(&self, target: &Backend, healthy: bool) {
-        let hc = &self.state.config.lb.health_check;
+        let hc = &self.pool.config().health_check;
         let detail = if healthy {
             format!(
                 "GET {} passed {} times in a row",
@@ -44,7 +44,7 @@ impl HealthObserve for Observer {
             )
         };
         if let Some(addr) = target.addr.as_inet() {
-            let table = self.state.pool.load();
+            let table = self.pool.load();
             for u in table.upstreams().iter().filter(|u| u.addr == *addr) {
                 u.set_health(healthy, &detail);
             }
@@ -62,12 +62,12 @@ struct Checks {
     /// The plain HTTP/1.1 check first.
     by_protocol: std::sync::Mutex<Vec<(UpstreamProtocol, Arc<HttpHealthCheck>)>>,
     observer: Observer,
-    state: Arc<SharedState>,
+    pool: Arc<Pool>,
 }
 
 impl Checks {
     fn for_target(&self, addr: Option<std::net::SocketAddr>) -> Arc<HttpHealthCheck> {
-        let table = self.state.pool.load();
+        let table = self.pool.load();
         let protocol = addr.and_then(|a| {
             table
                 .upstreams()
@@ -82,7 +82,7 @@ impl Checks {
         if let Some((_, check)) = checks.iter().find(|(q, _)| *q == protocol) {
             return check.clone();
         }
-        match http_check(&self.state, &protocol) {
+        match http_check(&self.pool, &protocol) {
             Ok(check) => {
                 let check = Arc::new(check);
                 checks.push((protocol, check.clone()));
@@ -119,8 +119,8 @@ impl Checks {
     /// A passed check's or probe's time, taken `took` seconds up to `now`, is
     /// the upstream's probe latency.
     fn record_probe(&self, u: &Upstream, took: f64, now: Instant) {
-        let scale = self.state.pool.probe_scale();
-        u.observe_probe(took, now, scale, self.state.config.lb.health_check.interval);
+        let scale = self.pool.probe_scale();
+        u.observe_probe(took, now, scale, self.pool.config().health_check.interval);
     }
 
     /// One probe of a sidelined upstream, outside the health schedule (its
@@ -145,9 +145,9 @@ impl HealthCheck for Checks {
         let result = self.for_target(addr).check(target).await;
         let now = Instant::now();
         if let Some(addr) = addr {
-            let passes = self.state.config.lb.health_check.healthy_threshold;
+            let passes = self.pool.config().health_check.healthy_threshold;
             let took = now.saturating_duration_since(started).as_secs_f64();
-            let table = self.state.pool.load();
+            let table = self.pool.load();
             for u in table.upstreams().iter().filter(|u| u.addr == addr) {
                 u.first_check(result.is_ok(), passes);
                 if result.is_ok() {
@@ -169,8 +169,8 @@ impl HealthCheck for Checks {
 }
 
 /// The check for upstreams spoken to with `protocol`.
-fn http_check(state: &SharedState, protocol: &UpstreamProtocol) -> Result<HttpHealthCheck> {
-    let hc_conf = &state.config.lb.health_check;
+fn http_check(pool: &Pool, protocol: &UpstreamProtocol) -> Result<HttpHealthCheck> {
+    let hc_conf = &pool.config().health_check;
     let host = protocol
         .tls
         .as_ref()
@@ -207,13 +207,13 @@ fn http_check(state: &SharedState, protocol: &UpstreamProtocol) -> Result<HttpHe
 
 /// The addresses in the upstream table, as Pingora's discovery.
 struct TableDiscovery {
-    state: Arc<SharedState>,
+    pool: Arc<Pool>,
 }
 
 #[async_trait]
 impl ServiceDiscovery for TableDiscovery {
     async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let table = self.state.pool.load();
+        let table = self.pool.load();
         let backends = table
             .upstreams()
             .iter()
@@ -226,11 +226,11 @@ impl ServiceDiscovery for TableDiscovery {
 /// How often the checked set is re-read from the table.
 const SET_REFRESH: Duration = Duration::from_secs(1);
 
-/// The health-check service and the probes of sidelined upstreams: add both
-/// to the server as background services.
-pub fn services(state: Arc<SharedState>) -> Result<(LoadBalancer<RoundRobin>, ProbeService)> {
-    let hc_conf = &state.config.lb.health_check;
-    let lb_conf = &state.config.lb;
+/// The health-check service and the probes of sidelined upstreams of
+/// `pool`: add both to the server as background services.
+pub fn services(pool: Arc<Pool>) -> Result<(LoadBalancer<RoundRobin>, ProbeService)> {
+    let hc_conf = &pool.config().health_check;
+    let lb_conf = pool.config();
     let mut protocols = vec![UpstreamProtocol::default()];
     let configured = lb_conf
         .upstreams
@@ -244,17 +244,13 @@ pub fn services(state: Arc<SharedState>) -> Result<(LoadBalancer<RoundRobin>, Pr
     }
     let by_protocol = protocols
         .into_iter()
-        .map(|p| http_check(&state, &p).map(|c| (p, Arc::new(c))))
+        .map(|p| http_check(&pool, &p).map(|c| (p, Arc::new(c))))
         .collect::<Result<Vec<_>>>()?;
-    let mut backends = Backends::new(Box::new(TableDiscovery {
-        state: state.clone(),
-    }));
+    let mut backends = Backends::new(Box::new(TableDiscovery { pool: pool.clone() }));
     let checks = Arc::new(Checks {
         by_protocol: std::sync::Mutex::new(by_protocol),
-        observer: Observer {
-            state: state.clone(),
-        },
-        state: state.clone(),
+        observer: Observer { pool: pool.clone() },
+        pool: pool.clone(),
     });
     backends.set_health_check(Box::new(SharedChecks(checks.clone())));
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
@@ -278,7 +274,7 @@ pub struct ProbeService {
 #[async_trait]
 impl BackgroundService for ProbeService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let state = &self.checks.state;
+        let pool = &self.checks.pool;
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -286,7 +282,7 @@ impl BackgroundService for ProbeService {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let table = state.pool.table();
+            let table = pool.table();
             let sidelined = table.upstreams().iter().filter(|u| u.is_sidelined());
             futures_util::future::join_all(sidelined.map(|u| self.checks.probe(u))).await;
         }

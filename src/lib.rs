@@ -36,6 +36,7 @@ pub mod proxy;
 pub mod rate_limit;
 pub mod ready;
 pub mod retry_budget;
+pub mod route;
 pub mod state;
 pub mod sticky;
 pub mod tls;
@@ -137,9 +138,19 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     }
     server.add_service(proxy);
 
-    let (checks, probes) = health::services(state.clone())?;
-    housekeeping.add("health checks", checks);
-    housekeeping.add("probe timing", probes);
+    // Each pool runs its own checks, weights tick, ejection and publisher.
+    for pool in &state.pools {
+        let of = |what: &str| format!("{what} of pool {}", pool.name());
+        let (checks, probes) = health::services(pool.clone())?;
+        housekeeping.add(&of("health checks"), checks);
+        housekeeping.add(&of("probe timing"), probes);
+        housekeeping.add(&of("weights"), weights::WeightsService::new(pool.clone()));
+        housekeeping.add(&of("ejection"), outlier::OutlierService::new(pool.clone()));
+        housekeeping.add(
+            &of("publisher"),
+            pool::publisher::Publisher::new(pool.clone()),
+        );
+    }
     // The access log's writer does blocking file writes: a thread of its own,
     // so a stalled disk never holds up health checks or the weights tick.
     if let Some(log) = &state.access_log {
@@ -149,14 +160,8 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
         ));
     }
 
-    housekeeping.add("weights", weights::WeightsService::new(state.clone()));
     housekeeping.add("discovery", discovery::DiscoveryService::new(state.clone()));
     housekeeping.add("etcd", discovery::etcd::EtcdService::new(state.clone()));
-    housekeeping.add("ejection", outlier::OutlierService::new(state.clone()));
-    housekeeping.add(
-        "pool publisher",
-        pool::publisher::Publisher::new(state.pool.clone()),
-    );
     // The dashboard is a Pingora service so its socket is handed over on upgrade.
     let hub = Arc::new(dashboard::Hub::new());
     let mut sidecar = Service::new(

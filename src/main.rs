@@ -17,6 +17,9 @@ usage: hybrid-lb -c FILE [-t | -u | -d]
 
   -c, --conf FILE   the config (balancer, dashboard and Pingora keys in one YAML file)
   -t, --test        check the whole config, print the verdict and exit (non-zero if invalid)
+      --explain REQ with -t: the route a request would take and why, e.g.
+                    --explain 'GET https://api.example.com/v1/users' (headers after the
+                    URL: 'GET /x X-Canary: 1, Cookie: a=b')
   -u, --upgrade     take the listening sockets over from a running instance: start the
                     new process with -u, then send the old one SIGQUIT (zero-downtime reload)
   -d, --daemon      run in the background (Pingora's daemon mode)
@@ -41,9 +44,20 @@ fn main() {
         println!("hybrid-lb {}", env!("CARGO_PKG_VERSION"));
         return;
     }
+    // `--explain REQ` is ours; the rest are Pingora's flags.
+    let mut explain = None;
+    let mut rest = vec![std::env::args().next().unwrap_or_default()];
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.strip_prefix("--explain") {
+            Some("") => explain = Some(it.next().unwrap_or_default()),
+            Some(v) if v.starts_with('=') => explain = Some(v[1..].to_string()),
+            _ => rest.push(a),
+        }
+    }
     hybrid_lb::memory::init();
     hybrid_lb::logging::init();
-    let mut opt = Opt::parse_args();
+    let mut opt = Opt::parse_from_args(rest);
     let Some(path) = opt.conf.take() else {
         eprintln!("hybrid-lb: no config file given; run `hybrid-lb -c conf/lb.yaml`");
         std::process::exit(2);
@@ -58,6 +72,16 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(request) = explain {
+        match explain_request(&config, &request) {
+            Ok(text) => println!("{text}"),
+            Err(why) => {
+                eprintln!("hybrid-lb: --explain: {why}");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
     if opt.test {
         // Pingora's keys were checked with ours: nothing more to start.
         println!("hybrid-lb: {path} is valid");
@@ -83,4 +107,13 @@ fn main() {
     };
     state.events.push(None, kind, format!("{how} with {path}"));
     server.run_forever();
+}
+
+/// `--explain REQ`: the route `REQ` takes under `config`, as text.
+fn explain_request(config: &Config, request: &str) -> Result<String, String> {
+    use hybrid_lb::route::{explain, RouteTable};
+    let (method, url, headers) = explain::parse_request(request)?;
+    let table = RouteTable::new(config.lb.routes.clone());
+    let e = explain::explain(&table, &config.lb.pools, &method, &url, &headers)?;
+    Ok(e.to_string())
 }

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub tls_handshakes_total: IntCounterVec,
     /// Client connections by listener (`plain`, `tls`) and protocol (`h1`, `h2`).
     pub downstream_connections_total: IntCounterVec,
+    /// Answers to clients by route and status (`none`: no route matched).
+    pub route_requests_total: IntCounterVec,
+    /// Time from request to answer, by route.
+    pub route_duration_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -77,10 +81,7 @@ impl Metrics {
                 "hlb_request_duration_seconds",
                 "Upstream response time in seconds",
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-                0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
-            ]),
+            .buckets(request_duration_seconds_buckets()),
             &["upstream"],
         )
         .expect("metric");
@@ -235,6 +236,23 @@ impl Metrics {
         )
         .expect("metric");
 
+        let route_requests_total = IntCounterVec::new(
+            Opts::new(
+                "hlb_route_requests_total",
+                "Answers to clients by route and status",
+            ),
+            &["route", "code"],
+        )
+        .expect("metric");
+        let route_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "hlb_route_duration_seconds",
+                "Time from a request's start to its answer's end, by route",
+            )
+            .buckets(request_duration_seconds_buckets()),
+            &["route"],
+        )
+        .expect("metric");
         let retry_budget_exhausted_total = IntCounter::new(
             "hlb_retry_budget_exhausted_total",
             "Retries not made because lb.retry_budget was spent",
@@ -268,6 +286,8 @@ impl Metrics {
             Box::new(tls_handshakes_total.clone()),
             Box::new(downstream_connections_total.clone()),
             Box::new(crate::logging::header_aborts().clone()),
+            Box::new(route_requests_total.clone()),
+            Box::new(route_duration_seconds.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -298,6 +318,8 @@ impl Metrics {
             discovery_updates_total,
             tls_handshakes_total,
             downstream_connections_total,
+            route_requests_total,
+            route_duration_seconds,
         }
     }
 
@@ -307,6 +329,78 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// One series' counters by status code (`{..., code}`), each resolved once,
+/// the first time its code is seen, so the request path does not format a
+/// label per answer.
+#[derive(Debug)]
+pub struct ByCode {
+    vec: IntCounterVec,
+    /// The labels before `code`.
+    labels: Vec<String>,
+    seen: arc_swap::ArcSwap<Vec<(u16, IntCounter)>>,
+}
+
+impl ByCode {
+    pub fn new(vec: &IntCounterVec, labels: &[&str]) -> Self {
+        ByCode {
+            vec: vec.clone(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            seen: Default::default(),
+        }
+    }
+
+    pub fn inc(&self, status: u16) {
+        if let Some((_, c)) = self.seen.load().iter().find(|(s, _)| *s == status) {
+            c.inc();
+            return;
+        }
+        let code = status.to_string();
+        let mut labels: Vec<&str> = self.labels.iter().map(String::as_str).collect();
+        labels.push(&code);
+        let counter = self.vec.with_label_values(&labels);
+        counter.inc();
+        self.seen.rcu(|codes| {
+            let mut codes = Vec::clone(codes);
+            if !codes.iter().any(|(s, _)| *s == status) {
+                codes.push((status, counter.clone()));
+            }
+            codes
+        });
+    }
+
+    /// Each code seen so far with its count.
+    pub fn counts(&self) -> Vec<(u16, u64)> {
+        self.seen
+            .load()
+            .iter()
+            .map(|(s, c)| (*s, c.get()))
+            .collect()
+    }
+
+    /// The codes seen so far.
+    pub fn codes(&self) -> Vec<u16> {
+        self.seen.load().iter().map(|(s, _)| *s).collect()
+    }
+
+    /// Removes every series this counted into.
+    pub fn retire(&self) {
+        for code in self.codes() {
+            let code = code.to_string();
+            let mut labels: Vec<&str> = self.labels.iter().map(String::as_str).collect();
+            labels.push(&code);
+            let _ = self.vec.remove_label_values(&labels);
+        }
+    }
+}
+
+/// Histogram buckets of request times, in seconds.
+fn request_duration_seconds_buckets() -> Vec<f64> {
+    vec![
+        0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+        0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
+    ]
 }
 
 impl Default for Metrics {

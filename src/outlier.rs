@@ -12,15 +12,15 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::balancer::outlier::{judge, Candidate};
-use crate::state::SharedState;
+use crate::pool::Pool;
 
 /// Counts by upstream name at the last tick: (attempts, failures).
 pub type Seen = HashMap<String, (u64, u64)>;
 
 /// One tick at `now`: judges the interval since `seen` and applies it.
-pub fn tick(state: &SharedState, seen: &mut Seen, now: Instant) {
-    let conf = &state.config.lb.outlier;
-    let table = state.pool.load();
+pub fn tick(pool: &Pool, seen: &mut Seen, now: Instant) {
+    let conf = &pool.config().outlier;
+    let table = pool.load();
     let upstreams = table.upstreams();
     let mut next = Seen::with_capacity(upstreams.len());
     let candidates: Vec<Candidate> = upstreams
@@ -66,19 +66,19 @@ pub fn tick(state: &SharedState, seen: &mut Seen, now: Instant) {
 }
 
 pub struct OutlierService {
-    state: Arc<SharedState>,
+    pool: Arc<Pool>,
 }
 
 impl OutlierService {
-    pub fn new(state: Arc<SharedState>) -> Self {
-        OutlierService { state }
+    pub fn new(pool: Arc<Pool>) -> Self {
+        OutlierService { pool }
     }
 }
 
 #[async_trait]
 impl BackgroundService for OutlierService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let conf = self.state.config.lb.outlier;
+        let conf = self.pool.config().outlier;
         if conf.max_ejection_percent == 0 {
             let _ = shutdown.changed().await;
             return;
@@ -88,7 +88,7 @@ impl BackgroundService for OutlierService {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = interval.tick() => tick(&self.state, &mut seen, Instant::now()),
+                _ = interval.tick() => tick(&self.pool, &mut seen, Instant::now()),
                 _ = shutdown.changed() => return,
             }
         }
@@ -99,6 +99,7 @@ impl BackgroundService for OutlierService {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::state::SharedState;
     use std::time::Duration;
 
     #[test]
@@ -108,13 +109,13 @@ mod tests {
         let (a, b) = (s.upstream("a").unwrap(), s.upstream("b").unwrap());
         let now = Instant::now();
         let mut seen = Seen::new();
-        tick(&s, &mut seen, now);
+        tick(&s.pool, &mut seen, now);
         for i in 0..20 {
             a.count_response(200, false);
             b.count_response(if i % 2 == 0 { 500 } else { 200 }, i % 2 == 0);
         }
         let later = now + Duration::from_secs(1);
-        tick(&s, &mut seen, later);
+        tick(&s.pool, &mut seen, later);
         assert!(b.is_ejected_at(later) && !a.is_ejected_at(later));
         assert_eq!(b.gate(later), crate::upstream::Gate::Tripped);
         assert_eq!(s.pool.table().weights[1], 0, "published: not picked");
@@ -124,7 +125,7 @@ mod tests {
             .contains("hlb_upstream_ejected{upstream=\"b\"} 1"));
         // Its two seconds pass: back, with an event.
         let back = later + Duration::from_secs(2);
-        tick(&s, &mut seen, back);
+        tick(&s.pool, &mut seen, back);
         assert!(!b.is_ejected_at(back));
         assert_eq!(s.events.newest_first()[0].detail, "back in rotation");
         // Failing again: twice as long.
@@ -132,7 +133,7 @@ mod tests {
             b.count_response(500, true);
         }
         let again = back + Duration::from_secs(1);
-        tick(&s, &mut seen, again);
+        tick(&s.pool, &mut seen, again);
         assert!(s.events.newest_first()[0]
             .detail
             .starts_with("ejected for 4s"));

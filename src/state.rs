@@ -1,38 +1,35 @@
 //! What the proxy, the background services and the dashboard share: the
-//! config, the pool, the metrics, the events, stickiness and the process's
+//! config, the routes, the pools, the metrics, the events and the process's
 //! draining flag. It holds the parts and decides nothing: the request path
-//! reads only atomics and swapped snapshots; changes to the set of upstreams
-//! all go through [`SharedState::edit_sources`].
+//! reads only atomics and swapped snapshots; changes to a pool's set of
+//! upstreams all go through [`SharedState::edit_sources`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus::IntCounter;
 
-use crate::config::{Config, StickyMode};
+use crate::config::Config;
 use crate::events::Events;
 use crate::metrics::Metrics;
-use crate::pool::{Change, Desired, EditError, Pool, SetRules};
-use crate::sticky::{Sealer, StickyResult};
-use crate::upstream::{GateObserver, GateSignal, Upstream, UpstreamEnv};
-
-/// The stickiness in force.
-#[derive(Debug)]
-pub enum Sticky {
-    Off,
-    Cookie(Sealer),
-    Ip,
-}
+use crate::pool::{Change, Desired, EditError, Policy, Pool, SetRules};
+use crate::sticky::StickyResult;
+use crate::upstream::Upstream;
 
 /// Everything the parts of one process share.
 #[derive(Debug)]
 pub struct SharedState {
     pub config: Config,
-    /// The upstreams, their published eligible set, and selection.
+    /// Every pool, in `lb.pools`' order: its upstreams, their published
+    /// eligible set, selection and policies.
+    pub pools: Vec<Arc<Pool>>,
+    /// The pool `default` (`pools[0]`): the unprefixed admin API and etcd
+    /// keys act on it.
     pub pool: Arc<Pool>,
+    /// Which route a request takes, and each route's limits and series.
+    pub routes: crate::route::served::Routes,
     pub metrics: Metrics,
     pub events: Arc<Events>,
-    pub sticky: Sticky,
     /// Sticky outcomes by [`StickyResult`] (hit, new, moved, invalid).
     sticky_counts: [AtomicU64; 4],
     /// `hlb_sticky_total{result}` by [`StickyResult`], resolved once.
@@ -42,8 +39,6 @@ pub struct SharedState {
     /// for tasks that wait on it.
     draining: AtomicBool,
     draining_watch: tokio::sync::watch::Sender<bool>,
-    /// Retries allowed over the last 10 s (`lb.retry_budget`).
-    pub retry_budget: crate::retry_budget::RetryBudget,
     /// This process's `Via` entry, which also tells a loop.
     pub via: crate::via::Via,
     /// Per-client request rates (`lb.rate_limit`).
@@ -74,54 +69,32 @@ impl SharedState {
             .map(Arc::new);
         let metrics = Metrics::new();
         let events = Arc::new(Events::default());
-        let sticky = match config.lb.sticky.mode {
-            StickyMode::Off => Sticky::Off,
-            StickyMode::Ip => Sticky::Ip,
-            StickyMode::Cookie => Sticky::Cookie(Sealer::new(&sticky_secret(&config))),
+        let rules = SetRules {
+            passes: 0,
+            max_upstreams: config.lb.limits.max_upstreams,
+            own: config.own_addrs(),
         };
-        let env = UpstreamEnv {
-            breaker: config.lb.circuit_breaker.clone(),
-            half_life: config.lb.dynamic_weights.half_life,
-            penalty_cap: config.lb.timeouts.read.as_secs_f64(),
-            metrics: metrics.clone(),
-            events: events.clone(),
-            sealer: match &sticky {
-                Sticky::Cookie(s) => Some(s.clone()),
-                _ => None,
-            },
-            signal: Arc::new(GateSignal::default()),
-            slow_start: config.lb.slow_start,
-        };
-        let groups: Vec<String> = config
+        let pools: Vec<Arc<Pool>> = config
             .lb
-            .discovered
+            .pools
             .iter()
-            .map(|g| g.name.clone())
+            .enumerate()
+            .map(|(i, conf)| {
+                // etcd's unprefixed keys are the `default` pool's.
+                let etcd = start
+                    .as_ref()
+                    .filter(|_| i == 0)
+                    .map(crate::discovery::etcd::view::wanted);
+                let rules = SetRules {
+                    passes: conf.health_check.healthy_threshold,
+                    ..rules.clone()
+                };
+                Pool::build(Policy::new(conf.clone()), &metrics, &events, etcd, rules)
+            })
             .collect();
-        let mut desired = Desired::from_start(&config.lb.upstreams, &groups);
-        if let Some(view) = &start {
-            desired.etcd = crate::discovery::etcd::view::wanted(view);
-        }
-        let pool = Arc::new(Pool::new(
-            config.lb.algorithm,
-            matches!(sticky, Sticky::Ip),
-            !config.lb.slow_start.is_zero(),
-            desired,
-            env,
-            SetRules {
-                passes: config.lb.health_check.healthy_threshold,
-                max_upstreams: config.lb.limits.max_upstreams,
-                own: config.own_addrs(),
-            },
-        ));
-        let observer: Arc<dyn GateObserver> = pool.clone();
-        pool.env().signal.attach(Arc::downgrade(&observer));
+        let routes = crate::route::served::Routes::new(config.lb.routes.clone(), &metrics);
         let sticky_series =
             StickyResult::ALL.map(|r| metrics.sticky_total.with_label_values(&[r.as_str()]));
-        let retry_budget = crate::retry_budget::RetryBudget::new(
-            &config.lb.retry_budget,
-            std::time::Instant::now(),
-        );
         let rate_limiter = config
             .lb
             .rate_limit
@@ -144,16 +117,16 @@ impl SharedState {
             ),
             access_log,
             config,
-            pool,
+            pool: pools[0].clone(),
+            pools,
+            routes,
             sticky_series,
             metrics,
             events,
-            sticky,
             sticky_counts: Default::default(),
             draining: AtomicBool::new(false),
             draining_watch: tokio::sync::watch::channel(false).0,
             certificates: std::sync::OnceLock::new(),
-            retry_budget,
         }
     }
 
@@ -167,21 +140,38 @@ impl SharedState {
         self.certificates.get()
     }
 
-    /// The upstream called `name` in the table in force.
+    /// The upstream called `name` in the `default` pool's table in force.
     pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
         self.pool.load().members.get(name).cloned()
     }
 
-    /// Edits what one source wants (see [`Pool::edit`]); an upstream that
-    /// etcd's overrides drain joins drained.
+    /// The pool called `name`.
+    pub fn pool_named(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name() == name)
+    }
+
+    /// Edits what one source wants of the `default` pool (see
+    /// [`Pool::edit`]); an upstream that etcd's overrides drain joins drained.
     pub fn edit_sources<E>(
         &self,
         source: &str,
         edit: impl FnOnce(&mut Desired) -> Result<(), E>,
     ) -> Result<Change, EditError<E>> {
-        let fleet = self.fleet.as_ref();
-        self.pool
-            .edit(source, |name| fleet.is_some_and(|f| f.drains(name)), edit)
+        self.edit_pool(&self.pool, source, edit)
+    }
+
+    /// [`SharedState::edit_sources`] on `pool`.
+    pub fn edit_pool<E>(
+        &self,
+        pool: &Pool,
+        source: &str,
+        edit: impl FnOnce(&mut Desired) -> Result<(), E>,
+    ) -> Result<Change, EditError<E>> {
+        let fleet = self
+            .fleet
+            .as_ref()
+            .filter(|_| std::ptr::eq(pool, &*self.pool));
+        pool.edit(source, |name| fleet.is_some_and(|f| f.drains(name)), edit)
     }
 
     /// Counts one sticky outcome.
@@ -207,20 +197,5 @@ impl SharedState {
 
     pub fn draining_watch(&self) -> tokio::sync::watch::Receiver<bool> {
         self.draining_watch.subscribe()
-    }
-}
-
-/// The configured sticky secret, or a random one (with a warning).
-fn sticky_secret(config: &Config) -> Vec<u8> {
-    match &config.lb.sticky.secret {
-        Some(s) => s.as_bytes().to_vec(),
-        None => {
-            log::warn!(
-                "sticky cookies: no lb.sticky.secret or {} set; using a random secret, so \
-                 sessions will not survive a reload or be shared with other instances",
-                crate::config::SECRET_ENV
-            );
-            rand::random::<[u8; 32]>().to_vec()
-        }
     }
 }

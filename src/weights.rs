@@ -14,22 +14,21 @@ use pingora::services::background::BackgroundService;
 use crate::balancer::sideline::{self, Candidate};
 use crate::balancer::{dynamic, probe};
 use crate::config::Algorithm;
-use crate::pool::Table;
-use crate::state::SharedState;
+use crate::pool::{Pool, Table};
 use crate::upstream::Gate;
 
 /// Estimates older than this many half-lives are forgotten by `dynamic`.
 const MAX_AGE_HALF_LIVES: u32 = 10;
 
 /// How old a latency estimate may be and still count.
-pub fn latency_max_age(state: &SharedState) -> Duration {
-    state.config.lb.dynamic_weights.half_life * MAX_AGE_HALF_LIVES
+pub fn latency_max_age(pool: &Pool) -> Duration {
+    pool.config().dynamic_weights.half_life * MAX_AGE_HALF_LIVES
 }
 
 /// One tick at `now`.
-pub fn tick(state: &SharedState, now: Instant) {
-    let table = state.pool.table();
-    let max_age = latency_max_age(state);
+pub fn tick(pool: &Pool, now: Instant) {
+    let table = pool.table();
+    let max_age = latency_max_age(pool);
     let upstreams = table.upstreams();
     let mut estimates = Vec::with_capacity(upstreams.len());
     let mut usable = Vec::with_capacity(upstreams.len());
@@ -42,23 +41,23 @@ pub fn tick(state: &SharedState, now: Instant) {
     let out = dynamic::factors(
         &estimates,
         &usable,
-        state.config.lb.dynamic_weights.min_factor,
+        pool.config().dynamic_weights.min_factor,
     );
     if let Some(neutral) = out.neutral {
-        state.pool.set_neutral_latency(neutral);
+        pool.set_neutral_latency(neutral);
     }
-    let stale_after = state.config.lb.health_check.interval;
+    let stale_after = pool.config().health_check.interval;
     let pairs = upstreams
         .iter()
         .filter(|u| !u.is_sidelined() && u.serves_clients(now, stale_after))
         .filter_map(|u| Some((u.recent_latency(now, max_age)?, u.probe_latency()?)));
     if let Some(scale) = probe::scale(pairs) {
-        state.pool.set_probe_scale(scale);
+        pool.set_probe_scale(scale);
     }
-    let mut changed = advance_ramps(state, now);
-    let algorithm = state.pool.algorithm();
+    let mut changed = advance_ramps(pool, now);
+    let algorithm = pool.algorithm();
     if algorithm.is_latency_aware() {
-        changed |= apply_sidelines(state, &table, &estimates, &usable);
+        changed |= apply_sidelines(pool, &table, &estimates, &usable);
     }
     if algorithm == Algorithm::Dynamic {
         for (u, f) in upstreams.iter().zip(&out.factors) {
@@ -67,19 +66,14 @@ pub fn tick(state: &SharedState, now: Instant) {
         changed = true;
     }
     if changed {
-        state.pool.publish(now);
+        pool.publish(now);
     }
 }
 
 /// Sidelines the upstreams too slow for client requests and brings back the
 /// ones probes show fast again; true if any changed.
-fn apply_sidelines(
-    state: &SharedState,
-    table: &Table,
-    estimates: &[Option<f64>],
-    usable: &[bool],
-) -> bool {
-    let min_factor = state.config.lb.dynamic_weights.min_factor;
+fn apply_sidelines(pool: &Pool, table: &Table, estimates: &[Option<f64>], usable: &[bool]) -> bool {
+    let min_factor = pool.config().dynamic_weights.min_factor;
     let upstreams = table.upstreams();
     let candidates: Vec<Candidate> = upstreams
         .iter()
@@ -122,11 +116,11 @@ fn apply_sidelines(
 
 /// Moves every slow start on to `now`; true if any upstream is ramping (the
 /// table then needs refreshing).
-pub fn advance_ramps(state: &SharedState, now: Instant) -> bool {
-    if state.config.lb.slow_start.is_zero() {
+pub fn advance_ramps(pool: &Pool, now: Instant) -> bool {
+    if pool.config().slow_start.is_zero() {
         return false;
     }
-    let table = state.pool.load();
+    let table = pool.load();
     let mut changed = false;
     for u in table.upstreams() {
         changed |= u.advance_ramp(now);
@@ -135,23 +129,23 @@ pub fn advance_ramps(state: &SharedState, now: Instant) -> bool {
 }
 
 pub struct WeightsService {
-    state: Arc<SharedState>,
+    pool: Arc<Pool>,
 }
 
 impl WeightsService {
-    pub fn new(state: Arc<SharedState>) -> Self {
-        WeightsService { state }
+    pub fn new(pool: Arc<Pool>) -> Self {
+        WeightsService { pool }
     }
 }
 
 #[async_trait]
 impl BackgroundService for WeightsService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut interval = tokio::time::interval(self.state.config.lb.dynamic_weights.interval);
+        let mut interval = tokio::time::interval(self.pool.config().dynamic_weights.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = interval.tick() => tick(&self.state, Instant::now()),
+                _ = interval.tick() => tick(&self.pool, Instant::now()),
                 _ = shutdown.changed() => return,
             }
         }
@@ -162,6 +156,7 @@ impl BackgroundService for WeightsService {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::state::SharedState;
 
     #[test]
     fn the_tick_puts_latency_factors_in_force_and_forgets_old_estimates() {
@@ -171,7 +166,7 @@ mod tests {
         let t = s.pool.table();
         t.upstreams()[0].observe_latency(0.010, false, now);
         t.upstreams()[1].observe_latency(0.040, false, now);
-        tick(&s, now);
+        tick(&s.pool, now);
         let t = s.pool.table();
         assert_eq!(t.effective(0), 4.0);
         assert_eq!(t.effective(1), 1.0);
@@ -181,7 +176,7 @@ mod tests {
             "{text}"
         );
         // Ten half-lives later without samples, both are forgotten: full weight.
-        tick(&s, now + Duration::from_secs(11));
+        tick(&s.pool, now + Duration::from_secs(11));
         let t = s.pool.table();
         assert_eq!(t.effective(1), 4.0);
         assert_eq!(t.upstreams()[1].recent_latency(now, Duration::MAX), None);
@@ -206,7 +201,7 @@ mod tests {
             u.observe_latency(0.005, false, t1);
         }
         c.observe_latency(0.050, false, t1);
-        tick(&s, t1);
+        tick(&s.pool, t1);
         assert!(c.is_sidelined());
         // Its next probe is slow: with the fast ones before, the median would
         // say fast.
@@ -215,7 +210,7 @@ mod tests {
         for u in [&a, &b] {
             u.observe_latency(0.005, false, t2);
         }
-        tick(&s, t2);
+        tick(&s.pool, t2);
         assert!(c.is_sidelined(), "came back on probes taken before");
         // Two fast probes of three since: back.
         let t3 = t2 + Duration::from_secs(1);
@@ -224,7 +219,7 @@ mod tests {
         for u in [&a, &b] {
             u.observe_latency(0.005, false, t3);
         }
-        tick(&s, t3 + Duration::from_millis(1));
+        tick(&s.pool, t3 + Duration::from_millis(1));
         assert!(!c.is_sidelined());
     }
 
@@ -236,18 +231,18 @@ mod tests {
         b.set_health(false, "test");
         let now = Instant::now();
         b.set_health(true, "test");
-        tick(&s, now);
+        tick(&s.pool, now);
         let t = s.pool.table();
         assert_eq!(t.effective(0), 2.0, "a is not ramping");
         assert!((t.effective(1) - 0.2).abs() < 0.11, "{}", t.effective(1));
-        tick(&s, now + Duration::from_secs(5));
+        tick(&s.pool, now + Duration::from_secs(5));
         let t = s.pool.table();
         assert!(
             (t.effective(1) - 1.1).abs() < 0.11,
             "half way: {}",
             t.effective(1)
         );
-        tick(&s, now + Duration::from_secs(10));
+        tick(&s.pool, now + Duration::from_secs(10));
         assert_eq!(s.pool.table().effective(1), 2.0);
         let events: Vec<String> = s
             .events

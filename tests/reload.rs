@@ -256,3 +256,109 @@ async fn sigterm_lets_a_slow_request_finish() {
     );
     assert!(lb.wait_exit().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_routes_and_pools_under_load_losing_nothing() {
+    let (w, a) = (mock("w").await, mock("a").await);
+    let (proxy, dashboard) = (free_port(), free_port());
+    let pool = |name: &str, addr| {
+        format!("    {name}:\n      upstreams:\n        - {{ name: {name}1, addr: \"{addr}\" }}\n")
+    };
+    // v1: every request to pool web.
+    let v1 = config_yaml(
+        proxy,
+        dashboard,
+        &format!(
+            "  pools:\n{}  routes:\n    - {{ name: all, pool: web }}\n",
+            pool("web", w.addr())
+        ),
+    );
+    let mut old = Lb::launch(&v1, proxy, dashboard).await;
+    // v2: /api to a new pool, the prefix stripped; the rest as before.
+    let v2 = config_yaml(
+        proxy,
+        dashboard,
+        &format!(
+            "  pools:\n{}{}  routes:\n    - {{ name: api, match: {{ path_prefix: /api }}, pool: api, strip_prefix: /api }}\n    - {{ name: all, pool: web }}\n",
+            pool("web", w.addr()),
+            pool("api", a.addr())
+        ),
+    );
+    // A bad routes section is refused and changes nothing.
+    let bad = v2.replace("pool: api,", "pool: apj,");
+    let bad_path = old.dir.path().join("bad.yaml");
+    fs::write(&bad_path, &bad).unwrap();
+    let out = Command::new(binary())
+        .args(["-u", "-c"])
+        .arg(&bad_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lb.routes[0].pool: no pool named `apj`"),
+        "{stderr}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut tasks = Vec::new();
+    for (path, fresh) in [
+        ("/", false),
+        ("/api/x", false),
+        ("/", true),
+        ("/api/y", true),
+    ] {
+        tasks.push(client(old.url(path), fresh, stop.clone(), tally.clone()));
+    }
+    wait_for("traffic", || async {
+        tally.sent.load(Ordering::Relaxed) > 200
+    })
+    .await;
+    let v2_path = old.dir.path().join("v2.yaml");
+    fs::write(&v2_path, &v2).unwrap();
+    let new_log = fs::File::create(old.dir.path().join("new.log")).unwrap();
+    let new = Guard(
+        Command::new(binary())
+            .args(["-u", "-c"])
+            .arg(&v2_path)
+            .stdout(Stdio::null())
+            .stderr(new_log)
+            .spawn()
+            .unwrap(),
+    );
+    let sock = format!("/tmp/hybrid-lb-test-{proxy}.sock");
+    wait_for("the new process's upgrade socket", || async {
+        std::path::Path::new(&sock).exists()
+    })
+    .await;
+    old.signal("QUIT");
+    old.wait_exit().await;
+    let after = tally.sent.load(Ordering::Relaxed);
+    wait_for("traffic after the reload", || async {
+        tally.sent.load(Ordering::Relaxed) > after + 200
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (sent, failed) = (
+        tally.sent.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+    );
+    eprintln!("across the routes reload: {sent} requests, {failed} failed");
+    assert_eq!(
+        failed,
+        0,
+        "requests failed across the reload:\n{}",
+        old.log()
+    );
+    // The new routes serve.
+    let r = reqwest::get(old.url("/api/items")).await.unwrap();
+    assert_eq!(backend_of(&r), "a");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["path"], "/items");
+    assert_eq!(backend_of(&reqwest::get(old.url("/")).await.unwrap()), "w");
+    drop(new);
+}

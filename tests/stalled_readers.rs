@@ -97,10 +97,11 @@ async fn http2_streams_that_stop_reading_are_cut_and_other_clients_are_served() 
         held == 0.0
     })
     .await;
+    // (The other client's one request may be in flight beside them.)
     let most = most.load(Ordering::Relaxed);
     assert!(
-        most <= 150,
-        "{most} in flight from one client over its cap of 150"
+        most <= 151,
+        "{most} in flight: one client over its cap of 150"
     );
     let metrics = lb.metrics().await;
     let refused = metric_value(&metrics, "hlb_client_requests_refused_total");

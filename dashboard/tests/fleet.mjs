@@ -17,7 +17,9 @@ await checkPage(url, async (page, problems) => {
     if (!panel || panel.hidden) return false;
     const shown = [...panel.querySelectorAll("tbody tr td:first-child")].map((td) => td.textContent);
     const status = document.querySelector("#fleet-status").textContent;
-    return shown.join(",") === want && status.includes(state);
+    // Every other instance's dashboard is a link to it, once its record is read.
+    const links = panel.querySelectorAll("#fleet-instances tbody a[href]").length;
+    return shown.join(",") === want && status.includes(state) && links === want.split(",").length - 1;
   }, [ids, expect], { timeout: 15000 }).catch(async () => {
     const text = await page.$eval("#fleet", (p) => `${p.hidden ? "(hidden) " : ""}${p.textContent}`).catch((e) => `${e}`);
     problems.push(`the fleet panel did not show ${ids} ${expect}: ${text.replace(/\s+/g, " ")}`);

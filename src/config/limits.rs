@@ -1,5 +1,6 @@
-//! `lb.limits` and the `demo` section, validated: what a client may send
-//! and hold, and the in-process mock upstreams.
+//! `lb.limits`, the rate limits (`lb.rate_limit` and each route's) and the
+//! `demo` section, validated: what a client may send and hold, and the
+//! in-process mock upstreams.
 
 use super::check::Checker;
 use super::schema::*;
@@ -62,5 +63,23 @@ pub(super) fn validate_demo(raw: RawDemo, c: &mut Checker) -> DemoConfig {
     DemoConfig {
         backends,
         traffic_rps: raw.traffic_rps,
+    }
+}
+
+pub(super) fn rate_limit(key: &str, r: &RawRateLimit, c: &mut Checker) -> RateLimitConfig {
+    if !(r.requests_per_sec > 0.0 && r.requests_per_sec.is_finite()) {
+        c.fail(&format!("{key}.requests_per_sec"), "must be above 0");
+    }
+    let rps = r.requests_per_sec.max(f64::MIN_POSITIVE);
+    let burst = r.burst.unwrap_or(rps);
+    if !(burst >= rps && burst.is_finite()) {
+        c.fail(
+            &format!("{key}.burst"),
+            format!("must be at least {key}.requests_per_sec"),
+        );
+    }
+    RateLimitConfig {
+        requests_per_sec: rps,
+        burst: burst.max(rps),
     }
 }

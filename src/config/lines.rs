@@ -40,6 +40,11 @@ impl LineIndex {
         }
     }
 
+    /// Whether the file itself gives `path` (not a default, not inherited).
+    pub fn has(&self, path: &str) -> bool {
+        self.lines.contains_key(path)
+    }
+
     pub fn top_level_keys(&self) -> &[(String, usize)] {
         &self.top_level
     }

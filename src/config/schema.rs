@@ -55,6 +55,121 @@ pub(super) struct RawLb {
     pub rate_limit: Option<RawRateLimit>,
     pub access_log: Option<RawAccessLog>,
     pub etcd: Option<RawEtcd>,
+    /// Named pools, each with `lb`'s policy keys merged under its own (see
+    /// `inherit.rs`).
+    #[serde(default)]
+    pub pools: std::collections::BTreeMap<String, RawPool>,
+    pub routes: Option<Vec<RawRoute>>,
+}
+
+/// One named pool: its upstreams and every policy key, `lb`'s where the
+/// pool gives none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPool {
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub health_check: RawHealthCheck,
+    #[serde(default)]
+    pub circuit_breaker: RawBreaker,
+    #[serde(default)]
+    pub outlier: RawOutlier,
+    #[serde(default)]
+    pub dynamic_weights: RawDynamicWeights,
+    #[serde(default)]
+    pub sticky: RawSticky,
+    #[serde(default = "default_retries")]
+    pub retries: i64,
+    #[serde(default = "default_slow_start")]
+    pub slow_start: String,
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<RawRetryOn>,
+    #[serde(default)]
+    pub retry_budget: RawRetryBudget,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+}
+
+/// The policy keys a pool takes from `lb` when it does not give them.
+pub(super) const POLICY_KEYS: [&str; 11] = [
+    "algorithm",
+    "health_check",
+    "circuit_breaker",
+    "outlier",
+    "dynamic_weights",
+    "sticky",
+    "retries",
+    "slow_start",
+    "retry_on",
+    "retry_budget",
+    "timeouts",
+];
+
+/// One entry of `lb.routes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub name: Option<String>,
+    #[serde(default, rename = "match")]
+    pub matches: RawMatch,
+    pub pool: Option<String>,
+    pub redirect: Option<RawRedirect>,
+    pub strip_prefix: Option<String>,
+    #[serde(default)]
+    pub request_headers: RawHeaderEdits,
+    #[serde(default)]
+    pub response_headers: RawHeaderEdits,
+    pub timeouts: Option<RawRouteTimeouts>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMatch {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, RawHeaderMatch>,
+}
+
+/// A header's value to match exactly, or `true` (present) / `false` (absent).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawHeaderMatch {
+    Present(bool),
+    Value(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedirect {
+    pub to: String,
+    #[serde(default = "default_redirect_status")]
+    pub status: i64,
+}
+
+pub(super) fn default_redirect_status() -> i64 {
+    308
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHeaderEdits {
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRouteTimeouts {
+    pub connect: Option<String>,
+    pub read: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

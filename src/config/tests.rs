@@ -32,17 +32,20 @@ fn one_error(text: &str) -> String {
 fn accepts_a_good_file_and_fills_defaults() {
     let (c, server) = Config::parse(GOOD).unwrap();
     assert_eq!(server.threads, 1);
-    assert_eq!(c.lb.algorithm, Algorithm::Weighted);
-    assert_eq!(c.lb.upstreams.len(), 2);
-    assert_eq!(c.lb.upstreams[1].weight, 3);
+    assert_eq!(c.lb.pools[0].algorithm, Algorithm::Weighted);
+    assert_eq!(c.lb.pools[0].upstreams.len(), 2);
+    assert_eq!(c.lb.pools[0].upstreams[1].weight, 3);
     assert_eq!(c.lb.timeouts.connect, Duration::from_millis(500));
-    assert_eq!(c.lb.retries, 1);
-    assert_eq!(c.lb.health_check.path, "/health");
-    assert_eq!(c.lb.health_check.interval, Duration::from_secs(5));
-    assert_eq!(c.lb.circuit_breaker.fail_threshold, 3);
-    assert_eq!(c.lb.circuit_breaker.failure_status, [502, 503, 504]);
-    assert_eq!(c.lb.sticky.mode, StickyMode::Off);
-    assert_eq!(c.lb.sticky.max_age, Duration::from_secs(3600));
+    assert_eq!(c.lb.pools[0].retries, 1);
+    assert_eq!(c.lb.pools[0].health_check.path, "/health");
+    assert_eq!(c.lb.pools[0].health_check.interval, Duration::from_secs(5));
+    assert_eq!(c.lb.pools[0].circuit_breaker.fail_threshold, 3);
+    assert_eq!(
+        c.lb.pools[0].circuit_breaker.failure_status,
+        [502, 503, 504]
+    );
+    assert_eq!(c.lb.pools[0].sticky.mode, StickyMode::Off);
+    assert_eq!(c.lb.pools[0].sticky.max_age, Duration::from_secs(3600));
     assert_eq!(c.dashboard.admin_token, None);
     assert!(c.demo.is_none());
     assert_eq!(c.lb.limits.max_header_bytes, 32 * 1024);
@@ -82,6 +85,13 @@ fn the_shipped_config_is_valid() {
     let text = include_str!("../../conf/lb.yaml");
     let (c, _) = Config::parse(text).unwrap();
     assert!(c.demo.is_some());
+    // The second example: two demo pools behind routes.
+    let text = include_str!("../../conf/routes.yaml");
+    let (c, _) = Config::parse(text).unwrap_or_else(|e| panic!("{e}"));
+    let pools: Vec<&str> = c.lb.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(pools, ["default", "web", "api"]);
+    assert_eq!(c.lb.routes.len(), 3);
+    assert_eq!(c.demo.unwrap().backends.len(), 4);
 }
 
 #[test]
@@ -269,9 +279,9 @@ fn dns_and_srv_entries_become_discovered_groups() {
         "    - { name: api, dns: \"api.internal:8080\", weight: 2 }\n    - { name: grpc, srv: \"_grpc._tcp.api.consul\" }\n  discovery: { resolvers: [\"10.0.0.2:53\"], refresh: 2s }\n  timeouts:",
     );
     let (c, _) = Config::parse(&text).unwrap();
-    assert_eq!(c.lb.upstreams.len(), 2);
+    assert_eq!(c.lb.pools[0].upstreams.len(), 2);
     assert_eq!(
-        c.lb.discovered,
+        c.lb.pools[0].discovered,
         [
             DiscoveredGroup {
                 name: "api".into(),
@@ -333,10 +343,10 @@ fn a_discovery_entry_is_refused_by_key_and_line() {
 #[test]
 fn slow_start_is_off_by_default_and_takes_a_duration() {
     let (c, _) = Config::parse(GOOD).unwrap();
-    assert!(c.lb.slow_start.is_zero());
+    assert!(c.lb.pools[0].slow_start.is_zero());
     let on = GOOD.replace("  timeouts:", "  slow_start: 30s\n  timeouts:");
     assert_eq!(
-        Config::parse(&on).unwrap().0.lb.slow_start,
+        Config::parse(&on).unwrap().0.lb.pools[0].slow_start,
         Duration::from_secs(30)
     );
     let bad = GOOD.replace("  timeouts:", "  slow_start: soon\n  timeouts:");
@@ -380,7 +390,7 @@ fn etcd_may_supply_every_upstream_and_its_keys_are_checked() {
         (etcd.prefix.as_str(), etcd.id.as_str()),
         ("/hybrid-lb/", "lb-1")
     );
-    assert!(c.lb.upstreams.is_empty());
+    assert!(c.lb.pools[0].upstreams.is_empty());
     let e = errors(
         "lb:\n  upstreams: []\n  etcd:\n    endpoints: [\"nowhere\", \"https://10.0.0.1:2379\"]\n    prefix: /lb\n    username: root\n",
     );

@@ -16,10 +16,14 @@ const MAX_UNKNOWN: usize = 64;
 /// were left out), or every problem found when it cannot be read at all.
 pub(super) fn read(text: &str, index: &LineIndex) -> Result<(RawFile, Vec<Problem>), ConfigError> {
     let mut value: Value = serde_yaml::from_str(text).map_err(ConfigError::from_serde)?;
+    super::inherit::inherit(&mut value);
     let mut problems = Vec::new();
     for _ in 0..MAX_UNKNOWN {
         let e = match serde_path_to_error::deserialize::<_, RawFile>(value.clone()) {
-            Ok(raw) => return Ok((raw, problems)),
+            Ok(raw) => {
+                super::inherit::once(&mut problems);
+                return Ok((raw, problems));
+            }
             Err(e) => e,
         };
         let path = match e.path().to_string() {
@@ -57,6 +61,7 @@ pub(super) fn read(text: &str, index: &LineIndex) -> Result<(RawFile, Vec<Proble
             break;
         }
     }
+    super::inherit::once(&mut problems);
     problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
     Err(ConfigError { problems })
 }

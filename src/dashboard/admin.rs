@@ -1,12 +1,15 @@
 //! The admin API: drain, enable and weigh upstreams, and add or remove them at
-//! run time. Every action needs `Authorization: Bearer <dashboard.admin_token>`
-//! and is an event. Changes to the set go through the table's `replace`, so
+//! run time, in the pool `default` (`/api/upstreams/…`) or a named one
+//! (`/api/pools/{pool}/upstreams/…`). Every action needs `Authorization:
+//! Bearer <dashboard.admin_token>` and is an event. Changes to the set go through the table's `replace`, so
 //! upstreams that stay keep their state; they last until the next reload.
 //! With `lb.etcd` each change is written to etcd instead, and every instance,
 //! this one included, applies it from its watch; the answer waits (briefly)
 //! until this instance has.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, State};
@@ -18,11 +21,12 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::App;
+use crate::config::DEFAULT_POOL;
 use crate::config::{rules, UpstreamConfig};
 use crate::discovery::etcd::view::Override;
 use crate::discovery::etcd::writer::WriteError;
 use crate::discovery::etcd::Fleet;
-use crate::pool::EditError;
+use crate::pool::{EditError, Pool};
 use crate::state::SharedState;
 use crate::upstream::Upstream;
 
@@ -35,6 +39,7 @@ pub enum AdminError {
     /// No `dashboard.admin_token` configured: admin is disabled.
     Disabled,
     Unauthorized,
+    UnknownPool(String),
     UnknownUpstream(String),
     TakenName(String),
     BadBody(String),
@@ -69,6 +74,9 @@ impl IntoResponse for AdminError {
                     "a valid admin token is required\n",
                 )
                     .into_response()
+            }
+            AdminError::UnknownPool(name) => {
+                (StatusCode::NOT_FOUND, format!("no pool named `{name}`"))
             }
             AdminError::UnknownUpstream(name) => {
                 (StatusCode::NOT_FOUND, format!("no upstream named `{name}`"))
@@ -129,24 +137,66 @@ async fn refuse(e: AdminError) -> Response {
     e.into_response()
 }
 
-/// Authorizes and finds the upstream.
+/// The pool and upstream an admin path names: `{pool}` (else `default`)
+/// and `{name}`.
+struct Named {
+    pool: Arc<Pool>,
+    name: String,
+}
+
+impl Named {
+    fn of(app: &App, path: &HashMap<String, String>) -> Result<Named, AdminError> {
+        let pool = path.get("pool").map_or(DEFAULT_POOL, String::as_str);
+        let pool = app
+            .state
+            .pool_named(pool)
+            .cloned()
+            .ok_or_else(|| AdminError::UnknownPool(pool.to_string()))?;
+        let name = path.get("name").cloned().unwrap_or_default();
+        Ok(Named { pool, name })
+    }
+
+    /// The upstream it names, in the table in force.
+    fn upstream(&self) -> Option<Arc<Upstream>> {
+        self.pool.load().members.get(&self.name).cloned()
+    }
+
+    /// The fleet shares this pool's changes (`default`'s, for now).
+    fn fleet<'a>(&self, app: &'a App) -> Option<&'a Arc<Fleet>> {
+        app.state
+            .fleet
+            .as_ref()
+            .filter(|_| Arc::ptr_eq(&self.pool, &app.state.pool))
+    }
+}
+
+/// Authorizes and finds the pool and the upstream.
 fn target(
     app: &App,
     headers: &HeaderMap,
-    name: &str,
-) -> Result<std::sync::Arc<Upstream>, AdminError> {
+    path: &HashMap<String, String>,
+) -> Result<(Named, Arc<Upstream>), AdminError> {
     authorize(&app.state, headers)?;
-    app.state
-        .upstream(name)
-        .ok_or_else(|| AdminError::UnknownUpstream(name.to_string()))
+    let named = Named::of(app, path)?;
+    let u = named
+        .upstream()
+        .ok_or_else(|| AdminError::UnknownUpstream(named.name.clone()))?;
+    Ok((named, u))
 }
 
 /// The upstream's row of a fresh snapshot.
-fn upstream_json(app: &App, name: &str, code: StatusCode) -> Response {
+fn upstream_json(app: &App, named: &Named, code: StatusCode) -> Response {
     let snapshot = app.hub.snapshot(&app.state);
-    match snapshot.upstreams.into_iter().find(|u| u.name == name) {
+    let row = snapshot
+        .pools
+        .into_iter()
+        .find(|p| p.name == named.pool.name())
+        .map_or(snapshot.upstreams, |p| p.upstreams)
+        .into_iter()
+        .find(|u| u.name == named.name);
+    match row {
         Some(u) => (code, Json(u)).into_response(),
-        None => AdminError::UnknownUpstream(name.to_string()).into_response(),
+        None => AdminError::UnknownUpstream(named.name.clone()).into_response(),
     }
 }
 
@@ -175,9 +225,15 @@ fn from_etcd(e: WriteError, name: &str) -> AdminError {
 
 /// The answer after an etcd write: the upstream's row once this instance has
 /// applied it, else 202 (written; the watch has not brought it back yet).
-async fn after_write(app: &App, name: &str, code: StatusCode, done: impl Fn() -> bool) -> Response {
+async fn after_write(
+    app: &App,
+    named: &Named,
+    code: StatusCode,
+    done: impl Fn() -> bool,
+) -> Response {
+    let name = &named.name;
     if applied(done).await {
-        upstream_json(app, name, code)
+        upstream_json(app, named, code)
     } else {
         (
             StatusCode::ACCEPTED,
@@ -192,19 +248,19 @@ async fn after_write(app: &App, name: &str, code: StatusCode, done: impl Fn() ->
 async fn override_through_etcd(
     app: &App,
     fleet: &Fleet,
-    name: &str,
+    named: &Named,
     peer: SocketAddr,
     what: String,
     edit: impl Fn(&mut Override),
     shows_it: impl Fn(&Upstream) -> bool,
 ) -> Response {
+    let name = &named.name;
     if let Err(e) = fleet.edit_override(name, edit).await {
         return from_etcd(e, name).into_response();
     }
     event(app, name, what, peer);
-    let state = app.state.clone();
-    after_write(app, name, StatusCode::OK, || {
-        state.upstream(name).is_some_and(|u| shows_it(&u))
+    after_write(app, named, StatusCode::OK, || {
+        named.upstream().is_some_and(|u| shows_it(&u))
     })
     .await
 }
@@ -220,44 +276,46 @@ async fn set_drained(
     app: App,
     peer: SocketAddr,
     headers: HeaderMap,
-    name: String,
+    path: HashMap<String, String>,
     drained: bool,
 ) -> Response {
-    let u = match target(&app, &headers, &name) {
-        Ok(u) => u,
+    let (named, u) = match target(&app, &headers, &path) {
+        Ok(t) => t,
         Err(e) => return refuse(e).await,
     };
     let action = if drained { "drained" } else { "enabled" };
-    if let Some(fleet) = &app.state.fleet {
+    if let Some(fleet) = named.fleet(&app) {
         let edit = |o: &mut Override| o.drained = drained.then_some(true);
         let what = format!("{action} (through etcd)");
-        return override_through_etcd(&app, fleet, &name, peer, what, edit, |u| {
+        return override_through_etcd(&app, fleet, &named, peer, what, edit, |u| {
             u.is_drained() == drained
         })
         .await;
     }
     let was = u.set_drained(drained);
     let change = if was == drained { " (no change)" } else { "" };
-    event(&app, &name, format!("{action}{change}"), peer);
-    upstream_json(&app, &name, StatusCode::OK)
+    event(&app, &named.name, format!("{action}{change}"), peer);
+    upstream_json(&app, &named, StatusCode::OK)
 }
 
+/// `POST /api/[pools/{pool}/]upstreams/{name}/drain`.
 pub async fn drain(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    Path(path): Path<HashMap<String, String>>,
 ) -> Response {
-    set_drained(app, peer, headers, name, true).await
+    set_drained(app, peer, headers, path, true).await
 }
 
+/// `POST /api/[pools/{pool}/]upstreams/{name}/enable`.
 pub async fn enable(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    Path(path): Path<HashMap<String, String>>,
 ) -> Response {
-    set_drained(app, peer, headers, name, false).await
+    set_drained(app, peer, headers, path, false).await
 }
 
 #[derive(Deserialize)]
@@ -280,13 +338,14 @@ pub async fn set_weight(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    Path(path): Path<HashMap<String, String>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let u = match target(&app, &headers, &name) {
-        Ok(u) => u,
+    let (named, u) = match target(&app, &headers, &path) {
+        Ok(t) => t,
         Err(e) => return refuse(e).await,
     };
+    let name = named.name.clone();
     let new = match serde_json::from_slice::<WeightBody>(&body) {
         Ok(b) => match weight(b.weight) {
             Ok(w) => w,
@@ -297,17 +356,17 @@ pub async fn set_weight(
         }
     };
     let old = u.base_weight();
-    if let Some(fleet) = &app.state.fleet {
+    if let Some(fleet) = named.fleet(&app) {
         let what = format!("weight {old} → {new} (through etcd)");
         let edit = |o: &mut Override| o.weight = Some(new);
-        return override_through_etcd(&app, fleet, &name, peer, what, edit, |u| {
+        return override_through_etcd(&app, fleet, &named, peer, what, edit, |u| {
             u.base_weight() == new
         })
         .await;
     }
     // The admin API's weight stands over the entry's own (a DNS member's
     // until its answer's weight changes); every upstream keeps its state.
-    let edited = app.state.edit_sources("admin", |d| {
+    let edited = app.state.edit_pool(&named.pool, "admin", |d| {
         if !d.names(&name) {
             return Err(AdminError::UnknownUpstream(name.clone()));
         }
@@ -318,7 +377,7 @@ pub async fn set_weight(
         return AdminError::from(e).into_response();
     }
     event(&app, &name, format!("weight {old} → {new}"), peer);
-    upstream_json(&app, &name, StatusCode::OK)
+    upstream_json(&app, &named, StatusCode::OK)
 }
 
 #[derive(Deserialize)]
@@ -353,16 +412,22 @@ fn parse_add(body: &[u8]) -> Result<UpstreamConfig, AdminError> {
     Ok(UpstreamConfig::new(name, addr, weight(b.weight)?))
 }
 
-/// `POST /api/upstreams`: adds an upstream; 201, 409 on a taken name.
+/// `POST /api/[pools/{pool}/]upstreams`: adds an upstream; 201, 409 on a
+/// taken name.
 pub async fn add(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    Path(path): Path<HashMap<String, String>>,
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(e) = authorize(&app.state, &headers) {
         return refuse(e).await;
     }
+    let mut named = match Named::of(&app, &path) {
+        Ok(n) => n,
+        Err(e) => return e.into_response(),
+    };
     let new = match parse_add(&body) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -375,8 +440,19 @@ pub async fn add(
         return AdminError::BadBody(why).into_response();
     }
     let name = new.name.clone();
-    if let Some(fleet) = &app.state.fleet {
-        if app.state.upstream(&name).is_some() {
+    named.name = name.clone();
+    // Names are unique across pools (they name metric series).
+    if let Some(other) = app
+        .state
+        .pools
+        .iter()
+        .find(|p| !Arc::ptr_eq(p, &named.pool) && p.desired().names(&name))
+    {
+        let why = format!("pool `{}` has an upstream named `{name}`", other.name());
+        return (StatusCode::CONFLICT, format!("{why}\n")).into_response();
+    }
+    if let Some(fleet) = named.fleet(&app) {
+        if named.upstream().is_some() {
             return AdminError::TakenName(name).into_response();
         }
         let value = serde_json::json!({ "addr": new.addr.to_string(), "weight": new.weight });
@@ -392,14 +468,13 @@ pub async fn add(
             format!("added at {} (through etcd)", new.addr),
             peer,
         );
-        let state = app.state.clone();
-        return after_write(&app, &name, StatusCode::CREATED, || {
-            state.upstream(&name).is_some()
+        return after_write(&app, &named, StatusCode::CREATED, || {
+            named.upstream().is_some()
         })
         .await;
     }
     let source = format!("admin {}", peer.ip());
-    let edited = app.state.edit_sources(&source, |d| {
+    let edited = app.state.edit_pool(&named.pool, &source, |d| {
         if d.names(&new.name) {
             return Err(AdminError::TakenName(new.name));
         }
@@ -409,27 +484,31 @@ pub async fn add(
     if let Err(e) = edited {
         return AdminError::from(e).into_response();
     }
-    upstream_json(&app, &name, StatusCode::CREATED)
+    upstream_json(&app, &named, StatusCode::CREATED)
 }
 
-/// `DELETE /api/upstreams/{name}`: takes the upstream out of the table at
-/// once; requests already on it finish normally.
+/// `DELETE /api/[pools/{pool}/]upstreams/{name}`: takes the upstream out of
+/// the table at once; requests already on it finish normally.
 pub async fn remove(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    Path(path): Path<HashMap<String, String>>,
 ) -> Response {
-    if let Err(e) = target(&app, &headers, &name) {
-        return refuse(e).await;
-    }
-    let row = app
-        .hub
-        .snapshot(&app.state)
-        .upstreams
+    let named = match target(&app, &headers, &path) {
+        Ok((named, _)) => named,
+        Err(e) => return refuse(e).await,
+    };
+    let name = named.name.clone();
+    let snapshot = app.hub.snapshot(&app.state);
+    let row = snapshot
+        .pools
+        .into_iter()
+        .find(|p| p.name == named.pool.name())
+        .map_or(snapshot.upstreams, |p| p.upstreams)
         .into_iter()
         .find(|u| u.name == name);
-    if let Some(fleet) = &app.state.fleet {
+    if let Some(fleet) = named.fleet(&app) {
         if !fleet.owns(&name) {
             return AdminError::NotFromEtcd(name).into_response();
         }
@@ -448,7 +527,7 @@ pub async fn remove(
         return (StatusCode::OK, Json(row)).into_response();
     }
     let source = format!("admin {}", peer.ip());
-    let edited = app.state.edit_sources(&source, |d| {
+    let edited = app.state.edit_pool(&named.pool, &source, |d| {
         if !d.names(&name) {
             return Err(AdminError::UnknownUpstream(name.clone()));
         }

@@ -191,11 +191,11 @@ impl Hub {
         windows: &mut HashMap<String, VecDeque<Sample>>,
         now: Instant,
     ) {
-        let table = state.pool.table();
-        windows.retain(|name, _| table.members.get(name).is_some());
-        let derived: HashMap<String, Derived> = table
-            .upstreams()
+        let tables: Vec<_> = state.pools.iter().map(|p| p.table()).collect();
+        windows.retain(|name, _| tables.iter().any(|t| t.members.get(name).is_some()));
+        let derived: HashMap<String, Derived> = tables
             .iter()
+            .flat_map(|t| t.upstreams().iter())
             .map(|u| {
                 let w = windows.entry(u.name.clone()).or_default();
                 w.push_back(sample(u, now));

@@ -8,6 +8,7 @@
 mod admin;
 mod demo;
 pub mod hub;
+pub mod routes;
 pub mod snapshot;
 
 use std::convert::Infallible;
@@ -175,6 +176,22 @@ fn router(app: App) -> Router {
         .route("/api/upstreams/{name}/drain", post(admin::drain))
         .route("/api/upstreams/{name}/enable", post(admin::enable))
         .route("/api/upstreams/{name}/weight", put(admin::set_weight))
+        .route("/api/pools/{pool}/upstreams", post(admin::add))
+        .route("/api/pools/{pool}/upstreams/{name}", delete(admin::remove))
+        .route(
+            "/api/pools/{pool}/upstreams/{name}/drain",
+            post(admin::drain),
+        )
+        .route(
+            "/api/pools/{pool}/upstreams/{name}/enable",
+            post(admin::enable),
+        )
+        .route(
+            "/api/pools/{pool}/upstreams/{name}/weight",
+            put(admin::set_weight),
+        )
+        .route("/api/routes", get(routes::api_routes))
+        .route("/api/explain", get(routes::api_explain))
         .route("/api/demo/{name}/{action}", post(demo::control))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

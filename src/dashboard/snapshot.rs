@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::breaker::BreakerState;
 use crate::config::Algorithm;
 use crate::events::{unix_time, Event};
-use crate::pool::Table;
+use crate::pool::{Pool, Table};
 use crate::state::SharedState;
 use crate::sticky::StickyResult;
 use crate::upstream::Gate;
@@ -27,7 +27,10 @@ pub struct Snapshot {
     /// `off`, `cookie` or `ip`.
     pub sticky: &'static str,
     pub sticky_stats: StickySnapshot,
+    /// The `default` pool's upstreams (as before pools).
     pub upstreams: Vec<UpstreamSnapshot>,
+    /// Every pool that serves, `default` first when it does.
+    pub pools: Vec<PoolSnapshot>,
     /// Newest first.
     pub events: Vec<Event>,
     /// The HTTPS listeners' certificates, in config order.
@@ -41,6 +44,16 @@ pub struct Snapshot {
     /// The fleet on etcd; absent without `lb.etcd`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetSnapshot>,
+}
+
+/// One pool: how it balances, whether it is in panic mode, its upstreams.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSnapshot {
+    pub name: String,
+    pub algorithm: &'static str,
+    pub panic: bool,
+    pub sticky: &'static str,
+    pub upstreams: Vec<UpstreamSnapshot>,
 }
 
 /// `GET /api/fleet`: this instance's id, its session to etcd, and the live
@@ -204,25 +217,32 @@ fn round(v: f64, places: i32) -> f64 {
 
 /// The snapshot of `state` now, with `derived` rates by upstream name.
 pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapshot {
-    let table = state.pool.table();
     let now = Instant::now();
-    let none = Derived::default();
-    let upstreams = table
-        .upstreams()
+    let default = pool(&state.pool, derived, now);
+    let pools = state
+        .pools
         .iter()
         .enumerate()
-        .map(|(i, u)| {
-            let d = derived.get(&u.name).unwrap_or(&none);
-            upstream(state, &table, i, u, d, now)
+        // An empty `default` that no route uses is not shown.
+        .filter(|(i, p)| {
+            *i > 0 || !p.load().upstreams().is_empty() || state.config.lb.pools.len() == 1
+        })
+        .map(|(i, p)| {
+            if i == 0 {
+                default.clone()
+            } else {
+                pool(p, derived, now)
+            }
         })
         .collect();
     Snapshot {
         time: unix_time(),
-        algorithm: state.pool.algorithm().as_str(),
-        panic: table.panic,
-        sticky: state.config.lb.sticky.mode.as_str(),
+        algorithm: default.algorithm,
+        panic: default.panic,
+        sticky: default.sticky,
         sticky_stats: sticky(state),
-        upstreams,
+        upstreams: default.upstreams,
+        pools,
         events: state.events.newest_first(),
         certificates: certificates(state, unix_time()),
         demo: state.demo.snapshot(),
@@ -231,8 +251,30 @@ pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapsho
     }
 }
 
+/// One pool's part of the snapshot.
+pub fn pool(pool: &Pool, derived: &HashMap<String, Derived>, now: Instant) -> PoolSnapshot {
+    let table = pool.table();
+    let none = Derived::default();
+    let upstreams = table
+        .upstreams()
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let d = derived.get(&u.name).unwrap_or(&none);
+            upstream(pool, &table, i, u, d, now)
+        })
+        .collect();
+    PoolSnapshot {
+        name: pool.name().to_string(),
+        algorithm: pool.algorithm().as_str(),
+        panic: table.panic,
+        sticky: pool.config().sticky.mode.as_str(),
+        upstreams,
+    }
+}
+
 fn upstream(
-    state: &SharedState,
+    pool: &Pool,
     table: &Table,
     i: usize,
     u: &Upstream,
@@ -246,7 +288,7 @@ fn upstream(
         health: if u.is_healthy() { "up" } else { "down" },
         breaker: u.breaker_state().as_str(),
         drained: u.is_drained(),
-        sidelined: u.is_sidelined() && state.pool.algorithm().is_latency_aware(),
+        sidelined: u.is_sidelined() && pool.algorithm().is_latency_aware(),
         base_weight: u.base_weight(),
         // What the published table weighs it: 0 when it may not be picked.
         effective_weight: round(table.effective(i), 2),
@@ -255,14 +297,14 @@ fn upstream(
         error_rate: round(d.error_rate, 4),
         latency_ms: LatencySnapshot {
             ewma: u
-                .recent_latency(now, latency_max_age(state))
+                .recent_latency(now, latency_max_age(pool))
                 .map(|s| round(s * 1e3, 2)),
             probe: u.probe_latency().map(|s| round(s * 1e3, 2)),
             p50: d.p50,
             p95: d.p95,
             p99: d.p99,
         },
-        reason: with_panic(table, i, reason(state, table, i, u, now)),
+        reason: with_panic(table, i, reason(pool, table, i, u, now)),
         requests_total: u.stats.requests_total.load(Relaxed),
         errors_total: u.stats.errors_total.load(Relaxed),
         retries_total: u.stats.retries_total.load(Relaxed),
@@ -301,12 +343,12 @@ fn with_panic(table: &Table, i: usize, reason: String) -> String {
 
 /// Why upstream `u` (index `i` of `table`) gets the traffic it gets, in a
 /// sentence.
-fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Instant) -> String {
+fn reason(pool: &Pool, table: &Table, i: usize, u: &Upstream, now: Instant) -> String {
     if u.is_drained() {
         return "drained by the operator: takes no new requests".into();
     }
     if u.is_awaiting_checks() {
-        let hc = &state.config.lb.health_check;
+        let hc = &pool.config().health_check;
         return format!(
             "joining: takes traffic once GET {} passes {} times in a row",
             hc.path, hc.healthy_threshold
@@ -315,7 +357,7 @@ fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Insta
     if !u.is_healthy() {
         return format!(
             "out of rotation: GET {} is failing",
-            state.config.lb.health_check.path
+            pool.config().health_check.path
         );
     }
     if let Some(until) = u.ejected_until(now) {
@@ -350,25 +392,25 @@ fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Insta
         return format!(
             "slow start: {:.0}% of its weight, rising to all of it over {:?}",
             ramp * 100.0,
-            state.config.lb.slow_start
+            pool.config().slow_start
         );
     }
     let base = u.base_weight();
-    let max_age = latency_max_age(state);
+    let max_age = latency_max_age(pool);
     let probes = u
         .probe_latency()
         .map(|p| format!("; probes {:.1} ms", p * 1e3))
         .unwrap_or_default();
-    let algorithm = state.pool.algorithm();
+    let algorithm = pool.algorithm();
     if algorithm.is_latency_aware() && u.is_sidelined() {
         let fastest = fastest_latency(table, now, max_age);
         return format!(
             "sidelined for latency: {:.1} ms, over {:.0}× the fastest ({:.1} ms); no client \
              requests while probes (GET {} every {:?}) measure it{probes}",
             u.recent_latency(now, max_age).unwrap_or(0.0) * 1e3,
-            1.0 / state.config.lb.dynamic_weights.min_factor,
+            1.0 / pool.config().dynamic_weights.min_factor,
             fastest * 1e3,
-            state.config.lb.health_check.path,
+            pool.config().health_check.path,
             crate::health::PROBE_EVERY,
         );
     }
@@ -385,14 +427,14 @@ fn reason(state: &SharedState, table: &Table, i: usize, u: &Upstream, now: Insta
                 u.factor(),
                 fastest_latency(table, now, max_age) * 1e3,
                 own * 1e3,
-                state.config.lb.dynamic_weights.min_factor,
+                pool.config().dynamic_weights.min_factor,
                 table.effective(i)
             ),
             None => format!("weight {base}: no latency samples yet, full weight{probes}"),
         },
         Algorithm::P2c => format!(
             "chosen per request when cheaper: latency × (in-flight + 1) / weight = {:.2} ms{probes}",
-            state.pool.cost(u, now) * 1e3
+            pool.cost(u, now) * 1e3
         ),
     }
 }
@@ -451,7 +493,7 @@ mod tests {
         a.observe_latency(0.005, false, now);
         b.observe_latency(0.050, false, now);
         a.observe_probe(0.004, now, 1.0, Duration::from_secs(5));
-        crate::weights::tick(&s, now);
+        crate::weights::tick(&s.pool, now);
         let snap = build(&s, &HashMap::new());
         assert!(!snap.upstreams[0].sidelined);
         assert!(

@@ -16,7 +16,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{Config, DiscoveredGroup, UpstreamConfig};
-use crate::pool::Desired;
+use crate::pool::{Desired, Pool};
 use crate::state::SharedState;
 use dns::Resolver;
 
@@ -99,7 +99,7 @@ const AT_START: Duration = Duration::from_secs(5);
 /// find their upstreams; a group that cannot be resolved yet starts empty
 /// (with a warning) and the service keeps asking.
 pub fn resolve_at_start(config: &mut Config) {
-    if config.lb.discovered.is_empty() {
+    if config.lb.pools.iter().all(|p| p.discovered.is_empty()) {
         return;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -112,7 +112,13 @@ pub fn resolve_at_start(config: &mut Config) {
             return;
         }
     };
-    let groups = config.lb.discovered.clone();
+    let groups: Vec<(usize, DiscoveredGroup)> = config
+        .lb
+        .pools
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.discovered.iter().map(move |g| (i, g.clone())))
+        .collect();
     let discovery = config.lb.discovery.clone();
     let found = runtime.block_on(async move {
         let resolver = match Resolver::new(&discovery) {
@@ -123,9 +129,11 @@ pub fn resolve_at_start(config: &mut Config) {
             }
         };
         let mut found = Vec::new();
-        for g in &groups {
+        for (pool, g) in &groups {
             match tokio::time::timeout(AT_START, resolver.resolve(&g.source, g.weight)).await {
-                Ok(Ok(answer)) => found.extend(members(g, &answer.targets)),
+                Ok(Ok(answer)) => {
+                    found.extend(members(g, &answer.targets).into_iter().map(|m| (*pool, m)))
+                }
                 Ok(Err(why)) => log::warn!(
                     "upstream {}: {} {} not resolved at start ({why}); retrying",
                     g.name,
@@ -142,7 +150,9 @@ pub fn resolve_at_start(config: &mut Config) {
         }
         found
     });
-    config.lb.upstreams.extend(found);
+    for (pool, member) in found {
+        config.lb.pools[pool].upstreams.push(member);
+    }
 }
 
 /// The background service that keeps every group's members current.
@@ -169,6 +179,7 @@ impl DiscoveryService {
     async fn refresh(
         &self,
         resolver: &Resolver,
+        pool: &Pool,
         group: &DiscoveredGroup,
         known: &mut Known,
     ) -> Instant {
@@ -183,7 +194,7 @@ impl DiscoveryService {
                 let source = format!("{kind} {}", group.source);
                 let count = next.len();
                 let changed = state
-                    .edit_sources(&source, |d| {
+                    .edit_pool(pool, &source, |d| {
                         if take_answer(d, &group.name, next) {
                             Ok(())
                         } else {
@@ -203,7 +214,7 @@ impl DiscoveryService {
                 (result, Some(answer.valid_until))
             }
             Err(why) => {
-                let held = state.pool.desired().members(&group.name).len();
+                let held = pool.desired().members(&group.name).len();
                 if !known.refusing {
                     known.refusing = true;
                     log::warn!(
@@ -235,7 +246,12 @@ impl DiscoveryService {
 #[async_trait]
 impl BackgroundService for DiscoveryService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let groups = &self.state.config.lb.discovered;
+        let groups: Vec<(Arc<Pool>, &DiscoveredGroup)> = self
+            .state
+            .pools
+            .iter()
+            .flat_map(|p| p.config().discovered.iter().map(move |g| (p.clone(), g)))
+            .collect();
         if groups.is_empty() {
             // Nothing to follow; stay until shutdown rather than log an exit.
             let _ = shutdown.changed().await;
@@ -256,9 +272,9 @@ impl BackgroundService for DiscoveryService {
         loop {
             let now = Instant::now();
             let mut wake = now + self.state.config.lb.discovery.refresh;
-            for (g, k) in groups.iter().zip(known.iter_mut()) {
+            for ((pool, g), k) in groups.iter().zip(known.iter_mut()) {
                 if k.due.is_none_or(|due| due <= now) {
-                    k.due = Some(self.refresh(&resolver, g, k).await);
+                    k.due = Some(self.refresh(&resolver, pool, g, k).await);
                 }
                 wake = wake.min(k.due.unwrap_or(wake));
             }

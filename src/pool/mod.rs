@@ -10,6 +10,7 @@
 
 pub mod compose;
 pub mod panic;
+pub mod policy;
 pub mod publisher;
 pub mod sources;
 pub mod table;
@@ -30,6 +31,7 @@ use crate::events::Events;
 use crate::upstream::{Gate, GateObserver, Upstream, UpstreamEnv};
 
 pub use compose::{compose, Desired};
+pub use policy::{Policy, Sticky};
 pub use sources::EditError;
 pub use table::{Members, Table, DYNAMIC_SCALE};
 
@@ -58,6 +60,8 @@ pub struct Pick {
 /// One service's upstreams.
 #[derive(Debug)]
 pub struct Pool {
+    /// Its name, config, stickiness and retry budget.
+    pub policy: Policy,
     algorithm: Algorithm,
     /// Fixed-point scale of the selection weights.
     scale: u32,
@@ -100,17 +104,14 @@ impl GateObserver for Pool {
 }
 
 impl Pool {
-    /// A pool of what `desired` composes to, its upstreams made with `env`
-    /// (whose gate signal the caller attaches to it) and held to `rules`;
-    /// `ramps` says slow start is on, so weights need a finer scale.
-    pub fn new(
-        algorithm: Algorithm,
-        ip_ring: bool,
-        ramps: bool,
-        desired: Desired,
-        env: UpstreamEnv,
-        rules: SetRules,
-    ) -> Self {
+    /// A pool balanced by `policy` over what `desired` composes to, its
+    /// upstreams made with `env` (whose gate signal the caller attaches to
+    /// it) and held to `rules`.
+    pub fn new(policy: Policy, desired: Desired, env: UpstreamEnv, rules: SetRules) -> Self {
+        let algorithm = policy.config.algorithm;
+        let ip_ring = matches!(policy.sticky, Sticky::Ip);
+        // Slow start needs a finer scale of weights.
+        let ramps = !policy.config.slow_start.is_zero();
         let upstreams = compose(&desired)
             .iter()
             .filter(|c| !crate::config::rules::is_own(c.addr, &rules.own))
@@ -120,6 +121,7 @@ impl Pool {
         let scale = table::scale(algorithm, ramps);
         let first = Table::publish(members, algorithm, scale, Instant::now());
         let pool = Pool {
+            policy,
             algorithm,
             scale,
             ip_ring,
@@ -140,6 +142,36 @@ impl Pool {
 
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
+    }
+
+    pub fn name(&self) -> &str {
+        &self.policy.config.name
+    }
+
+    pub fn config(&self) -> &crate::config::PoolConfig {
+        &self.policy.config
+    }
+
+    /// A pool made by `policy` from the file's start (and etcd's, if
+    /// given), attached to its upstreams' gate signal.
+    pub fn build(
+        policy: Policy,
+        metrics: &crate::metrics::Metrics,
+        events: &Arc<Events>,
+        etcd: Option<compose::EtcdSet>,
+        rules: SetRules,
+    ) -> Arc<Pool> {
+        let conf = &policy.config;
+        let groups: Vec<String> = conf.discovered.iter().map(|g| g.name.clone()).collect();
+        let mut desired = Desired::from_start(&conf.upstreams, &groups);
+        if let Some(etcd) = etcd {
+            desired.etcd = etcd;
+        }
+        let env = policy.env(metrics, events);
+        let pool = Arc::new(Pool::new(policy, desired, env, rules));
+        let observer: Arc<dyn GateObserver> = pool.clone();
+        pool.env().signal.attach(Arc::downgrade(&observer));
+        pool
     }
 
     /// The table in force, for the request path (no reference count touched).

@@ -22,18 +22,22 @@ fn configs(weights: &[u32]) -> Vec<UpstreamConfig> {
 /// A pool over `weights` from the config file, attached to its upstreams'
 /// signal as in the process.
 fn pool_with(algorithm: Algorithm, weights: &[u32], extra: &str) -> (Arc<Pool>, UpstreamEnv) {
-    let mut env = env(&format!(
-        "lb:\n  upstreams:\n    - {{ name: a, addr: \"127.0.0.1:1\" }}\n{extra}"
-    ));
+    let text = format!("lb:\n  upstreams:\n    - {{ name: a, addr: \"127.0.0.1:1\" }}\n{extra}");
+    let mut env = env(&text);
     env.signal = Arc::new(GateSignal::default());
+    let mut conf = crate::config::Config::parse(&text)
+        .unwrap()
+        .0
+        .lb
+        .pools
+        .remove(0);
+    conf.algorithm = algorithm;
     let desired = Desired {
         file: configs(weights),
         ..Desired::default()
     };
     let pool = Arc::new(Pool::new(
-        algorithm,
-        false,
-        false,
+        Policy::new(conf),
         desired,
         env.clone(),
         SetRules {

@@ -5,7 +5,8 @@
 //! on_connection_reuse ─ stop the frontend's header clock; the connection's memo
 //!   ▼                   (client address and trust, opened sticky cookie)
 //! request_filter ──── forwarding::check_request: framing, header and body size (400/431/413)
-//!   ▼
+//!   │                 route: the first matching route (none: 404), its redirect,
+//!   ▼                 its rate limit; the route's pool serves the rest
 //! upstream_peer ───── stale pooled connection? ─► a fresh try on the same upstream
 //!   │                 pick: sticky (cookie, IP ring) or the pool's pick over its
 //!   │                 published set (panic mode included), passing over upstreams
@@ -14,15 +15,17 @@
 //!   ├─ fail_to_connect ──── settle(ConnectFailed) ─► retry elsewhere? ─► upstream_peer
 //!   ├─ error_while_proxy ── settle(StalePooled | Reset | TimedOut | BrokeMidBody | Abandoned)
 //!   ▼                                              ─► retry? ─► upstream_peer
-//! upstream_request_filter ─ forwarding: X-Forwarded-* (Pingora strips hop-by-hop)
+//! upstream_request_filter ─ forwarding: X-Forwarded-* (Pingora strips hop-by-hop);
+//!                     the route's strip_prefix and request_headers
 //!   ▼
 //! upstream_response_filter ─ forwarding::check_response (a 101 unasked, an
 //!   ▼                        unknown coding: 502); settle(Answered(status))
 //!   ▼
-//! response_filter ─── draining: Connection: close; sticky Set-Cookie
+//! response_filter ─── the route's response_headers; draining: Connection:
+//!                     close; sticky Set-Cookie (the pool's cookie)
 //! fail_to_proxy ───── 503 (no upstream, connect failed), 502, 504, or the 4xx
 //! logging ─────────── settle what is still open (a break, a timeout, a client gone);
-//!                     the response's duration
+//!                     the response's duration; the route's series
 //! persist_connection_context ─ hand the memo to the connection's next request
 //! ```
 //!
@@ -33,6 +36,7 @@
 mod outcome;
 mod pick;
 mod retry;
+mod routing;
 mod settle;
 
 pub use retry::RetryState;
@@ -52,8 +56,9 @@ use crate::answers;
 use crate::attempt::{Attempt, Facts, Outcome, Retry};
 use crate::forwarding::{self, Client};
 use crate::header_clock::HeaderClock;
+use crate::pool::Sticky;
 use crate::rate_limit::Verdict;
-use crate::state::{SharedState, Sticky};
+use crate::state::SharedState;
 use crate::sticky::OpenedCookie;
 use outcome::{error_status, outcome_of};
 
@@ -71,6 +76,10 @@ impl Proxy {
 /// Per-request context.
 #[derive(Debug, Default)]
 pub struct RequestCtx {
+    /// The route taken (an index of the route table), once matched.
+    route: Option<usize>,
+    /// The pool it sends to (an index of `SharedState::pools`).
+    pool: usize,
     /// The current try.
     attempt: Option<Attempt>,
     /// Upstreams tried, the retry planned, and why.
@@ -213,7 +222,7 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
         }
-        Ok(false)
+        self.route(session, ctx).await
     }
 
     async fn request_body_filter(
@@ -246,21 +255,22 @@ impl ProxyHttp for Proxy {
             if let Some(a) = ctx.attempt.take() {
                 ctx.info.attempts += 1;
                 let a = a.again(now);
-                let peer = self.peer(&a.upstream, upgrade);
+                let peer = self.peer(ctx, &a.upstream, upgrade);
                 ctx.attempt = Some(a);
                 return Ok(peer);
             }
         }
+        let pool = &self.state.pools[ctx.pool];
         if ctx.retry.is_first() {
-            self.state.retry_budget.request(now);
+            pool.policy.retry_budget.request(now);
         }
-        let table = self.state.pool.current(now);
+        let table = pool.current(now);
         let Some(pick) = self.pick(session, ctx, &table, now) else {
             ctx.no_upstream = true;
             return Error::e_explain(HTTPStatus(503), "no upstream available");
         };
         let upstream = table.upstreams()[pick.index].clone();
-        let peer = self.peer(&upstream, upgrade);
+        let peer = self.peer(ctx, &upstream, upgrade);
         ctx.retry.sent(upstream.clone());
         ctx.info.attempts += 1;
         ctx.attempt = Some(Attempt::new(upstream, pick.probe, now));
@@ -351,9 +361,10 @@ impl ProxyHttp for Proxy {
         if let (true, true, Some(wait), Some(fd)) =
             (session.is_upgrade_req(), h1, &ctx.answer, ctx.fd)
         {
-            let read = self.state.config.lb.timeouts.read;
+            let (_, read) = self.timeouts(ctx);
             wait.arm(Instant::now() + read, fd);
         }
+        self.rewrite_request(ctx, upstream_request);
         self.state
             .via
             .add(upstream_request, session.req_header().version)
@@ -407,6 +418,7 @@ impl ProxyHttp for Proxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        self.rewrite_response(ctx, response);
         if !ctx.info.request_id.is_empty() {
             response.insert_header(crate::trace::REQUEST_ID, ctx.info.request_id.as_str())?;
         }
@@ -424,10 +436,11 @@ impl ProxyHttp for Proxy {
         {
             return Ok(());
         }
-        let (Sticky::Cookie(sealer), Some(a)) = (&self.state.sticky, &ctx.attempt) else {
+        let pool = &self.state.pools[ctx.pool];
+        let (Sticky::Cookie(sealer), Some(a)) = (&pool.policy.sticky, &ctx.attempt) else {
             return Ok(());
         };
-        let conf = &self.state.config.lb.sticky;
+        let conf = &pool.config().sticky;
         let max_age = conf.max_age.as_secs();
         let expiry = crate::events::unix_time() as u64 + max_age;
         let value = sealer.seal(&a.upstream.sticky_key, expiry);
@@ -479,18 +492,29 @@ impl ProxyHttp for Proxy {
             wait.lift();
         }
         self.settle_last(session, e, ctx);
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let now = Instant::now();
+        if let (Some(route), Some(started)) = (ctx.route, ctx.info.started) {
+            let took = now.saturating_duration_since(started);
+            self.state.routes.served(route).record(status, took);
+        }
         if let Some(log) = &self.state.access_log {
             let client = self.client_ip(session, ctx);
-            let status = session.response_written().map_or(0, |r| r.status.as_u16());
             let upstream = ctx.attempt.as_ref().map(|a| a.upstream.name.as_str());
-            let record = ctx.info.record(
+            let mut record = ctx.info.record(
                 session.req_header(),
                 client,
                 status,
                 upstream,
                 session.body_bytes_sent(),
-                Instant::now(),
+                now,
             );
+            if let Some(route) = ctx.route.map(|i| self.state.routes.route(i)) {
+                record.route = Some(route.name.clone());
+                if let crate::config::RouteAction::Pool(_) = route.action {
+                    record.pool = Some(self.pool(ctx).name().to_string());
+                }
+            }
             log.log(record);
         }
     }

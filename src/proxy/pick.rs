@@ -10,8 +10,8 @@ use std::time::Instant;
 use pingora::prelude::*;
 
 use crate::forwarding::Client;
+use crate::pool::Sticky;
 use crate::pool::{self, Pick, Table};
-use crate::state::Sticky;
 use crate::sticky::{self, Decision, StickyResult};
 use crate::upstream::Upstream;
 
@@ -39,9 +39,7 @@ impl Proxy {
             ctx.info.sticky = Some(StickyResult::Moved);
         }
         let retry = &ctx.retry;
-        self.state
-            .pool
-            .pick(table, |i| retry.has_tried(table, i), now)
+        self.state.pools[ctx.pool].pick(table, |i| retry.has_tried(table, i), now)
     }
 
     /// The sticky choice for a request's first try, if stickiness names an
@@ -55,14 +53,15 @@ impl Proxy {
         now: Instant,
     ) -> Option<Pick> {
         let state = &self.state;
+        let policy = &state.pools[ctx.pool].policy;
         let take = |index: usize| pool::claim(table, index, now).map(|probe| Pick { index, probe });
-        match &state.sticky {
+        match &policy.sticky {
             Sticky::Off => None,
             Sticky::Cookie(sealer) => {
                 let headers = session.req_header().headers.get_all("cookie");
                 let value = sticky::find_cookie(
                     headers.iter().filter_map(|v| v.to_str().ok()),
-                    &state.config.lb.sticky.cookie_name,
+                    &policy.config.sticky.cookie_name,
                 );
                 let unix = crate::events::unix_time() as u64;
                 let opened = value.map(|v| sealer.open_remembered(v, unix, &mut ctx.conn.cookie));
@@ -143,19 +142,19 @@ impl Proxy {
         ))
     }
 
-    /// The peer for `u`, with the configured timeouts. Pingora keeps one read
+    /// The peer for `u`, with the route's (else the pool's) timeouts. Pingora keeps one read
     /// timeout for the life of the upstream connection; an upgrade request's
     /// is the larger of `timeouts.read` and `limits.keepalive_timeout`: it
     /// bounds the wait for the 101 (a hung upstream cannot hold the request,
     /// and its failure counts), and a tunnel may idle that long.
-    pub(super) fn peer(&self, u: &Upstream, upgrade: bool) -> Box<HttpPeer> {
-        let lb = &self.state.config.lb;
+    pub(super) fn peer(&self, ctx: &RequestCtx, u: &Upstream, upgrade: bool) -> Box<HttpPeer> {
+        let (connect, read) = self.timeouts(ctx);
         let mut peer = crate::peer::peer(u.addr, &u.protocol);
-        peer.options.connection_timeout = Some(lb.timeouts.connect);
+        peer.options.connection_timeout = Some(connect);
         peer.options.read_timeout = Some(if upgrade {
-            lb.timeouts.read.max(lb.limits.keepalive_timeout)
+            read.max(self.state.config.lb.limits.keepalive_timeout)
         } else {
-            lb.timeouts.read
+            read
         });
         Box::new(peer)
     }

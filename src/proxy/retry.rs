@@ -156,7 +156,7 @@ mod tests {
             Retry::Other,
             Outcome::ConnectFailed,
             &a,
-            &s.retry_budget,
+            &s.pool.policy.retry_budget,
             now,
             || refused += 1,
         );
@@ -178,7 +178,7 @@ mod tests {
             Retry::Other,
             Outcome::Reset,
             &b,
-            &s.retry_budget,
+            &s.pool.policy.retry_budget,
             now,
             || refused += 1,
         );

@@ -11,26 +11,16 @@ use super::{Proxy, RequestCtx, RetryState};
 use crate::attempt::{Facts, Outcome, Retry};
 
 impl Proxy {
-    fn is_failure(&self) -> impl Fn(u16) -> bool + '_ {
-        |status| {
-            self.state
-                .config
-                .lb
-                .circuit_breaker
-                .failure_status
-                .contains(&status)
-        }
-    }
-
     /// What the request allows for a retry now.
     fn facts(&self, session: &Session, ctx: &RequestCtx) -> Facts {
         let req = session.req_header();
         Facts {
             idempotent: req.method.is_idempotent() || req.headers.contains_key("idempotency-key"),
             replayable: !session.as_ref().retry_buffer_truncated(),
-            retries_left: ctx
-                .retry
-                .tries_left(&self.state.pool.load(), self.state.config.lb.retries),
+            retries_left: {
+                let pool = self.pool(ctx);
+                ctx.retry.tries_left(&pool.load(), pool.config().retries)
+            },
         }
     }
 
@@ -43,7 +33,7 @@ impl Proxy {
     ) -> Retry {
         // Facts only where `retry_on` allows a retry: for a connection that
         // failed or broke, and for an answer with a listed status.
-        let facts = if RetryState::listed(&self.state.config.lb.retry_on, outcome) {
+        let facts = if RetryState::listed(&self.pool(ctx).config().retry_on, outcome) {
             self.facts(session, ctx)
         } else {
             Facts::NONE
@@ -58,17 +48,21 @@ impl Proxy {
         outcome: Outcome,
         facts: Facts,
     ) -> Retry {
+        let pool = &self.state.pools[ctx.pool];
         let Some(a) = ctx.attempt.as_mut() else {
             return Retry::No;
         };
         let now = Instant::now();
-        let asked = a.settle(outcome, facts, self.is_failure(), now).retry;
+        let failure = &pool.config().circuit_breaker.failure_status;
+        let asked = a
+            .settle(outcome, facts, |s| failure.contains(&s), now)
+            .retry;
         let exhausted = &self.state.metrics.retry_budget_exhausted_total;
         ctx.retry.plan(
             asked,
             outcome,
             &a.upstream,
-            &self.state.retry_budget,
+            &pool.policy.retry_budget,
             now,
             || exhausted.inc(),
         )

@@ -3,8 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
-use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge};
+use prometheus::{Gauge, Histogram, IntCounter, IntGauge};
 
 use crate::metrics::Metrics;
 
@@ -64,11 +63,9 @@ pub(super) struct Handles {
     /// `hlb_retries_total` by [`RetryReason`].
     retries: [IntCounter; 3],
     /// `hlb_requests_total{code}` by status, grown as new codes are seen (rarely).
-    pub by_code: ArcSwap<Vec<(u16, IntCounter)>>,
+    pub by_code: crate::metrics::ByCode,
     /// `hlb_requests_total{code="error"}`: attempts without an answer.
     unanswered: IntCounter,
-    /// `hlb_requests_total`, to resolve a code not seen before.
-    requests: IntCounterVec,
 }
 
 impl Handles {
@@ -89,9 +86,8 @@ impl Handles {
             duration: m.request_duration_seconds.with_label_values(&[name]),
             retries: RetryReason::ALL
                 .map(|r| m.retries_total.with_label_values(&[name, r.as_str()])),
-            by_code: ArcSwap::from_pointee(Vec::new()),
+            by_code: crate::metrics::ByCode::new(&m.requests_total, &[name]),
             unanswered: m.requests_total.with_label_values(&[name, "error"]),
-            requests: m.requests_total.clone(),
         };
         handles.up.set(1);
         handles.breaker.set(0);
@@ -122,11 +118,7 @@ impl Upstream {
             let _ = m.retries_total.remove_label_values(&[name, r.as_str()]);
         }
         let _ = m.requests_total.remove_label_values(&[name, "error"]);
-        for (code, _) in self.metrics.by_code.load().iter() {
-            let _ = m
-                .requests_total
-                .remove_label_values(&[name, &code.to_string()]);
-        }
+        self.metrics.by_code.retire();
     }
 
     /// Counts an answered attempt by status.
@@ -175,27 +167,6 @@ impl Upstream {
     /// Increments `hlb_requests_total{code=status}`: a lock-free lookup of the
     /// resolved series; a code not seen before is resolved once.
     fn count_code(&self, status: u16) {
-        if let Some((_, c)) = self
-            .metrics
-            .by_code
-            .load()
-            .iter()
-            .find(|(s, _)| *s == status)
-        {
-            c.inc();
-            return;
-        }
-        let counter = self
-            .metrics
-            .requests
-            .with_label_values(&[self.name.as_str(), &status.to_string()]);
-        counter.inc();
-        self.metrics.by_code.rcu(|codes| {
-            let mut codes = Vec::clone(codes);
-            if !codes.iter().any(|(s, _)| *s == status) {
-                codes.push((status, counter.clone()));
-            }
-            codes
-        });
+        self.metrics.by_code.inc(status);
     }
 }

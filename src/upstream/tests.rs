@@ -5,16 +5,16 @@ use crate::breaker::Admission;
 use crate::config::Config;
 
 pub fn env(text: &str) -> UpstreamEnv {
-    let c = Config::parse(text).unwrap().0;
+    let c = Config::parse(text).unwrap().0.lb.pools.remove(0);
     UpstreamEnv {
-        breaker: c.lb.circuit_breaker.clone(),
-        half_life: c.lb.dynamic_weights.half_life,
-        penalty_cap: c.lb.timeouts.read.as_secs_f64(),
+        breaker: c.circuit_breaker.clone(),
+        half_life: c.dynamic_weights.half_life,
+        penalty_cap: c.timeouts.read.as_secs_f64(),
         metrics: Metrics::new(),
         events: Arc::new(Events::default()),
         sealer: None,
         signal: Arc::new(GateSignal::default()),
-        slow_start: c.lb.slow_start,
+        slow_start: c.slow_start,
     }
 }
 
@@ -180,7 +180,7 @@ fn responses_are_counted_by_code_without_formatting_twice() {
         "{text}"
     );
     assert_eq!(u.stats.errors_total.load(Ordering::Relaxed), 2);
-    assert_eq!(u.metrics.by_code.load().len(), 2);
+    assert_eq!(u.metrics.by_code.codes().len(), 2);
     u.retire_metrics(&env.metrics);
     assert!(!env.metrics.render().contains("upstream=\"a\""));
 }

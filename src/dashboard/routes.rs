@@ -1,0 +1,123 @@
+//! `GET /api/routes` and `GET /api/explain`: the route table as it serves
+//! (each route's match, pool, answers, server errors and p99), and the route
+//! a request would take, with why each earlier one did not match.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::App;
+use crate::config::{RouteAction, RouteConfig};
+use crate::state::SharedState;
+
+/// One route as it serves.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouteSnapshot {
+    pub name: String,
+    /// The match in words (`host api.example.com, path /v1`).
+    #[serde(rename = "match")]
+    pub matches: String,
+    pub pool: Option<String>,
+    pub redirect: Option<String>,
+    pub requests_total: u64,
+    /// Answers with a 5xx status.
+    pub errors_total: u64,
+    /// Since start, to the histogram's bucket.
+    pub p99_ms: Option<f64>,
+}
+
+/// Every route, in file order.
+pub fn routes(state: &SharedState) -> Vec<RouteSnapshot> {
+    let pools = &state.config.lb.pools;
+    state
+        .routes
+        .table
+        .routes()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let served = state.routes.served(i);
+            let (requests_total, errors_total) = served.totals();
+            let (pool, redirect) = match &r.action {
+                RouteAction::Pool(p) => (pools.get(*p).map(|p| p.name.clone()), None),
+                RouteAction::Redirect { to, status } => (None, Some(format!("{status} {to}"))),
+            };
+            RouteSnapshot {
+                name: r.name.clone(),
+                matches: describe(r),
+                pool,
+                redirect,
+                requests_total,
+                errors_total,
+                p99_ms: served.p99().map(|s| s * 1e3),
+            }
+        })
+        .collect()
+}
+
+/// A route's match in words.
+fn describe(r: &RouteConfig) -> String {
+    let m = &r.matches;
+    let mut parts = Vec::new();
+    if let Some(host) = &m.host {
+        parts.push(format!("host {host}"));
+    }
+    if let Some(prefix) = &m.path_prefix {
+        parts.push(format!(
+            "path {}",
+            if prefix.is_empty() { "/" } else { prefix }
+        ));
+    }
+    if let Some(methods) = &m.methods {
+        let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+        parts.push(format!("methods {}", names.join(",")));
+    }
+    for (name, cond) in &m.headers {
+        parts.push(format!("header {name} {cond}"));
+    }
+    if parts.is_empty() {
+        "everything".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `GET /api/routes`.
+pub(super) async fn api_routes(State(app): State<App>) -> Response {
+    Json(serde_json::json!({ "routes": routes(&app.state) })).into_response()
+}
+
+/// `GET /api/explain?method=GET&url=https://api.example.com/v1/users`
+/// (`headers=X-Canary: 1, Cookie: a=b` optional).
+pub(super) async fn api_explain(
+    State(app): State<App>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(url) = q.get("url") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "give url=, e.g. /api/explain?method=GET&url=https://api.example.com/v1/users\n",
+        )
+            .into_response();
+    };
+    let method = q.get("method").map_or("GET", String::as_str);
+    let headers = q.get("headers").map_or("", String::as_str);
+    let request = format!("{method} {url} {headers}");
+    let explained = crate::route::explain::parse_request(&request).and_then(|(m, u, h)| {
+        crate::route::explain::explain(
+            &app.state.routes.table,
+            &app.state.config.lb.pools,
+            &m,
+            &u,
+            &h,
+        )
+    });
+    match explained {
+        Ok(e) => Json(e).into_response(),
+        Err(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+    }
+}

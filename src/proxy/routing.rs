@@ -1,0 +1,103 @@
+//! The route phase of a request: which route it takes (our 404 when none),
+//! a route's redirect, its rate limit, and what it changes on the way up
+//! (path prefix, headers) and back (headers).
+
+use std::sync::Arc;
+
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+
+use super::{Proxy, RequestCtx};
+use crate::answers;
+use crate::config::RouteAction;
+use crate::pool::Pool;
+use crate::rate_limit::Verdict;
+use crate::route::{pattern, rewrite, RequestFacts};
+
+impl Proxy {
+    /// Finds the request's route and answers it here when the route says so
+    /// (no route: 404; a redirect; over the route's rate limit: 429). True
+    /// when answered.
+    pub(super) async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let routes = &self.state.routes;
+        let req = session.req_header();
+        // HTTP/2 carries the host in the URI, HTTP/1.1 in `Host`.
+        let authority = req.uri.authority().map(|a| a.as_str()).or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let host = authority.map(pattern::normalize_host);
+        let facts = RequestFacts {
+            method: &req.method,
+            host: host.as_deref(),
+            path: req.uri.path(),
+            headers: &req.headers,
+        };
+        let Some(index) = routes.table.find(&facts) else {
+            answers::no_route(session, &ctx.info.request_id).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(index);
+        let route = routes.route(index);
+        match &route.action {
+            RouteAction::Pool(pool) => ctx.pool = *pool,
+            RouteAction::Redirect { to, status } => {
+                let location = rewrite::location(to, &session.req_header().uri);
+                answers::redirect(session, *status, &location, &ctx.info.request_id).await?;
+                return Ok(true);
+            }
+        }
+        if let Some(limiter) = &routes.served(index).limiter {
+            if let Some(ip) = self.client_ip(session, ctx) {
+                if let Verdict::Refuse { retry_after } = limiter.check(&ip) {
+                    self.state.metrics.rate_limited_total.inc();
+                    answers::too_many(session, retry_after, &ctx.info.request_id).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The pool the request's route sends to.
+    pub(super) fn pool(&self, ctx: &RequestCtx) -> &Arc<Pool> {
+        &self.state.pools[ctx.pool]
+    }
+
+    /// The route's changes to the request going upstream.
+    pub(super) fn rewrite_request(&self, ctx: &RequestCtx, req: &mut RequestHeader) {
+        let Some(route) = ctx.route.map(|i| self.state.routes.route(i)) else {
+            return;
+        };
+        if let Some(prefix) = &route.strip_prefix {
+            if let Some(uri) = rewrite::strip(prefix, &req.uri) {
+                req.set_uri(uri);
+            }
+        }
+        if !route.request_headers.is_empty() {
+            rewrite::edit(&route.request_headers, req);
+        }
+    }
+
+    /// The route's changes to the answer going back.
+    pub(super) fn rewrite_response(&self, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+        if let Some(route) = ctx.route.map(|i| self.state.routes.route(i)) {
+            if !route.response_headers.is_empty() {
+                rewrite::edit(&route.response_headers, resp);
+            }
+        }
+    }
+
+    /// The route's read and connect timeouts, over its pool's.
+    pub(super) fn timeouts(&self, ctx: &RequestCtx) -> (std::time::Duration, std::time::Duration) {
+        let pool = &self.pool(ctx).config().timeouts;
+        let route = ctx.route.map(|i| self.state.routes.route(i));
+        (
+            route
+                .and_then(|r| r.connect_timeout)
+                .unwrap_or(pool.connect),
+            route.and_then(|r| r.read_timeout).unwrap_or(pool.read),
+        )
+    }
+}

@@ -1,0 +1,88 @@
+//! Each route as it serves: its own rate limit (`rate_limit`, per client
+//! address), and its series `hlb_route_requests_total{route,code}` and
+//! `hlb_route_duration_seconds{route}`.
+
+use std::time::Duration;
+
+use prometheus::Histogram;
+
+use super::RouteTable;
+use crate::config::RouteConfig;
+use crate::metrics::{ByCode, Metrics};
+use crate::rate_limit::RateLimiter;
+
+/// One route's running parts.
+#[derive(Debug)]
+pub struct Served {
+    pub limiter: Option<RateLimiter>,
+    duration: Histogram,
+    codes: ByCode,
+}
+
+impl Served {
+    /// Counts one answer and how long it took.
+    pub fn record(&self, status: u16, took: Duration) {
+        self.codes.inc(status);
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Answers so far, and of those the server errors (5xx, or none at all).
+    pub fn totals(&self) -> (u64, u64) {
+        self.codes
+            .counts()
+            .iter()
+            .fold((0, 0), |(all, errors), (code, n)| {
+                let failed = *code >= 500 || *code == 0;
+                (all + n, errors + if failed { *n } else { 0 })
+            })
+    }
+
+    /// The time under which 99% of answers came (seconds), to the
+    /// histogram's bucket; None before any answer.
+    pub fn p99(&self) -> Option<f64> {
+        let n = self.duration.get_sample_count();
+        if n == 0 {
+            return None;
+        }
+        let want = (n as f64 * 0.99).ceil() as u64;
+        let metric = prometheus::core::Metric::metric(&self.duration);
+        let buckets = metric.get_histogram().get_bucket();
+        buckets
+            .iter()
+            .find(|b| b.cumulative_count() >= want)
+            .map(|b| b.upper_bound())
+            .or(buckets.last().map(|b| b.upper_bound()))
+    }
+}
+
+/// The route table and each route's running parts, by index.
+#[derive(Debug)]
+pub struct Routes {
+    pub table: RouteTable,
+    served: Vec<Served>,
+}
+
+impl Routes {
+    pub fn new(routes: Vec<RouteConfig>, metrics: &Metrics) -> Self {
+        let served = routes
+            .iter()
+            .map(|r| Served {
+                limiter: r.rate_limit.as_ref().map(RateLimiter::new),
+                duration: metrics.route_duration_seconds.with_label_values(&[&r.name]),
+                codes: ByCode::new(&metrics.route_requests_total, &[&r.name]),
+            })
+            .collect();
+        Routes {
+            table: RouteTable::new(routes),
+            served,
+        }
+    }
+
+    pub fn route(&self, i: usize) -> &RouteConfig {
+        &self.table.routes()[i]
+    }
+
+    pub fn served(&self, i: usize) -> &Served {
+        &self.served[i]
+    }
+}

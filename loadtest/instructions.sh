@@ -2,7 +2,9 @@
 # User-space instructions per request, counted by valgrind's callgrind: plain
 # Pingora and hybrid-lb (each algorithm, and dynamic with a sticky cookie) in
 # front of the same two mock upstreams, N keep-alive requests each (ab -k -c4)
-# after a warm-up. Instruction counts do not move with a noisy neighbour, so
+# after a warm-up; and `dynamic` behind 1,000 host routes, the request taking
+# the last (exact hosts are found through a map: it should cost what no
+# routes do). Instruction counts do not move with a noisy neighbour, so
 # they compare request paths where wall-clock CPU figures on a shared machine
 # cannot; kernel time (sockets) is not in them and is the same for every proxy.
 #
@@ -65,12 +67,20 @@ PLAIN_LISTEN="127.0.0.1:$P" PLAIN_UPSTREAMS="127.0.0.1:$B1,127.0.0.1:$B2" RUST_L
 hybrid() { # name algorithm sticky [ab args...]
   local name=$1 algorithm=$2 sticky=$3; shift 3
   local port dash; port=$(free_port); dash=$(free_port)
-  hybrid_config "$work/$algorithm-$sticky.yaml" "$port" "$dash" "$algorithm" "$sticky" "$B1 $B2"
-  RUST_LOG=error measure "$name" "$port" "$@" -- "$BIN/hybrid-lb" -c "$work/$algorithm-$sticky.yaml"
+  local conf="$work/$algorithm-$sticky-$(echo "$name" | tr -c 'a-z0-9' '-').yaml"
+  hybrid_config "$conf" "$port" "$dash" "$algorithm" "$sticky" "$B1 $B2" "${EXTRA:-}"
+  RUST_LOG=error measure "$name" "$port" "$@" -- "$BIN/hybrid-lb" -c "$conf"
+}
+# 999 host routes that do not match ab's requests, then the one that does.
+host_routes() {
+  echo "  routes:"
+  for i in $(seq 0 998); do echo "    - { name: h$i, match: { host: h$i.example.com }, pool: default }"; done
+  echo "    - { name: local, match: { host: 127.0.0.1 }, pool: default }"
 }
 for algorithm in round_robin weighted dynamic p2c; do hybrid "hybrid-lb $algorithm" "$algorithm" off; done
 # "@cookie" asks measure() for a cookie the balancer sealed, so every request is a sticky hit.
 hybrid "hybrid-lb dynamic+cookie" dynamic cookie -C @cookie
+EXTRA=$(host_routes) hybrid "hybrid-lb dynamic + 1000 host routes" dynamic off
 
 echo "$N keep-alive requests (ab -k -c4) after a warm-up; user-space instructions per request"
 echo

@@ -23,8 +23,8 @@ pub struct SharedState {
     /// Every pool, in `lb.pools`' order: its upstreams, their published
     /// eligible set, selection and policies.
     pub pools: Vec<Arc<Pool>>,
-    /// The pool `default` (`pools[0]`): the unprefixed admin API and etcd
-    /// keys act on it.
+    /// The pool `default` (`pools[0]`): the unprefixed admin API paths and
+    /// etcd keys act on it.
     pub pool: Arc<Pool>,
     /// Which route a request takes, and each route's limits and series.
     pub routes: crate::route::served::Routes,
@@ -78,13 +78,10 @@ impl SharedState {
             .lb
             .pools
             .iter()
-            .enumerate()
-            .map(|(i, conf)| {
-                // etcd's unprefixed keys are the `default` pool's.
+            .map(|conf| {
                 let etcd = start
                     .as_ref()
-                    .filter(|_| i == 0)
-                    .map(crate::discovery::etcd::view::wanted);
+                    .map(|view| crate::discovery::etcd::view::wanted(view, &conf.name));
                 let rules = SetRules {
                     passes: conf.health_check.healthy_threshold,
                     ..rules.clone()
@@ -167,11 +164,9 @@ impl SharedState {
         source: &str,
         edit: impl FnOnce(&mut Desired) -> Result<(), E>,
     ) -> Result<Change, EditError<E>> {
-        let fleet = self
-            .fleet
-            .as_ref()
-            .filter(|_| std::ptr::eq(pool, &*self.pool));
-        pool.edit(source, |name| fleet.is_some_and(|f| f.drains(name)), edit)
+        let fleet = self.fleet.as_ref();
+        let drains = |name: &str| fleet.is_some_and(|f| f.drains(pool.name(), name));
+        pool.edit(source, drains, edit)
     }
 
     /// Counts one sticky outcome.

@@ -637,3 +637,101 @@ async fn what_is_written_while_an_instance_is_cut_off_is_taken_when_it_is_back()
     })
     .await;
 }
+
+/// The upstream `name` of pool `pool` in `lb`'s state, if present.
+async fn find_in(lb: &Lb, pool: &str, name: &str) -> Option<serde_json::Value> {
+    let state = lb.state().await;
+    let pools = state["pools"].as_array()?.clone();
+    let p = pools.into_iter().find(|p| p["name"] == pool)?;
+    p["upstreams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == name).cloned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pool_has_its_own_keys_in_etcd() {
+    let etcd = Etcd::start().await;
+    let (w1, a1, a2) = (mock("w1").await, mock("a1").await, mock("a2").await);
+    let prefix = "/pools-fleet/";
+    let body = |id: &str| {
+        format!(
+            "  health_check: {{ interval: 200ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\n  \
+             etcd: {{ endpoints: [\"{}\"], prefix: \"{prefix}\", id: {id} }}\n  pools:\n    web:\n      upstreams:\n{}    api:\n      upstreams:\n{}  routes:\n    - {{ match: {{ host: api.test }}, pool: api }}\n    - {{ pool: web }}\n",
+            etcd.endpoint(),
+            upstreams_yaml(&[("w1", w1.addr(), 1)]).replace("    - ", "        - "),
+            upstreams_yaml(&[("a1", a1.addr(), 1)]).replace("    - ", "        - "),
+        )
+    };
+    let token = format!("  admin_token: {TOKEN}\n");
+    let (one, two) = (
+        Lb::start_with(&body("one"), &token).await,
+        Lb::start_with(&body("two"), &token).await,
+    );
+    // An entry under the api pool's keys joins the api pool of both, and
+    // no other pool.
+    let mut client = etcd.client().await;
+    put_upstream(
+        &mut client,
+        format!("{prefix}pools/api/upstreams/a2"),
+        a2.addr(),
+    )
+    .await;
+    for lb in [&one, &two] {
+        wait_for("a2 in pool api", || async move {
+            find_in(lb, "api", "a2")
+                .await
+                .is_some_and(|u| u["health"] == "up")
+        })
+        .await;
+        assert!(find_in(lb, "web", "a2").await.is_none());
+    }
+    // A drain in the api pool, made on one instance, is written under the
+    // pool's keys and drains it on both.
+    let r = admin(
+        &one,
+        reqwest::Method::POST,
+        "/api/pools/api/upstreams/a1/drain",
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let got = client
+        .get(format!("{prefix}pools/api/overrides/a1"), None)
+        .await
+        .unwrap();
+    assert_eq!(got.kvs().len(), 1, "the override is the api pool's");
+    let two_ref = &two;
+    wait_for("a1 drained on the other instance", || async move {
+        find_in(two_ref, "api", "a1")
+            .await
+            .is_some_and(|u| u["drained"] == true)
+    })
+    .await;
+    // Its requests go to a2 alone; the web pool is untouched.
+    let c = reqwest::Client::new();
+    for _ in 0..6 {
+        let r = c
+            .get(two.url("/"))
+            .header("host", "api.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(backend_of(&r), "a2");
+        assert_eq!(backend_of(&reqwest::get(two.url("/")).await.unwrap()), "w1");
+    }
+    // Removed through the admin API: gone from etcd and both instances.
+    let r = admin(
+        &two,
+        reqwest::Method::DELETE,
+        "/api/pools/api/upstreams/a2",
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for lb in [&one, &two] {
+        wait_for("a2 gone", || async move {
+            find_in(lb, "api", "a2").await.is_none()
+        })
+        .await;
+    }
+}

@@ -27,6 +27,9 @@ pub struct RouteConfig {
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
     pub rate_limit: Option<RateLimitConfig>,
+    /// The catch-all of a file without `lb.routes`: it keeps no series of
+    /// its own (they would repeat `hlb_requests_total`) and is not listed.
+    pub implicit: bool,
 }
 
 /// What a matching request gets.
@@ -213,6 +216,7 @@ pub(super) fn routes(
                 .rate_limit
                 .as_ref()
                 .map(|l| super::limits::rate_limit(&format!("{key}.rate_limit"), l, c)),
+            implicit: false,
         };
         checked.push(route);
     }
@@ -240,6 +244,7 @@ fn catch_all() -> RouteConfig {
         connect_timeout: None,
         read_timeout: None,
         rate_limit: None,
+        implicit: true,
     }
 }
 

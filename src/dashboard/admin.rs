@@ -161,12 +161,9 @@ impl Named {
         self.pool.load().members.get(&self.name).cloned()
     }
 
-    /// The fleet shares this pool's changes (`default`'s, for now).
+    /// The fleet, which shares every pool's changes.
     fn fleet<'a>(&self, app: &'a App) -> Option<&'a Arc<Fleet>> {
-        app.state
-            .fleet
-            .as_ref()
-            .filter(|_| Arc::ptr_eq(&self.pool, &app.state.pool))
+        app.state.fleet.as_ref()
     }
 }
 
@@ -255,7 +252,7 @@ async fn override_through_etcd(
     shows_it: impl Fn(&Upstream) -> bool,
 ) -> Response {
     let name = &named.name;
-    if let Err(e) = fleet.edit_override(name, edit).await {
+    if let Err(e) = fleet.edit_override(named.pool.name(), name, edit).await {
         return from_etcd(e, name).into_response();
     }
     event(app, name, what, peer);
@@ -457,7 +454,7 @@ pub async fn add(
         }
         let value = serde_json::json!({ "addr": new.addr.to_string(), "weight": new.weight });
         if let Err(e) = fleet
-            .add_upstream(&name, value.to_string().into_bytes())
+            .add_upstream(named.pool.name(), &name, value.to_string().into_bytes())
             .await
         {
             return from_etcd(e, &name).into_response();
@@ -509,15 +506,16 @@ pub async fn remove(
         .into_iter()
         .find(|u| u.name == name);
     if let Some(fleet) = named.fleet(&app) {
-        if !fleet.owns(&name) {
+        let pool = named.pool.name();
+        if !fleet.owns(pool, &name) {
             return AdminError::NotFromEtcd(name).into_response();
         }
-        if let Err(e) = fleet.remove_upstream(&name).await {
+        if let Err(e) = fleet.remove_upstream(pool, &name).await {
             return from_etcd(e, &name).into_response();
         }
         event(&app, &name, "removed (through etcd)".into(), peer);
         // Gone, or the config file's entry of that name back in its place.
-        if !applied(|| !fleet.owns(&name)).await {
+        if !applied(|| !fleet.owns(pool, &name)).await {
             return (
                 StatusCode::ACCEPTED,
                 format!("removed from etcd; `{name}` is not gone here yet\n"),

@@ -30,7 +30,7 @@ pub struct RouteSnapshot {
     pub p99_ms: Option<f64>,
 }
 
-/// Every route, in file order.
+/// Every route of the file, in file order.
 pub fn routes(state: &SharedState) -> Vec<RouteSnapshot> {
     let pools = &state.config.lb.pools;
     state
@@ -39,6 +39,7 @@ pub fn routes(state: &SharedState) -> Vec<RouteSnapshot> {
         .routes()
         .iter()
         .enumerate()
+        .filter(|(_, r)| !r.implicit)
         .map(|(i, r)| {
             let served = state.routes.served(i);
             let (requests_total, errors_total) = served.totals();

@@ -79,7 +79,7 @@ pub fn explain(
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         })
-        .map(|h| pattern::normalize_host(&h));
+        .map(|h| pattern::normalize_host(&h).into_owned());
     let path = uri.path().to_string();
     let facts = RequestFacts {
         method,

@@ -34,6 +34,8 @@ pub struct RouteTable {
     by_host: HashMap<String, Vec<usize>>,
     /// Routes without an exact host (wildcard or none), in file order.
     others: Vec<usize>,
+    /// Whether any route looks at the host.
+    hosts: bool,
 }
 
 impl RouteTable {
@@ -46,11 +48,18 @@ impl RouteTable {
                 _ => others.push(i),
             }
         }
+        let hosts = routes.iter().any(|r| r.matches.host.is_some());
         RouteTable {
             routes,
             by_host,
             others,
+            hosts,
         }
+    }
+
+    /// Whether any route looks at the host (else it need not be read).
+    pub fn uses_host(&self) -> bool {
+        self.hosts
     }
 
     pub fn routes(&self) -> &[RouteConfig] {
@@ -59,10 +68,10 @@ impl RouteTable {
 
     /// The index of the first route `req` matches.
     pub fn find(&self, req: &RequestFacts) -> Option<usize> {
-        let exact: &[usize] = req
-            .host
-            .and_then(|h| self.by_host.get(h))
-            .map_or(&[], Vec::as_slice);
+        let exact: &[usize] = match req.host {
+            Some(h) if !self.by_host.is_empty() => self.by_host.get(h).map_or(&[], Vec::as_slice),
+            _ => &[],
+        };
         // The two lists in file order, merged, so the first match wins.
         let (mut a, mut b) = (exact.iter().peekable(), self.others.iter().peekable());
         loop {

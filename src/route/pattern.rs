@@ -70,8 +70,9 @@ impl std::fmt::Display for HostPattern {
 }
 
 /// The request's host as routes see it: lowercase, without port or a
-/// trailing dot.
-pub fn normalize_host(authority: &str) -> String {
+/// trailing dot; borrowed when it is so already (the usual case), so the
+/// request path does not allocate for it.
+pub fn normalize_host(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if authority.starts_with('[') {
         // An IPv6 literal: up to its bracket.
         authority.split_inclusive(']').next().unwrap_or(authority)
@@ -84,7 +85,12 @@ pub fn normalize_host(authority: &str) -> String {
             }
         })
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 /// `match.path_prefix`, held without a trailing `/` (`/` itself is empty):
@@ -190,6 +196,10 @@ mod tests {
     #[test]
     fn the_request_host_loses_its_port_and_case() {
         assert_eq!(normalize_host("API.example.com:8080"), "api.example.com");
+        assert!(matches!(
+            normalize_host("api.test:80"),
+            std::borrow::Cow::Borrowed("api.test")
+        ));
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
     }

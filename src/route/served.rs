@@ -15,6 +15,12 @@ use crate::rate_limit::RateLimiter;
 #[derive(Debug)]
 pub struct Served {
     pub limiter: Option<RateLimiter>,
+    /// None for the implicit catch-all, which keeps no series.
+    series: Option<Series>,
+}
+
+#[derive(Debug)]
+struct Series {
     duration: Histogram,
     codes: ByCode,
 }
@@ -22,13 +28,18 @@ pub struct Served {
 impl Served {
     /// Counts one answer and how long it took.
     pub fn record(&self, status: u16, took: Duration) {
-        self.codes.inc(status);
-        self.duration.observe(took.as_secs_f64());
+        if let Some(s) = &self.series {
+            s.codes.inc(status);
+            s.duration.observe(took.as_secs_f64());
+        }
     }
 
     /// Answers so far, and of those the server errors (5xx, or none at all).
     pub fn totals(&self) -> (u64, u64) {
-        self.codes
+        let Some(s) = &self.series else {
+            return (0, 0);
+        };
+        s.codes
             .counts()
             .iter()
             .fold((0, 0), |(all, errors), (code, n)| {
@@ -40,12 +51,13 @@ impl Served {
     /// The time under which 99% of answers came (seconds), to the
     /// histogram's bucket; None before any answer.
     pub fn p99(&self) -> Option<f64> {
-        let n = self.duration.get_sample_count();
+        let duration = &self.series.as_ref()?.duration;
+        let n = duration.get_sample_count();
         if n == 0 {
             return None;
         }
         let want = (n as f64 * 0.99).ceil() as u64;
-        let metric = prometheus::core::Metric::metric(&self.duration);
+        let metric = prometheus::core::Metric::metric(duration);
         let buckets = metric.get_histogram().get_bucket();
         buckets
             .iter()
@@ -68,8 +80,10 @@ impl Routes {
             .iter()
             .map(|r| Served {
                 limiter: r.rate_limit.as_ref().map(RateLimiter::new),
-                duration: metrics.route_duration_seconds.with_label_values(&[&r.name]),
-                codes: ByCode::new(&metrics.route_requests_total, &[&r.name]),
+                series: (!r.implicit).then(|| Series {
+                    duration: metrics.route_duration_seconds.with_label_values(&[&r.name]),
+                    codes: ByCode::new(&metrics.route_requests_total, &[&r.name]),
+                }),
             })
             .collect();
         Routes {

@@ -25,7 +25,7 @@ fn find(
         h.append(*k, HeaderValue::from_str(v).unwrap());
     }
     let method = Method::from_bytes(method.as_bytes()).unwrap();
-    let host = pattern::normalize_host(host);
+    let host = pattern::normalize_host(host).into_owned();
     let facts = RequestFacts {
         method: &method,
         host: Some(&host),

@@ -1,5 +1,5 @@
 //! How a view of the fleet is put in force on this instance: what etcd wants
-//! of the pool (its entries and override weights) becomes the pool's etcd
+//! of each pool (its entries and override weights) becomes that pool's etcd
 //! source, the overrides' drains are set, and the session's state is kept
 //! for the dashboard and the metrics.
 
@@ -7,16 +7,26 @@ use std::collections::BTreeSet;
 
 use super::view::{self, View};
 use super::{drains_of, now_rfc3339, Fleet};
+use crate::pool::Pool;
 use crate::state::SharedState;
 
 impl Fleet {
-    /// Puts `view` in force: the upstream set, weights and drains.
+    /// Puts `view` in force: each pool's upstream set, weights and drains.
     pub fn apply(&self, state: &SharedState, view: View) {
         *self.drains.lock().unwrap_or_else(|p| p.into_inner()) = drains_of(&view);
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for pool in &state.pools {
+            self.apply_pool(state, pool, &view, &known);
+        }
+        *known = view;
+    }
+
+    /// Puts `pool`'s part of `view` in force (`known`: the view before).
+    fn apply_pool(&self, state: &SharedState, pool: &Pool, view: &View, known: &View) {
+        let name = pool.name();
         let mut shadowed = Vec::new();
-        let _ = state.edit_sources("etcd", |d| {
-            let next = view::wanted(&view);
+        let _ = state.edit_pool(pool, "etcd", |d| {
+            let next = view::wanted(view, name);
             // File entries etcd's now stand in for (not those it already did).
             shadowed = next
                 .upstreams
@@ -35,18 +45,19 @@ impl Fleet {
                 "etcd's entry of this name replaces the config file's".into(),
             );
         }
-        let table = state.pool.load();
-        let overridden: BTreeSet<&String> = view
+        let table = pool.load();
+        let (now, before) = (view.pool(name), known.pool(name));
+        let overridden: BTreeSet<&String> = now
             .overrides
             .keys()
-            .chain(known.overrides.keys())
+            .chain(before.overrides.keys())
             .collect();
         for u in table
             .upstreams()
             .iter()
             .filter(|u| overridden.contains(&u.name))
         {
-            let want = view::drained(&view, &u.name);
+            let want = view::drained(view, name, &u.name);
             if u.set_drained(want) != want {
                 let what = if want { "drained" } else { "enabled" };
                 log::info!("upstream {} {what} by etcd", u.name);
@@ -55,7 +66,6 @@ impl Fleet {
                     .push(Some(&u.name), "etcd", format!("{what} by etcd"));
             }
         }
-        *known = view;
     }
 
     /// Drains written before the table held the upstream (at start).

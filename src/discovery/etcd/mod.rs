@@ -1,5 +1,6 @@
 //! The fleet on etcd: upstreams under `{prefix}upstreams/`, the operator's
-//! overrides under `{prefix}overrides/`, and this instance under
+//! overrides under `{prefix}overrides/` (a named pool's under
+//! `{prefix}pools/{pool}/…`), and this instance under
 //! `{prefix}instances/{id}` on a lease. A session reads the prefix whole,
 //! then watches it from that revision; an outage keeps the last known state
 //! serving, and the next session starts with a fresh read. Here: what this
@@ -41,9 +42,10 @@ pub struct Fleet {
     pub keys: Keys,
     /// The last view applied.
     known: Mutex<View>,
-    /// The upstreams etcd's overrides drain, for upstreams made anew while
-    /// the view stands (a DNS member back, an entry's address changed).
-    drains: Mutex<BTreeSet<String>>,
+    /// The upstreams etcd's overrides drain, by pool and name, for upstreams
+    /// made anew while the view stands (a DNS member back, an entry's
+    /// address changed).
+    drains: Mutex<BTreeSet<(String, String)>>,
     status: Mutex<Status>,
     /// The session's client, for the admin API's writes.
     client: Mutex<Option<Client>>,
@@ -116,25 +118,29 @@ impl Fleet {
             .clone()
     }
 
-    /// Whether etcd's overrides drain `name`.
-    pub fn drains(&self, name: &str) -> bool {
+    /// Whether etcd's overrides drain `name` in `pool`.
+    pub fn drains(&self, pool: &str, name: &str) -> bool {
         self.drains
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
+            .contains(&(pool.to_string(), name.to_string()))
     }
 
-    /// Whether etcd supplied the upstream `name`.
-    pub fn owns(&self, name: &str) -> bool {
+    /// Whether etcd supplied the upstream `name` of `pool`.
+    pub fn owns(&self, pool: &str, name: &str) -> bool {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.upstreams.contains_key(name)
+        known
+            .pools
+            .get(pool)
+            .is_some_and(|p| p.upstreams.contains_key(name))
     }
 }
 
-fn drains_of(view: &View) -> BTreeSet<String> {
-    view.overrides
-        .keys()
-        .filter(|name| view::drained(view, name))
-        .cloned()
+fn drains_of(view: &View) -> BTreeSet<(String, String)> {
+    view.pools
+        .iter()
+        .flat_map(|(pool, p)| p.overrides.keys().map(move |name| (pool, name)))
+        .filter(|(pool, name)| view::drained(view, pool, name))
+        .map(|(pool, name)| (pool.clone(), name.clone()))
         .collect()
 }

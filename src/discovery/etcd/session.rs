@@ -132,7 +132,11 @@ impl EtcdService {
             Err(e) => return lost(e),
         };
         let me = serde_json::to_vec(&fleet.me).unwrap_or_default();
-        let key = fleet.keys.key(view::Section::Instances, &fleet.conf.id);
+        let key = fleet.keys.key(
+            view::Section::Instances,
+            crate::config::DEFAULT_POOL,
+            &fleet.conf.id,
+        );
         let register = PutOptions::new().with_lease(lease);
         if let Err(e) = client
             .put(key.as_str(), me.clone(), Some(register.clone()))

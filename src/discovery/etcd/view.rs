@@ -1,13 +1,15 @@
 //! The fleet's shared state as read from etcd, and how it merges into this
-//! instance's upstream table: etcd's upstreams beside the config file's (an
-//! etcd entry of a file entry's name wins), the operator's overrides on top.
-//! Pure: the service feeds it etcd's keys and applies what it returns.
+//! instance's pools: etcd's upstreams beside the config file's (an etcd entry
+//! of a file entry's name wins), the operator's overrides on top. The
+//! unprefixed `upstreams/` and `overrides/` are the pool `default`'s; a named
+//! pool's are under `pools/{pool}/`. Pure: the service feeds it etcd's keys
+//! and applies what it returns.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, UpstreamConfig};
+use crate::config::{self, UpstreamConfig, DEFAULT_POOL};
 use crate::pool::compose::EtcdSet;
 
 /// The keys under `lb.etcd.prefix`.
@@ -47,16 +49,32 @@ impl Keys {
         &self.prefix
     }
 
-    pub fn key(&self, section: Section, name: &str) -> String {
-        format!("{}{}{name}", self.prefix, section.dir())
+    /// The key of `name` in `section` of `pool` (instances belong to no
+    /// pool: give `default`).
+    pub fn key(&self, section: Section, pool: &str, name: &str) -> String {
+        if pool == DEFAULT_POOL || section == Section::Instances {
+            format!("{}{}{name}", self.prefix, section.dir())
+        } else {
+            format!("{}pools/{pool}/{}{name}", self.prefix, section.dir())
+        }
     }
 
-    /// The section and name of `key`, if it is one of ours.
-    pub fn parse<'k>(&self, key: &'k str) -> Option<(Section, &'k str)> {
+    /// The section, pool and name of `key`, if it is one of ours.
+    pub fn parse<'k>(&self, key: &'k str) -> Option<(Section, &'k str, &'k str)> {
         let rest = key.strip_prefix(&self.prefix)?;
-        Section::ALL.into_iter().find_map(|s| {
+        let (pool, rest, sections) = match rest.strip_prefix("pools/") {
+            Some(in_pool) => {
+                let (pool, rest) = in_pool.split_once('/')?;
+                (pool, rest, &Section::ALL[..2])
+            }
+            None => (DEFAULT_POOL, rest, &Section::ALL[..]),
+        };
+        if pool.is_empty() {
+            return None;
+        }
+        sections.iter().find_map(|s| {
             let name = rest.strip_prefix(s.dir())?;
-            (!name.is_empty() && !name.contains('/')).then_some((s, name))
+            (!name.is_empty() && !name.contains('/')).then_some((*s, pool, name))
         })
     }
 }
@@ -96,27 +114,44 @@ pub struct Instance {
     pub started: String,
 }
 
+/// One pool's part of the view.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolView {
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub overrides: BTreeMap<String, Override>,
+}
+
 /// Everything read under the prefix.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {
-    pub upstreams: BTreeMap<String, UpstreamConfig>,
-    pub overrides: BTreeMap<String, Override>,
+    /// By pool name (`default` for the unprefixed keys).
+    pub pools: BTreeMap<String, PoolView>,
     pub instances: BTreeMap<String, Instance>,
 }
 
 impl View {
+    /// `pool`'s part (empty if etcd has none).
+    pub fn pool(&self, pool: &str) -> std::borrow::Cow<'_, PoolView> {
+        match self.pools.get(pool) {
+            Some(p) => std::borrow::Cow::Borrowed(p),
+            None => std::borrow::Cow::Owned(PoolView::default()),
+        }
+    }
+
     /// Takes a key's new value; an entry that does not parse is left out
     /// (an earlier good value of it too) and the reason returned.
     pub fn put(&mut self, keys: &Keys, key: &str, value: &[u8]) -> Result<(), String> {
-        let Some((section, name)) = keys.parse(key) else {
+        let Some((section, pool, name)) = keys.parse(key) else {
             return Ok(());
         };
         let parsed = match section {
             Section::Upstreams => config::upstream_entry(name, value).map(|u| {
-                self.upstreams.insert(name.into(), u);
+                let pool = self.pools.entry(pool.into()).or_default();
+                pool.upstreams.insert(name.into(), u);
             }),
             Section::Overrides => Override::parse(value).map(|o| {
-                self.overrides.insert(name.into(), o);
+                let pool = self.pools.entry(pool.into()).or_default();
+                pool.overrides.insert(name.into(), o);
             }),
             Section::Instances => serde_json::from_slice::<Instance>(value)
                 .map_err(|e| e.to_string())
@@ -129,20 +164,32 @@ impl View {
     }
 
     pub fn delete(&mut self, keys: &Keys, key: &str) {
-        match keys.parse(key) {
-            Some((Section::Upstreams, name)) => drop(self.upstreams.remove(name)),
-            Some((Section::Overrides, name)) => drop(self.overrides.remove(name)),
-            Some((Section::Instances, name)) => drop(self.instances.remove(name)),
-            None => {}
+        let Some((section, pool, name)) = keys.parse(key) else {
+            return;
+        };
+        match section {
+            Section::Instances => drop(self.instances.remove(name)),
+            _ => {
+                if let Some(p) = self.pools.get_mut(pool) {
+                    match section {
+                        Section::Upstreams => drop(p.upstreams.remove(name)),
+                        _ => drop(p.overrides.remove(name)),
+                    }
+                    if p.upstreams.is_empty() && p.overrides.is_empty() {
+                        self.pools.remove(pool);
+                    }
+                }
+            }
         }
     }
 }
 
-/// What `view` wants of the pool: its entries, and its overrides' weights.
-pub fn wanted(view: &View) -> EtcdSet {
+/// What `view` wants of `pool`: its entries, and its overrides' weights.
+pub fn wanted(view: &View, pool: &str) -> EtcdSet {
+    let p = view.pool(pool);
     EtcdSet {
-        upstreams: view.upstreams.clone(),
-        weights: view
+        upstreams: p.upstreams.clone(),
+        weights: p
             .overrides
             .iter()
             .filter_map(|(name, o)| Some((name.clone(), o.weight?)))
@@ -150,10 +197,11 @@ pub fn wanted(view: &View) -> EtcdSet {
     }
 }
 
-/// Whether the overrides drain `name`.
-pub fn drained(view: &View, name: &str) -> bool {
-    view.overrides
-        .get(name)
+/// Whether the overrides drain `name` in `pool`.
+pub fn drained(view: &View, pool: &str, name: &str) -> bool {
+    view.pools
+        .get(pool)
+        .and_then(|p| p.overrides.get(name))
         .and_then(|o| o.drained)
         .unwrap_or(false)
 }
@@ -181,17 +229,30 @@ mod tests {
     #[test]
     fn keys_name_their_section() {
         let k = keys();
-        assert_eq!(k.key(Section::Overrides, "s1"), "/lb/overrides/s1");
+        assert_eq!(
+            k.key(Section::Overrides, "default", "s1"),
+            "/lb/overrides/s1"
+        );
+        assert_eq!(
+            k.key(Section::Overrides, "api", "s1"),
+            "/lb/pools/api/overrides/s1"
+        );
         assert_eq!(
             k.parse("/lb/upstreams/s4"),
-            Some((Section::Upstreams, "s4"))
+            Some((Section::Upstreams, "default", "s4"))
+        );
+        assert_eq!(
+            k.parse("/lb/pools/api/upstreams/s4"),
+            Some((Section::Upstreams, "api", "s4"))
         );
         assert_eq!(
             k.parse("/lb/instances/a-1"),
-            Some((Section::Instances, "a-1"))
+            Some((Section::Instances, "default", "a-1"))
         );
         assert_eq!(k.parse("/lb/upstreams/"), None);
         assert_eq!(k.parse("/lb/upstreams/a/b"), None);
+        assert_eq!(k.parse("/lb/pools/api/instances/x"), None);
+        assert_eq!(k.parse("/lb/pools//upstreams/x"), None);
         assert_eq!(k.parse("/other/upstreams/s4"), None);
     }
 
@@ -205,7 +266,7 @@ mod tests {
             br#"{"addr": "127.0.0.1:9004", "weight": 3}"#,
         )
         .unwrap();
-        assert_eq!(v.upstreams["s4"], up("s4", 9004, 3));
+        assert_eq!(v.pool("default").upstreams["s4"], up("s4", 9004, 3));
         for (bad, why) in [
             (&br#"{"addr": "nowhere:x"}"#[..], "addr"),
             (br#"{"addr": "127.0.0.1:1", "weight": 0}"#, "weight"),
@@ -218,16 +279,20 @@ mod tests {
             assert!(err.contains(why), "{err}");
         }
         // A refused value also takes the earlier good one out.
-        assert!(v.upstreams.is_empty());
+        assert!(v.pool("default").upstreams.is_empty());
         assert!(v.put(&k, "/lb/overrides/s1", br#"{"weight": 0}"#).is_err());
         assert!(v
             .put(&k, "/lb/overrides/s1", br#"{"drain": true}"#)
             .is_err());
         v.put(&k, "/lb/overrides/s1", br#"{"drained": true}"#)
             .unwrap();
-        assert!(drained(&v, "s1"));
+        assert!(drained(&v, "default", "s1"));
+        assert!(!drained(&v, "api", "s1"));
+        v.put(&k, "/lb/pools/api/overrides/s1", br#"{"drained": true}"#)
+            .unwrap();
+        assert!(drained(&v, "api", "s1"));
         v.delete(&k, "/lb/overrides/s1");
-        assert!(!drained(&v, "s1"));
+        assert!(!drained(&v, "default", "s1"));
     }
 
     #[test]
@@ -239,10 +304,14 @@ mod tests {
             ),
             ("/lb/overrides/s1", r#"{"weight": 9, "drained": false}"#),
             ("/lb/overrides/s2", r#"{"drained": true}"#),
+            ("/lb/pools/api/upstreams/a9", r#"{"addr": "127.0.0.1:9"}"#),
         ]);
-        let w = wanted(&v);
+        let w = wanted(&v, "default");
         assert_eq!(w.upstreams["s3"], up("s3", 3, 2));
         assert_eq!(w.weights.len(), 1, "a drain alone sets no weight");
         assert_eq!(w.weights["s1"], 9);
+        let api = wanted(&v, "api");
+        assert_eq!(api.upstreams.keys().collect::<Vec<_>>(), ["a9"]);
+        assert!(wanted(&v, "web").upstreams.is_empty());
     }
 }

@@ -26,14 +26,16 @@ impl Fleet {
             .ok_or_else(|| WriteError::Unreachable("not connected to etcd".into()))
     }
 
-    /// Edits `{prefix}overrides/{name}`; an override left empty is deleted.
+    /// Edits `{prefix}[pools/{pool}/]overrides/{name}`; an override left
+    /// empty is deleted.
     pub async fn edit_override(
         &self,
+        pool: &str,
         name: &str,
         edit: impl Fn(&mut Override),
     ) -> Result<(), WriteError> {
         let mut client = self.writer()?;
-        let key = self.keys.key(Section::Overrides, name);
+        let key = self.keys.key(Section::Overrides, pool, name);
         let unreachable = |e: etcd_client::Error| WriteError::Unreachable(e.to_string());
         for _ in 0..TRIES {
             let got = client.get(key.as_str(), None).await.map_err(unreachable)?;
@@ -67,10 +69,16 @@ impl Fleet {
         )))
     }
 
-    /// Creates `{prefix}upstreams/{name}` with `value`, unless it exists.
-    pub async fn add_upstream(&self, name: &str, value: Vec<u8>) -> Result<(), WriteError> {
+    /// Creates `{prefix}[pools/{pool}/]upstreams/{name}` with `value`,
+    /// unless it exists.
+    pub async fn add_upstream(
+        &self,
+        pool: &str,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<(), WriteError> {
         let mut client = self.writer()?;
-        let key = self.keys.key(Section::Upstreams, name);
+        let key = self.keys.key(Section::Upstreams, pool, name);
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value, None)]);
@@ -81,12 +89,12 @@ impl Fleet {
         }
     }
 
-    /// Deletes `{prefix}upstreams/{name}` and its override.
-    pub async fn remove_upstream(&self, name: &str) -> Result<(), WriteError> {
+    /// Deletes `{prefix}[pools/{pool}/]upstreams/{name}` and its override.
+    pub async fn remove_upstream(&self, pool: &str, name: &str) -> Result<(), WriteError> {
         let mut client = self.writer()?;
         let txn = Txn::new().and_then([
-            TxnOp::delete(self.keys.key(Section::Upstreams, name), None),
-            TxnOp::delete(self.keys.key(Section::Overrides, name), None),
+            TxnOp::delete(self.keys.key(Section::Upstreams, pool, name), None),
+            TxnOp::delete(self.keys.key(Section::Overrides, pool, name), None),
         ]);
         client
             .txn(txn)

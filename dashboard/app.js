@@ -6,6 +6,9 @@ const COLORS = ["#0b62c4", "#c2410c", "#15803d", "#7c3aed", "#be123c", "#0e7490"
 const charts = {};
 const rows = new Map();
 let token = sessionStorage.getItem("hlb-token") || "";
+// The pool shown (its upstreams, its charts); the first if unset or gone.
+let pool = sessionStorage.getItem("hlb-pool") || "";
+let lastSnapshot = null;
 
 const $ = (sel) => document.querySelector(sel);
 const fmt = (v, digits = 1) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
@@ -28,7 +31,8 @@ function makeChart(id, yTitle) {
         x: { type: "linear", ticks: { callback: (v) => clock(v), maxTicksLimit: 6 } },
         y: { beginAtZero: true, title: { display: !!yTitle, text: yTitle } },
       },
-      plugins: { legend: { labels: { boxWidth: 12 } } },
+      // The legend lists the shown pool's upstreams only.
+      plugins: { legend: { labels: { boxWidth: 12, filter: (item, data) => !data.datasets[item.datasetIndex].hidden } } },
     },
   });
 }
@@ -53,6 +57,8 @@ function dataset(chart, series, upstream, index) {
   let ds = chart.data.datasets.find((d) => d.label === label);
   if (!ds) {
     ds = { label, data: [], borderColor: color(index), backgroundColor: color(index), borderDash: series.dash || [] };
+    ds.upstream = upstream;
+    ds.hidden = shownNames !== null && !shownNames.has(upstream);
     chart.data.datasets.push(ds);
   }
   return ds;
@@ -146,16 +152,63 @@ async function demo(name, action) {
   status.className = resp.ok ? "ok" : "error";
 }
 
+// The names of the shown pool's upstreams: the charts draw only theirs.
+let shownNames = null;
+
+function showOnly(names) {
+  shownNames = names;
+  for (const c of Object.values(charts)) {
+    for (const ds of c.data.datasets) ds.hidden = !names.has(ds.upstream);
+    c.update("none");
+  }
+}
+
+// One button per pool, when there are several; the shown one pressed.
+function renderPools(pools) {
+  const nav = $("#pools");
+  nav.hidden = pools.length < 2;
+  const names = pools.map((p) => p.name).join(",");
+  if (nav.dataset.names !== names) {
+    nav.dataset.names = names;
+    nav.replaceChildren(...pools.map((p) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.dataset.pool = p.name;
+      b.addEventListener("click", () => {
+        pool = p.name;
+        sessionStorage.setItem("hlb-pool", pool);
+        if (lastSnapshot) render(lastSnapshot);
+      });
+      return b;
+    }));
+  }
+  for (const b of nav.querySelectorAll("button")) {
+    const p = pools.find((x) => x.name === b.dataset.pool);
+    b.textContent = `${p.name} · ${p.upstreams.length}${p.panic ? " · PANIC" : ""}`;
+    b.classList.toggle("panic", p.panic);
+    b.setAttribute("aria-pressed", String(p.name === pool));
+  }
+}
+
 function render(s) {
-  $("#algorithm").textContent = s.algorithm;
+  lastSnapshot = s;
+  const pools = s.pools && s.pools.length > 0 ? s.pools : [{ name: "default", algorithm: s.algorithm, sticky: s.sticky, panic: s.panic, upstreams: s.upstreams }];
+  if (!pools.some((p) => p.name === pool)) pool = pools[0].name;
+  const shown = pools.find((p) => p.name === pool);
+  renderPools(pools);
+  $("#pool-name").textContent = shown.name;
+  $("#algorithm").textContent = shown.algorithm;
   const demos = new Map((s.demo || []).map((d) => [d.name, d.action]));
   document.body.classList.toggle("demo-on", demos.size > 0);
   const ratio = s.sticky_stats && s.sticky_stats.hit_ratio;
-  $("#sticky").textContent = s.sticky === "off" ? "off" : `${s.sticky}${ratio == null ? "" : ` · ${(ratio * 100).toFixed(0)}% hits`}`;
+  $("#sticky").textContent = shown.sticky === "off" ? "off" : `${shown.sticky}${ratio == null ? "" : ` · ${(ratio * 100).toFixed(0)}% hits`}`;
+  // Requests and errors across every pool: what clients see.
   let rps = 0, errs = 0;
-  for (const u of s.upstreams) {
+  for (const u of pools.flatMap((p) => p.upstreams)) {
     rps += u.rps;
     errs += u.rps * u.error_rate;
+  }
+  for (const u of shown.upstreams) {
     const tr = row(u);
     const out = u.health !== "up" || u.breaker === "open" || u.drained;
     tr.classList.toggle("out", out);
@@ -180,8 +233,10 @@ function render(s) {
     tr.querySelector(".drain").disabled = u.drained;
     tr.querySelector(".enable").disabled = !u.drained;
   }
-  // Upstreams that left the table leave the page; their chart history stays.
-  const present = new Set(s.upstreams.map((u) => u.name));
+  // Upstreams that left the table (or another pool's) leave the page; their
+  // chart history stays.
+  const present = new Set(shown.upstreams.map((u) => u.name));
+  if (!shownNames || [...present].join() !== [...shownNames].join()) showOnly(present);
   for (const [name, tr] of rows) {
     if (!present.has(name)) {
       tr.remove();
@@ -190,9 +245,49 @@ function render(s) {
   }
   $("#total-rps").textContent = fmt(rps);
   $("#total-errors").textContent = rps > 0 ? `${fmt((errs / rps) * 100, 2)}%` : "0%";
+  renderRoutes(s.routes || []);
   renderEvents(s.events);
   renderListeners(s.listeners, s.certificates || []);
   renderFleet(s.fleet);
+}
+
+// The routes of the file, first match first, each with its recent rates.
+function renderRoutes(routes) {
+  $("#routes-section").hidden = routes.length === 0;
+  $("#routes tbody").replaceChildren(...routes.map((r) => {
+    const tr = document.createElement("tr");
+    tr.dataset.route = r.name;
+    const to = r.pool ? `pool ${r.pool}` : `redirect ${r.redirect}`;
+    const cells = [r.name, r.match, to, fmt(r.rps), `${fmt(r.error_rate * 100)}%`, fmt(r.p99_ms), r.requests_total];
+    cells.forEach((text, i) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (i >= 3) td.className = "num";
+      tr.appendChild(td);
+    });
+    return tr;
+  }));
+}
+
+// Asks the balancer which route a request would take, and shows why.
+async function explain() {
+  const out = $("#explain-result");
+  const q = new URLSearchParams({
+    method: $("#explain-method").value,
+    url: $("#explain-url").value.trim(),
+    headers: $("#explain-headers").value.trim(),
+  });
+  const resp = await fetch(`/api/explain?${q}`);
+  if (!resp.ok) {
+    out.textContent = (await resp.text()).trim();
+    return;
+  }
+  const e = await resp.json();
+  const lines = e.skipped.map((x) => `route ${x.route}: no, ${x.why}`);
+  if (e.route && e.pool) lines.push(`route ${e.route}: yes, to pool ${e.pool}`);
+  else if (e.route) lines.push(`route ${e.route}: yes, redirect ${e.redirect}`);
+  else lines.push("no route matches: 404");
+  out.textContent = lines.join("\n");
 }
 
 // The instances sharing this one's etcd prefix, and whether it is connected
@@ -282,7 +377,8 @@ function renderEvents(events) {
 async function admin(name, method, action, body) {
   const status = $("#admin-status");
   try {
-    const resp = await fetch(`/api/upstreams/${encodeURIComponent(name)}/${action}`, {
+    const base = pool === "default" ? "/api/upstreams" : `/api/pools/${encodeURIComponent(pool)}/upstreams`;
+    const resp = await fetch(`${base}/${encodeURIComponent(name)}/${action}`, {
       method,
       headers: { Authorization: `Bearer ${token}`, ...(body ? { "Content-Type": "application/json" } : {}) },
       body: body ? JSON.stringify(body) : undefined,
@@ -319,6 +415,10 @@ async function start() {
   charts.inflight = makeChart("chart-inflight", "requests");
   charts.errors = makeChart("chart-errors", "%");
 
+  $("#explain-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    explain();
+  });
   $("#token").value = token;
   document.body.classList.toggle("admin-on", token !== "");
   $("#token-form").addEventListener("submit", (ev) => {

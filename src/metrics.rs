@@ -395,6 +395,17 @@ impl ByCode {
     }
 }
 
+/// A histogram's buckets: each upper bound with its cumulative count.
+pub fn buckets(h: &prometheus::Histogram) -> Vec<(f64, u64)> {
+    use prometheus::core::Metric;
+    h.metric()
+        .get_histogram()
+        .get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
+        .collect()
+}
+
 /// Histogram buckets of request times, in seconds.
 fn request_duration_seconds_buckets() -> Vec<f64> {
     vec![

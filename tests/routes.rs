@@ -130,7 +130,6 @@ async fn host_path_and_header_routes_send_each_request_to_its_pool() {
     assert_eq!(names, ["canary", "api", "old", "site", "rest"]);
     assert_eq!(routes[1]["pool"], "api");
     assert_eq!(routes[1]["requests_total"], 2);
-    assert!(routes[1]["p99_ms"].as_f64().is_some());
     // The state lists every pool with its upstreams.
     let state = lb.state().await;
     let pools: Vec<&str> = state["pools"]
@@ -369,4 +368,52 @@ async fn a_sticky_cookie_belongs_to_its_pool() {
         Some(1.0),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_each_pool_the_routes_and_explains() {
+    let (w1, a1, a2) = (mock("w1").await, mock("a1").await, mock("a2").await);
+    let lb = Lb::start_with(
+        &format!(
+            "  pools:\n    web:\n      upstreams:\n{}    api:\n      upstreams:\n{}  routes:
+    - {{ name: api, match: {{ path_prefix: /api }}, pool: api, strip_prefix: /api }}
+    - {{ name: site, pool: web }}\n",
+            upstreams_yaml(&[("w1", w1.addr(), 1)]).replace("    - ", "        - "),
+            upstreams_yaml(&[("a1", a1.addr(), 1), ("a2", a2.addr(), 1)])
+                .replace("    - ", "        - "),
+        ),
+        &format!("  admin_token: {TOKEN}\n"),
+    )
+    .await;
+    // Some traffic to both pools, so the charts and the routes table move.
+    for _ in 0..10 {
+        assert_eq!(reqwest::get(lb.url("/api/x")).await.unwrap().status(), 200);
+        assert_eq!(reqwest::get(lb.url("/")).await.unwrap().status(), 200);
+    }
+    let url = lb.url_dashboard("/");
+    browser_script(
+        "routes.mjs",
+        &[&url, TOKEN, "api", "a2"],
+        Duration::from_secs(90),
+    )
+    .await;
+    // The empty `default` no route uses is not shown.
+    let state = lb.state().await;
+    let names: Vec<&str> = state["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web", "api"]);
+    assert_eq!(state["pools"][1]["upstreams"][1]["drained"], true);
+    // The routes' recent rates are in the state too, under traffic.
+    let lb_ref = &lb;
+    wait_for("the api route's rate and p99", || async move {
+        let r = reqwest::get(lb_ref.url("/api/x")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let route = &lb_ref.state().await["routes"][0];
+        route["p99_ms"].as_f64().is_some() && route["rps"].as_f64() > Some(0.0)
+    })
+    .await;
 }

@@ -1,8 +1,8 @@
-//! The dashboard's ticker: once a second it samples every upstream's counters,
-//! derives rates and percentiles over the last few seconds, builds one
-//! snapshot and one history point, serializes each once and publishes them to
-//! every stream viewer. Everything is keyed by upstream name, so upstreams
-//! that come and go keep their history.
+//! The dashboard's ticker: once a second it samples every upstream's and
+//! every route's counters, derives rates and percentiles over the last few
+//! seconds, builds one snapshot and one history point, serializes each once
+//! and publishes them to every stream viewer. Upstreams are keyed by name
+//! (unique across pools), so upstreams that come and go keep their history.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -49,8 +49,9 @@ impl HistoryPoint {
         HistoryPoint {
             time: s.time,
             upstreams: s
-                .upstreams
+                .pools
                 .iter()
+                .flat_map(|p| p.upstreams.iter())
                 .map(|u| HistoryUpstream {
                     name: u.name.clone(),
                     ewma: u.latency_ms.ewma,
@@ -77,7 +78,28 @@ pub struct Published {
 pub struct Hub {
     latest: watch::Sender<Option<Published>>,
     derived: Mutex<HashMap<String, Derived>>,
+    /// Each route's, by index.
+    routes: Mutex<Vec<Derived>>,
     history: Mutex<VecDeque<HistoryPoint>>,
+}
+
+/// The samples a tick keeps: a window per upstream and per route.
+#[derive(Default)]
+struct Windows {
+    upstreams: HashMap<String, VecDeque<Sample>>,
+    routes: Vec<VecDeque<Sample>>,
+}
+
+/// Adds `s` to `w` and derives its rates over the window.
+fn push(w: &mut VecDeque<Sample>, s: Sample) -> Derived {
+    w.push_back(s);
+    if w.len() > RATE_WINDOW + 1 {
+        w.pop_front();
+    }
+    match (w.front(), w.back()) {
+        (Some(old), Some(new)) if w.len() > 1 => derive(old, new),
+        _ => Derived::default(),
+    }
 }
 
 /// Counters of one upstream at one tick.
@@ -87,6 +109,16 @@ struct Sample {
     requests: u64,
     errors: u64,
     buckets: Vec<(f64, u64)>,
+}
+
+fn route_sample(r: &crate::route::served::Served, at: Instant) -> Sample {
+    let (requests, errors) = r.totals();
+    Sample {
+        at,
+        requests,
+        errors,
+        buckets: r.buckets(),
+    }
 }
 
 fn sample(u: &Upstream, at: Instant) -> Sample {
@@ -157,13 +189,14 @@ impl Hub {
         Hub {
             latest: watch::channel(None).0,
             derived: Mutex::new(HashMap::new()),
+            routes: Mutex::new(Vec::new()),
             history: Mutex::new(VecDeque::with_capacity(HISTORY_SECONDS)),
         }
     }
 
     /// A fresh snapshot with the last tick's rates and percentiles.
     pub fn snapshot(&self, state: &SharedState) -> Snapshot {
-        snapshot::build(state, &lock(&self.derived))
+        snapshot::build(state, &lock(&self.derived), &lock(&self.routes))
     }
 
     pub fn history(&self) -> Vec<HistoryPoint> {
@@ -176,7 +209,7 @@ impl Hub {
 
     /// Runs one tick per second, forever.
     async fn run(self: Arc<Self>, state: Arc<SharedState>) {
-        let mut windows: HashMap<String, VecDeque<Sample>> = HashMap::new();
+        let mut windows = Windows::default();
         let mut interval = tokio::time::interval(Duration::from_secs(1));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -185,32 +218,29 @@ impl Hub {
         }
     }
 
-    fn tick(
-        &self,
-        state: &SharedState,
-        windows: &mut HashMap<String, VecDeque<Sample>>,
-        now: Instant,
-    ) {
+    fn tick(&self, state: &SharedState, windows: &mut Windows, now: Instant) {
         let tables: Vec<_> = state.pools.iter().map(|p| p.table()).collect();
-        windows.retain(|name, _| tables.iter().any(|t| t.members.get(name).is_some()));
+        let ups = &mut windows.upstreams;
+        ups.retain(|name, _| tables.iter().any(|t| t.members.get(name).is_some()));
         let derived: HashMap<String, Derived> = tables
             .iter()
             .flat_map(|t| t.upstreams().iter())
             .map(|u| {
-                let w = windows.entry(u.name.clone()).or_default();
-                w.push_back(sample(u, now));
-                if w.len() > RATE_WINDOW + 1 {
-                    w.pop_front();
-                }
-                let d = match (w.front(), w.back()) {
-                    (Some(old), Some(new)) if w.len() > 1 => derive(old, new),
-                    _ => Derived::default(),
-                };
-                (u.name.clone(), d)
+                let w = ups.entry(u.name.clone()).or_default();
+                (u.name.clone(), push(w, sample(u, now)))
             })
             .collect();
-        let snapshot = snapshot::build(state, &derived);
+        let count = state.routes.table.routes().len();
+        windows.routes.resize_with(count, VecDeque::new);
+        let routes: Vec<Derived> = windows
+            .routes
+            .iter_mut()
+            .enumerate()
+            .map(|(i, w)| push(w, route_sample(state.routes.served(i), now)))
+            .collect();
+        let snapshot = snapshot::build(state, &derived, &routes);
         *lock(&self.derived) = derived;
+        *lock(&self.routes) = routes;
         let point = HistoryPoint::of(&snapshot);
         let published =
             serde_json::to_string(&snapshot).and_then(|s| Ok((s, serde_json::to_string(&point)?)));
@@ -282,7 +312,7 @@ mod tests {
         let text = "lb:\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n    - { name: b, addr: \"127.0.0.1:2\" }\n";
         let s = SharedState::new(Config::parse(text).unwrap().0);
         let hub = Hub::new();
-        let mut windows = HashMap::new();
+        let mut windows = Windows::default();
         let t = Instant::now();
         hub.tick(&s, &mut windows, t);
         s.upstream("b").unwrap().count_response(200, false);
@@ -304,7 +334,7 @@ mod tests {
         let names: Vec<&str> = snap.upstreams.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["b", "c"]);
         assert_eq!(snap.upstreams[0].rps, 11.0, "b's rate survives the swap");
-        assert!(!windows.contains_key("a"));
+        assert!(!windows.upstreams.contains_key("a"));
         let history = hub.history();
         assert_eq!(history.len(), 2);
         assert_eq!(history[1].upstreams[0].name, "b");

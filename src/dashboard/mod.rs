@@ -7,6 +7,7 @@
 
 mod admin;
 mod demo;
+mod derived;
 pub mod hub;
 pub mod routes;
 pub mod snapshot;

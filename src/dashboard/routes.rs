@@ -1,5 +1,6 @@
 //! `GET /api/routes` and `GET /api/explain`: the route table as it serves
-//! (each route's match, pool, answers, server errors and p99), and the route
+//! (each route's match, pool, requests/s, error rate and p99 over the last
+//! few seconds, and its totals), and the route
 //! a request would take, with why each earlier one did not match.
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use super::derived::Derived;
 use super::App;
 use crate::config::{RouteAction, RouteConfig};
 use crate::state::SharedState;
@@ -26,12 +28,15 @@ pub struct RouteSnapshot {
     pub requests_total: u64,
     /// Answers with a 5xx status.
     pub errors_total: u64,
-    /// Since start, to the histogram's bucket.
+    /// Over the last few seconds.
+    pub rps: f64,
+    pub error_rate: f64,
     pub p99_ms: Option<f64>,
 }
 
-/// Every route of the file, in file order.
-pub fn routes(state: &SharedState) -> Vec<RouteSnapshot> {
+/// Every route of the file, in file order, with `derived` rates by index.
+pub fn routes(state: &SharedState, derived: &[Derived]) -> Vec<RouteSnapshot> {
+    let none = Derived::default();
     let pools = &state.config.lb.pools;
     state
         .routes
@@ -41,8 +46,8 @@ pub fn routes(state: &SharedState) -> Vec<RouteSnapshot> {
         .enumerate()
         .filter(|(_, r)| !r.implicit)
         .map(|(i, r)| {
-            let served = state.routes.served(i);
-            let (requests_total, errors_total) = served.totals();
+            let (requests_total, errors_total) = state.routes.served(i).totals();
+            let d = derived.get(i).unwrap_or(&none);
             let (pool, redirect) = match &r.action {
                 RouteAction::Pool(p) => (pools.get(*p).map(|p| p.name.clone()), None),
                 RouteAction::Redirect { to, status } => (None, Some(format!("{status} {to}"))),
@@ -54,7 +59,9 @@ pub fn routes(state: &SharedState) -> Vec<RouteSnapshot> {
                 redirect,
                 requests_total,
                 errors_total,
-                p99_ms: served.p99().map(|s| s * 1e3),
+                rps: (d.rps * 10.0).round() / 10.0,
+                error_rate: (d.error_rate * 1e4).round() / 1e4,
+                p99_ms: d.p99,
             }
         })
         .collect()
@@ -87,9 +94,10 @@ fn describe(r: &RouteConfig) -> String {
     }
 }
 
-/// `GET /api/routes`.
+/// `GET /api/routes`: as the snapshot has them.
 pub(super) async fn api_routes(State(app): State<App>) -> Response {
-    Json(serde_json::json!({ "routes": routes(&app.state) })).into_response()
+    let routes = app.hub.snapshot(&app.state).routes;
+    Json(serde_json::json!({ "routes": routes })).into_response()
 }
 
 /// `GET /api/explain?method=GET&url=https://api.example.com/v1/users`

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub use super::derived::Derived;
 use crate::breaker::BreakerState;
 use crate::config::Algorithm;
 use crate::events::{unix_time, Event};
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamSnapshot>,
     /// Every pool that serves, `default` first when it does.
     pub pools: Vec<PoolSnapshot>,
+    /// The routes of the file, in order (none without `lb.routes`).
+    pub routes: Vec<super::routes::RouteSnapshot>,
     /// Newest first.
     pub events: Vec<Event>,
     /// The HTTPS listeners' certificates, in config order.
@@ -198,25 +201,19 @@ pub struct LatencySnapshot {
     pub p99: Option<f64>,
 }
 
-/// Rates and percentiles of one upstream over the last window, as the hub
-/// works them out from its history.
-#[derive(Debug, Clone, Default)]
-pub struct Derived {
-    pub rps: f64,
-    pub error_rate: f64,
-    pub p50: Option<f64>,
-    pub p95: Option<f64>,
-    pub p99: Option<f64>,
-}
-
 /// Rounds to `places` decimals, for compact JSON.
 fn round(v: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);
     (v * f).round() / f
 }
 
-/// The snapshot of `state` now, with `derived` rates by upstream name.
-pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapshot {
+/// The snapshot of `state` now, with `derived` rates by upstream name and
+/// `routes`' by route index.
+pub fn build(
+    state: &SharedState,
+    derived: &HashMap<String, Derived>,
+    routes: &[Derived],
+) -> Snapshot {
     let now = Instant::now();
     let default = pool(&state.pool, derived, now);
     let pools = state
@@ -243,6 +240,7 @@ pub fn build(state: &SharedState, derived: &HashMap<String, Derived>) -> Snapsho
         sticky_stats: sticky(state),
         upstreams: default.upstreams,
         pools,
+        routes: super::routes::routes(state, routes),
         events: state.events.newest_first(),
         certificates: certificates(state, unix_time()),
         demo: state.demo.snapshot(),
@@ -472,7 +470,7 @@ mod tests {
                 ..Derived::default()
             },
         );
-        let snap = build(&s, &derived);
+        let snap = build(&s, &derived, &[]);
         let a = &snap.upstreams[0];
         // b is drained and c down: a takes every request.
         assert_eq!(a.reason, "weight 3: 100% of requests");
@@ -494,7 +492,7 @@ mod tests {
         b.observe_latency(0.050, false, now);
         a.observe_probe(0.004, now, 1.0, Duration::from_secs(5));
         crate::weights::tick(&s.pool, now);
-        let snap = build(&s, &HashMap::new());
+        let snap = build(&s, &HashMap::new(), &[]);
         assert!(!snap.upstreams[0].sidelined);
         assert!(
             snap.upstreams[0].reason.ends_with("; probes 4.0 ms"),
@@ -518,7 +516,7 @@ mod tests {
         // Both breakers open: panic mode, at once.
         a.record(false, false, now);
         b.record(false, false, now);
-        let snap = build(&s, &HashMap::new());
+        let snap = build(&s, &HashMap::new(), &[]);
         assert!(snap.panic);
         assert!(
             snap.upstreams[0].reason.starts_with("panic mode"),

@@ -48,22 +48,11 @@ impl Served {
             })
     }
 
-    /// The time under which 99% of answers came (seconds), to the
-    /// histogram's bucket; None before any answer.
-    pub fn p99(&self) -> Option<f64> {
-        let duration = &self.series.as_ref()?.duration;
-        let n = duration.get_sample_count();
-        if n == 0 {
-            return None;
-        }
-        let want = (n as f64 * 0.99).ceil() as u64;
-        let metric = prometheus::core::Metric::metric(duration);
-        let buckets = metric.get_histogram().get_bucket();
-        buckets
-            .iter()
-            .find(|b| b.cumulative_count() >= want)
-            .map(|b| b.upper_bound())
-            .or(buckets.last().map(|b| b.upper_bound()))
+    /// Its request-time histogram's buckets (none for the implicit route).
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        self.series
+            .as_ref()
+            .map_or_else(Vec::new, |s| crate::metrics::buckets(&s.duration))
     }
 }
 

@@ -155,13 +155,7 @@ impl Upstream {
 
     /// The duration histogram's cumulative buckets, for the dashboard.
     pub fn duration_buckets(&self) -> Vec<(f64, u64)> {
-        use prometheus::core::Metric;
-        let m = self.metrics.duration.metric();
-        m.get_histogram()
-            .get_bucket()
-            .iter()
-            .map(|b| (b.upper_bound(), b.cumulative_count()))
-            .collect()
+        crate::metrics::buckets(&self.metrics.duration)
     }
 
     /// Increments `hlb_requests_total{code=status}`: a lock-free lookup of the

@@ -9,6 +9,7 @@
 # cannot; kernel time (sockets) is not in them and is the same for every proxy.
 #
 #   loadtest/instructions.sh [requests, default 3000]
+#   BASELINE=path/to/an/older/hybrid-lb loadtest/instructions.sh   # adds its `dynamic` row
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-3000}
@@ -64,12 +65,12 @@ P=$(free_port); pingora_keys "$work/plain.yaml"
 PLAIN_LISTEN="127.0.0.1:$P" PLAIN_UPSTREAMS="127.0.0.1:$B1,127.0.0.1:$B2" RUST_LOG=error \
   measure "plain pingora" "$P" -- "$BIN/examples/plain_pingora" -c "$work/plain.yaml"
 
-hybrid() { # name algorithm sticky [ab args...]
+hybrid() { # name algorithm sticky [ab args...]; $HYBRID: the binary (this build's)
   local name=$1 algorithm=$2 sticky=$3; shift 3
   local port dash; port=$(free_port); dash=$(free_port)
   local conf="$work/$algorithm-$sticky-$(echo "$name" | tr -c 'a-z0-9' '-').yaml"
   hybrid_config "$conf" "$port" "$dash" "$algorithm" "$sticky" "$B1 $B2" "${EXTRA:-}"
-  RUST_LOG=error measure "$name" "$port" "$@" -- "$BIN/hybrid-lb" -c "$conf"
+  RUST_LOG=error measure "$name" "$port" "$@" -- "${HYBRID:-$BIN/hybrid-lb}" -c "$conf"
 }
 # 999 host routes that do not match ab's requests, then the one that does.
 host_routes() {
@@ -77,6 +78,7 @@ host_routes() {
   for i in $(seq 0 998); do echo "    - { name: h$i, match: { host: h$i.example.com }, pool: default }"; done
   echo "    - { name: local, match: { host: 127.0.0.1 }, pool: default }"
 }
+if [ -n "${BASELINE:-}" ]; then HYBRID=$BASELINE hybrid "baseline build dynamic" dynamic off; fi
 for algorithm in round_robin weighted dynamic p2c; do hybrid "hybrid-lb $algorithm" "$algorithm" off; done
 # "@cookie" asks measure() for a cookie the balancer sealed, so every request is a sticky hit.
 hybrid "hybrid-lb dynamic+cookie" dynamic cookie -C @cookie

@@ -73,7 +73,7 @@ impl Metrics {
         let registry = Registry::new();
         let requests_total = IntCounterVec::new(
             Opts::new("hlb_requests_total", "Responses from upstreams"),
-            &["upstream", "code"],
+            &["pool", "upstream", "code"],
         )
         .expect("metric");
         let request_duration_seconds = HistogramVec::new(
@@ -82,7 +82,7 @@ impl Metrics {
                 "Upstream response time in seconds",
             )
             .buckets(request_duration_seconds_buckets()),
-            &["upstream"],
+            &["pool", "upstream"],
         )
         .expect("metric");
         let gauge = |name: &str, help: &str, labels: &[&str]| {
@@ -91,24 +91,24 @@ impl Metrics {
         let upstream_inflight = gauge(
             "hlb_upstream_inflight",
             "Requests in progress per upstream",
-            &["upstream"],
+            &["pool", "upstream"],
         );
         let upstream_up = gauge(
             "hlb_upstream_up",
             "1 when the upstream passes active health checks",
-            &["upstream"],
+            &["pool", "upstream"],
         );
         let upstream_breaker_state = gauge(
             "hlb_upstream_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open",
-            &["upstream"],
+            &["pool", "upstream"],
         );
         let upstream_weight = GaugeVec::new(
             Opts::new(
                 "hlb_upstream_weight",
                 "Selection weight: base (configured) or effective (in force)",
             ),
-            &["upstream", "kind"],
+            &["pool", "upstream", "kind"],
         )
         .expect("metric");
         let upstream_latency_ewma_seconds = GaugeVec::new(
@@ -116,7 +116,7 @@ impl Metrics {
                 "hlb_upstream_latency_ewma_seconds",
                 "Peak EWMA of upstream response time in seconds",
             ),
-            &["upstream"],
+            &["pool", "upstream"],
         )
         .expect("metric");
         let sticky_total = IntCounterVec::new(
@@ -129,7 +129,7 @@ impl Metrics {
                 "hlb_retries_total",
                 "Failed attempts retried on another upstream, by why: connect, reset, status",
             ),
-            &["upstream", "reason"],
+            &["pool", "upstream", "reason"],
         )
         .expect("metric");
         let rate_limited_total = IntCounter::new(
@@ -214,7 +214,7 @@ impl Metrics {
                 "hlb_upstream_ejected",
                 "1 while the upstream is ejected for its failure rate",
             ),
-            &["upstream"],
+            &["pool", "upstream"],
         )
         .expect("metric");
 
@@ -223,7 +223,7 @@ impl Metrics {
                 "hlb_upstream_sidelined",
                 "1 while the upstream is too slow to get client requests; probes measure it",
             ),
-            &["upstream"],
+            &["pool", "upstream"],
         )
         .expect("metric");
 
@@ -232,7 +232,7 @@ impl Metrics {
                 "hlb_upstream_probe_seconds",
                 "Typical response time of the upstream's health checks",
             ),
-            &["upstream"],
+            &["pool", "upstream"],
         )
         .expect("metric");
 

@@ -122,7 +122,7 @@ mod tests {
         assert!(s
             .metrics
             .render()
-            .contains("hlb_upstream_ejected{upstream=\"b\"} 1"));
+            .contains("hlb_upstream_ejected{pool=\"default\",upstream=\"b\"} 1"));
         // Its two seconds pass: back, with an event.
         let back = later + Duration::from_secs(2);
         tick(&s.pool, &mut seen, back);

@@ -172,7 +172,9 @@ mod tests {
         assert_eq!(t.effective(1), 1.0);
         let text = s.metrics.render();
         assert!(
-            text.contains("hlb_upstream_weight{kind=\"effective\",upstream=\"b\"} 1"),
+            text.contains(
+                "hlb_upstream_weight{kind=\"effective\",pool=\"default\",upstream=\"b\"} 1"
+            ),
             "{text}"
         );
         // Ten half-lives later without samples, both are forgotten: full weight.

@@ -95,20 +95,32 @@ async fn state_and_metrics_count_the_traffic_sent() {
 
     let text = lb.metrics().await;
     let m = parse_metrics(&text);
-    assert_eq!(m["hlb_requests_total{code=\"200\",upstream=\"a\"}"], 30.0);
-    assert_eq!(m["hlb_requests_total{code=\"200\",upstream=\"b\"}"], 10.0);
     assert_eq!(
-        m["hlb_request_duration_seconds_count{upstream=\"a\"}"],
+        m["hlb_requests_total{code=\"200\",pool=\"default\",upstream=\"a\"}"],
         30.0
     );
-    assert_eq!(m["hlb_upstream_weight{kind=\"base\",upstream=\"a\"}"], 3.0);
-    assert_eq!(m["hlb_upstream_up{upstream=\"b\"}"], 1.0);
-    assert_eq!(m["hlb_upstream_inflight{upstream=\"a\"}"], 0.0);
+    assert_eq!(
+        m["hlb_requests_total{code=\"200\",pool=\"default\",upstream=\"b\"}"],
+        10.0
+    );
+    assert_eq!(
+        m["hlb_request_duration_seconds_count{pool=\"default\",upstream=\"a\"}"],
+        30.0
+    );
+    assert_eq!(
+        m["hlb_upstream_weight{kind=\"base\",pool=\"default\",upstream=\"a\"}"],
+        3.0
+    );
+    assert_eq!(m["hlb_upstream_up{pool=\"default\",upstream=\"b\"}"], 1.0);
+    assert_eq!(
+        m["hlb_upstream_inflight{pool=\"default\",upstream=\"a\"}"],
+        0.0
+    );
     // The EWMA gauge follows at the next weights tick.
     wait_for("the EWMA gauge", || async {
         let text = lb.metrics().await;
         parse_metrics(&text)
-            .get("hlb_upstream_latency_ewma_seconds{upstream=\"a\"}")
+            .get("hlb_upstream_latency_ewma_seconds{pool=\"default\",upstream=\"a\"}")
             .is_some_and(|v| *v > 0.0)
     })
     .await;

@@ -80,7 +80,7 @@ async fn failing_health_check_takes_an_upstream_out_and_back() {
     );
     let metrics = lb.metrics().await;
     assert!(
-        metrics.contains("hlb_upstream_up{upstream=\"b\"} 1"),
+        metrics.contains("hlb_upstream_up{pool=\"default\",upstream=\"b\"} 1"),
         "{metrics}"
     );
 }

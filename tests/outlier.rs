@@ -62,7 +62,8 @@ async fn an_upstream_failing_half_its_requests_is_ejected_and_gets_none() {
         for _ in 0..10 {
             let _ = client_ref.get(lb_ref.url("/")).send().await;
         }
-        ejected(&lb_ref.metrics().await) == ["hlb_upstream_ejected{upstream=\"c\"} 1"]
+        ejected(&lb_ref.metrics().await)
+            == ["hlb_upstream_ejected{pool=\"default\",upstream=\"c\"} 1"]
     })
     .await;
     for _ in 0..30 {

@@ -129,7 +129,7 @@ async fn a_retry_is_counted_only_when_it_is_sent() {
     let m = lb.metrics().await;
     assert!(
         m.contains(&format!(
-            "hlb_retries_total{{reason=\"connect\",upstream=\"dead\"}} {}",
+            "hlb_retries_total{{pool=\"default\",reason=\"connect\",upstream=\"dead\"}} {}",
             retries.unwrap()
         )),
         "{m}"

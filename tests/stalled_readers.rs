@@ -70,7 +70,7 @@ async fn http2_streams_that_stop_reading_are_cut_and_other_clients_are_served() 
     let before = rss_kib(lb.pid());
     // 200 streams from one address, two connections of 100.
     let (a, b) = tokio::join!(stall(lb.proxy, 100), stall(lb.proxy, 100));
-    let inflight = "hlb_upstream_inflight{upstream=\"big\"}";
+    let inflight = "hlb_upstream_inflight{pool=\"default\",upstream=\"big\"}";
     // The streams reach the upstream, and at most the cap of them at once.
     let most = AtomicU64::new(0);
     let (lb_ref, most_ref) = (&lb, &most);

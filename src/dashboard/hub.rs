@@ -97,7 +97,8 @@ fn push(w: &mut VecDeque<Sample>, s: Sample) -> Derived {
         w.pop_front();
     }
     match (w.front(), w.back()) {
-        (Some(old), Some(new)) if w.len() > 1 => derive(old, new),
+        // Nothing new over the window (an idle route, say): nothing to derive.
+        (Some(old), Some(new)) if w.len() > 1 && new.requests != old.requests => derive(old, new),
         _ => Derived::default(),
     }
 }
@@ -108,16 +109,26 @@ struct Sample {
     /// Attempts: responses plus attempts without an answer.
     requests: u64,
     errors: u64,
-    buckets: Vec<(f64, u64)>,
+    buckets: Arc<[(f64, u64)]>,
 }
 
-fn route_sample(r: &crate::route::served::Served, at: Instant) -> Sample {
+/// A route's counters now; a route that answered nothing since `last`
+/// shares its buckets (a thousand idle routes cost a tick next to nothing).
+fn route_sample(r: &crate::route::served::Served, last: Option<&Sample>, at: Instant) -> Sample {
+    if let Some(last) = last.filter(|l| l.requests == r.answered()) {
+        return Sample {
+            at,
+            requests: last.requests,
+            errors: last.errors,
+            buckets: last.buckets.clone(),
+        };
+    }
     let (requests, errors) = r.totals();
     Sample {
         at,
         requests,
         errors,
-        buckets: r.buckets(),
+        buckets: r.buckets().into(),
     }
 }
 
@@ -127,7 +138,7 @@ fn sample(u: &Upstream, at: Instant) -> Sample {
         at,
         requests: u.stats.requests_total.load(Relaxed) + u.stats.unanswered_total.load(Relaxed),
         errors: u.stats.errors_total.load(Relaxed),
-        buckets: u.duration_buckets(),
+        buckets: u.duration_buckets().into(),
     }
 }
 
@@ -236,7 +247,10 @@ impl Hub {
             .routes
             .iter_mut()
             .enumerate()
-            .map(|(i, w)| push(w, route_sample(state.routes.served(i), now)))
+            .map(|(i, w)| {
+                let s = route_sample(state.routes.served(i), w.back(), now);
+                push(w, s)
+            })
             .collect();
         let snapshot = snapshot::build(state, &derived, &routes);
         *lock(&self.derived) = derived;

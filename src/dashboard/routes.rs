@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::derived::Derived;
 use super::App;
-use crate::config::{RouteAction, RouteConfig};
+use crate::config::RouteAction;
 use crate::state::SharedState;
 
 /// One route as it serves.
@@ -54,7 +54,7 @@ pub fn routes(state: &SharedState, derived: &[Derived]) -> Vec<RouteSnapshot> {
             };
             RouteSnapshot {
                 name: r.name.clone(),
-                matches: describe(r),
+                matches: state.routes.served(i).described.clone(),
                 pool,
                 redirect,
                 requests_total,
@@ -65,33 +65,6 @@ pub fn routes(state: &SharedState, derived: &[Derived]) -> Vec<RouteSnapshot> {
             }
         })
         .collect()
-}
-
-/// A route's match in words.
-fn describe(r: &RouteConfig) -> String {
-    let m = &r.matches;
-    let mut parts = Vec::new();
-    if let Some(host) = &m.host {
-        parts.push(format!("host {host}"));
-    }
-    if let Some(prefix) = &m.path_prefix {
-        parts.push(format!(
-            "path {}",
-            if prefix.is_empty() { "/" } else { prefix }
-        ));
-    }
-    if let Some(methods) = &m.methods {
-        let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
-        parts.push(format!("methods {}", names.join(",")));
-    }
-    for (name, cond) in &m.headers {
-        parts.push(format!("header {name} {cond}"));
-    }
-    if parts.is_empty() {
-        "everything".into()
-    } else {
-        parts.join(", ")
-    }
 }
 
 /// `GET /api/routes`: as the snapshot has them.

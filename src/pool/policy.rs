@@ -47,6 +47,7 @@ impl Policy {
     /// What this pool's upstreams are made with.
     pub fn env(&self, metrics: &Metrics, events: &Arc<Events>) -> UpstreamEnv {
         UpstreamEnv {
+            pool: self.config.name.as_str().into(),
             breaker: self.config.circuit_breaker.clone(),
             half_life: self.config.dynamic_weights.half_life,
             penalty_cap: self.config.timeouts.read.as_secs_f64(),

@@ -299,7 +299,7 @@ fn a_same_name_replacement_keeps_the_series_right() {
     assert_eq!(change.removed.len(), 1);
     let series = |name: &str| {
         let text = env.metrics.render();
-        let line = format!("{name}{{upstream=\"u1\"}} ");
+        let line = format!("{name}{{pool=\"default\",upstream=\"u1\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(line.as_str()).map(str::to_string))
             .unwrap_or_else(|| panic!("no {line} in {text}"))

@@ -90,6 +90,32 @@ impl RouteTable {
     }
 }
 
+/// A match in words (`host api.example.com, path /v1`).
+pub fn describe(m: &MatchConfig) -> String {
+    let mut parts = Vec::new();
+    if let Some(host) = &m.host {
+        parts.push(format!("host {host}"));
+    }
+    if let Some(prefix) = &m.path_prefix {
+        parts.push(format!(
+            "path {}",
+            if prefix.is_empty() { "/" } else { prefix }
+        ));
+    }
+    if let Some(methods) = &m.methods {
+        let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+        parts.push(format!("methods {}", names.join(",")));
+    }
+    for (name, cond) in &m.headers {
+        parts.push(format!("header {name} {cond}"));
+    }
+    if parts.is_empty() {
+        "everything".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// Why `m` does not match `req`, or None when it does.
 pub fn mismatch(m: &MatchConfig, req: &RequestFacts) -> Option<String> {
     if let Some(pattern) = &m.host {

@@ -66,28 +66,35 @@ pub(super) struct Handles {
     pub by_code: crate::metrics::ByCode,
     /// `hlb_requests_total{code="error"}`: attempts without an answer.
     unanswered: IntCounter,
+    /// Its pool's name, the first label of every series.
+    pool: String,
 }
 
 impl Handles {
     /// Resolves `name`'s series. The gauges a predecessor of the same name
     /// may still share are taken as they are: its requests in flight are
     /// still in flight, and count out as they end.
-    pub fn new(m: &Metrics, name: &str, weight: u32) -> Self {
+    pub fn new(m: &Metrics, pool: &str, name: &str, weight: u32) -> Self {
         let handles = Handles {
-            inflight: m.upstream_inflight.with_label_values(&[name]),
-            up: m.upstream_up.with_label_values(&[name]),
-            ejected: m.upstream_ejected.with_label_values(&[name]),
-            sidelined: m.upstream_sidelined.with_label_values(&[name]),
-            probe: m.upstream_probe_seconds.with_label_values(&[name]),
-            breaker: m.upstream_breaker_state.with_label_values(&[name]),
-            base_weight: m.upstream_weight.with_label_values(&[name, "base"]),
-            effective_weight: m.upstream_weight.with_label_values(&[name, "effective"]),
-            latency: m.upstream_latency_ewma_seconds.with_label_values(&[name]),
-            duration: m.request_duration_seconds.with_label_values(&[name]),
+            pool: pool.into(),
+            inflight: m.upstream_inflight.with_label_values(&[pool, name]),
+            up: m.upstream_up.with_label_values(&[pool, name]),
+            ejected: m.upstream_ejected.with_label_values(&[pool, name]),
+            sidelined: m.upstream_sidelined.with_label_values(&[pool, name]),
+            probe: m.upstream_probe_seconds.with_label_values(&[pool, name]),
+            breaker: m.upstream_breaker_state.with_label_values(&[pool, name]),
+            base_weight: m.upstream_weight.with_label_values(&[pool, name, "base"]),
+            effective_weight: m
+                .upstream_weight
+                .with_label_values(&[pool, name, "effective"]),
+            latency: m
+                .upstream_latency_ewma_seconds
+                .with_label_values(&[pool, name]),
+            duration: m.request_duration_seconds.with_label_values(&[pool, name]),
             retries: RetryReason::ALL
-                .map(|r| m.retries_total.with_label_values(&[name, r.as_str()])),
-            by_code: crate::metrics::ByCode::new(&m.requests_total, &[name]),
-            unanswered: m.requests_total.with_label_values(&[name, "error"]),
+                .map(|r| m.retries_total.with_label_values(&[pool, name, r.as_str()])),
+            by_code: crate::metrics::ByCode::new(&m.requests_total, &[pool, name]),
+            unanswered: m.requests_total.with_label_values(&[pool, name, "error"]),
         };
         handles.up.set(1);
         handles.breaker.set(0);
@@ -103,21 +110,29 @@ impl Upstream {
     /// Removes this upstream's series from the registry (it left the table and
     /// no upstream of the same name replaced it).
     pub fn retire_metrics(&self, m: &Metrics) {
-        let name = self.name.as_str();
-        let _ = m.upstream_inflight.remove_label_values(&[name]);
-        let _ = m.upstream_up.remove_label_values(&[name]);
-        let _ = m.upstream_ejected.remove_label_values(&[name]);
-        let _ = m.upstream_sidelined.remove_label_values(&[name]);
-        let _ = m.upstream_probe_seconds.remove_label_values(&[name]);
-        let _ = m.upstream_breaker_state.remove_label_values(&[name]);
-        let _ = m.upstream_weight.remove_label_values(&[name, "base"]);
-        let _ = m.upstream_weight.remove_label_values(&[name, "effective"]);
-        let _ = m.upstream_latency_ewma_seconds.remove_label_values(&[name]);
-        let _ = m.request_duration_seconds.remove_label_values(&[name]);
+        let (pool, name) = (self.metrics.pool.as_str(), self.name.as_str());
+        let _ = m.upstream_inflight.remove_label_values(&[pool, name]);
+        let _ = m.upstream_up.remove_label_values(&[pool, name]);
+        let _ = m.upstream_ejected.remove_label_values(&[pool, name]);
+        let _ = m.upstream_sidelined.remove_label_values(&[pool, name]);
+        let _ = m.upstream_probe_seconds.remove_label_values(&[pool, name]);
+        let _ = m.upstream_breaker_state.remove_label_values(&[pool, name]);
+        let _ = m.upstream_weight.remove_label_values(&[pool, name, "base"]);
+        let _ = m
+            .upstream_weight
+            .remove_label_values(&[pool, name, "effective"]);
+        let _ = m
+            .upstream_latency_ewma_seconds
+            .remove_label_values(&[pool, name]);
+        let _ = m
+            .request_duration_seconds
+            .remove_label_values(&[pool, name]);
         for r in RetryReason::ALL {
-            let _ = m.retries_total.remove_label_values(&[name, r.as_str()]);
+            let _ = m
+                .retries_total
+                .remove_label_values(&[pool, name, r.as_str()]);
         }
-        let _ = m.requests_total.remove_label_values(&[name, "error"]);
+        let _ = m.requests_total.remove_label_values(&[pool, name, "error"]);
         self.metrics.by_code.retire();
     }
 

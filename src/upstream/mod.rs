@@ -35,6 +35,8 @@ use metrics::Handles;
 /// What every upstream of a pool is made with: its settings and shared sinks.
 #[derive(Debug, Clone)]
 pub struct UpstreamEnv {
+    /// The pool's name: every series of its upstreams carries it.
+    pub pool: Arc<str>,
     pub breaker: BreakerConfig,
     /// Half-life of the latency estimate.
     pub half_life: Duration,
@@ -135,7 +137,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(conf: &UpstreamConfig, env: &UpstreamEnv) -> Self {
-        let handles = Handles::new(&env.metrics, &conf.name, conf.weight);
+        let handles = Handles::new(&env.metrics, &env.pool, &conf.name, conf.weight);
         // One origin for every millisecond mirror of this upstream.
         let epoch = Instant::now();
         Upstream {

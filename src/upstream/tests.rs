@@ -7,6 +7,7 @@ use crate::config::Config;
 pub fn env(text: &str) -> UpstreamEnv {
     let c = Config::parse(text).unwrap().0.lb.pools.remove(0);
     UpstreamEnv {
+        pool: c.name.as_str().into(),
         breaker: c.circuit_breaker.clone(),
         half_life: c.dynamic_weights.half_life,
         penalty_cap: c.timeouts.read.as_secs_f64(),
@@ -54,7 +55,7 @@ fn the_gate_combines_health_drain_ejection_and_breaker() {
     assert_eq!(events[4].detail, "down: test");
     let text = env.metrics.render();
     assert!(
-        text.contains("hlb_upstream_breaker_state{upstream=\"a\"} 2"),
+        text.contains("hlb_upstream_breaker_state{pool=\"default\",upstream=\"a\"} 2"),
         "{text}"
     );
 }
@@ -155,7 +156,7 @@ fn inflight_guards_count_out_on_drop() {
     assert!(env
         .metrics
         .render()
-        .contains("hlb_upstream_inflight{upstream=\"a\"} 0"));
+        .contains("hlb_upstream_inflight{pool=\"default\",upstream=\"a\"} 0"));
 }
 
 #[test]
@@ -168,15 +169,15 @@ fn responses_are_counted_by_code_without_formatting_twice() {
     u.count_unanswered();
     let text = env.metrics.render();
     assert!(
-        text.contains("hlb_requests_total{code=\"200\",upstream=\"a\"} 3"),
+        text.contains("hlb_requests_total{code=\"200\",pool=\"default\",upstream=\"a\"} 3"),
         "{text}"
     );
     assert!(
-        text.contains("hlb_requests_total{code=\"503\",upstream=\"a\"} 1"),
+        text.contains("hlb_requests_total{code=\"503\",pool=\"default\",upstream=\"a\"} 1"),
         "{text}"
     );
     assert!(
-        text.contains("hlb_requests_total{code=\"error\",upstream=\"a\"} 1"),
+        text.contains("hlb_requests_total{code=\"error\",pool=\"default\",upstream=\"a\"} 1"),
         "{text}"
     );
     assert_eq!(u.stats.errors_total.load(Ordering::Relaxed), 2);

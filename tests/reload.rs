@@ -60,6 +60,29 @@ fn client(
     })
 }
 
+/// Starts `hybrid-lb -u` on `yaml` beside `old` and waits until it is at the
+/// upgrade socket for the old process's listeners (SIGQUIT to `old` next).
+async fn start_upgrade(old: &Lb, yaml: &str, proxy: u16) -> Guard {
+    let path = old.dir.path().join("v2.yaml");
+    fs::write(&path, yaml).unwrap();
+    let log = fs::File::create(old.dir.path().join("new.log")).unwrap();
+    let new = Guard(
+        Command::new(binary())
+            .args(["-u", "-c"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let sock = format!("/tmp/hybrid-lb-test-{proxy}.sock");
+    wait_for("the new process's upgrade socket", || async {
+        std::path::Path::new(&sock).exists()
+    })
+    .await;
+    new
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_loses_no_request_and_applies_new_weights() {
     let (a, b) = (mock("a").await, mock("b").await);
@@ -105,25 +128,7 @@ async fn reload_under_load_loses_no_request_and_applies_new_weights() {
         &format!("name: b, addr: \"{}\", weight: 3", b.addr()),
     );
     assert_ne!(v1, v2);
-    let v2_path = old.dir.path().join("v2.yaml");
-    fs::write(&v2_path, &v2).unwrap();
-    let new_log = fs::File::create(old.dir.path().join("new.log")).unwrap();
-    let new = Guard(
-        Command::new(binary())
-            .arg("-u")
-            .arg("-c")
-            .arg(&v2_path)
-            .stdout(Stdio::null())
-            .stderr(new_log)
-            .spawn()
-            .unwrap(),
-    );
-    // The new process waits on the upgrade socket for the old one's listeners.
-    let sock = format!("/tmp/hybrid-lb-test-{proxy}.sock");
-    wait_for("the new process's upgrade socket", || async {
-        std::path::Path::new(&sock).exists()
-    })
-    .await;
+    let new = start_upgrade(&old, &v2, proxy).await;
     let reload_at = Instant::now();
     old.signal("QUIT");
     let status = old.wait_exit().await;
@@ -315,23 +320,7 @@ async fn a_reload_changes_routes_and_pools_under_load_losing_nothing() {
         tally.sent.load(Ordering::Relaxed) > 200
     })
     .await;
-    let v2_path = old.dir.path().join("v2.yaml");
-    fs::write(&v2_path, &v2).unwrap();
-    let new_log = fs::File::create(old.dir.path().join("new.log")).unwrap();
-    let new = Guard(
-        Command::new(binary())
-            .args(["-u", "-c"])
-            .arg(&v2_path)
-            .stdout(Stdio::null())
-            .stderr(new_log)
-            .spawn()
-            .unwrap(),
-    );
-    let sock = format!("/tmp/hybrid-lb-test-{proxy}.sock");
-    wait_for("the new process's upgrade socket", || async {
-        std::path::Path::new(&sock).exists()
-    })
-    .await;
+    let new = start_upgrade(&old, &v2, proxy).await;
     old.signal("QUIT");
     old.wait_exit().await;
     let after = tally.sent.load(Ordering::Relaxed);

@@ -181,17 +181,21 @@ fn target(
     Ok((named, u))
 }
 
-/// The upstream's row of a fresh snapshot.
-fn upstream_json(app: &App, named: &Named, code: StatusCode) -> Response {
+/// The upstream's row of a fresh snapshot, if it is in its pool's table.
+fn row(app: &App, named: &Named) -> Option<super::snapshot::UpstreamSnapshot> {
     let snapshot = app.hub.snapshot(&app.state);
-    let row = snapshot
+    snapshot
         .pools
         .into_iter()
         .find(|p| p.name == named.pool.name())
         .map_or(snapshot.upstreams, |p| p.upstreams)
         .into_iter()
-        .find(|u| u.name == named.name);
-    match row {
+        .find(|u| u.name == named.name)
+}
+
+/// The upstream's row of a fresh snapshot, as the answer.
+fn upstream_json(app: &App, named: &Named, code: StatusCode) -> Response {
+    match row(app, named) {
         Some(u) => (code, Json(u)).into_response(),
         None => AdminError::UnknownUpstream(named.name.clone()).into_response(),
     }
@@ -497,14 +501,7 @@ pub async fn remove(
         Err(e) => return refuse(e).await,
     };
     let name = named.name.clone();
-    let snapshot = app.hub.snapshot(&app.state);
-    let row = snapshot
-        .pools
-        .into_iter()
-        .find(|p| p.name == named.pool.name())
-        .map_or(snapshot.upstreams, |p| p.upstreams)
-        .into_iter()
-        .find(|u| u.name == name);
+    let row = row(&app, &named);
     if let Some(fleet) = named.fleet(&app) {
         let pool = named.pool.name();
         if !fleet.owns(pool, &name) {

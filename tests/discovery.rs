@@ -456,3 +456,56 @@ async fn srv_members_take_their_weights_and_only_the_preferred_priority_serves()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_pool_follows_its_own_dns_entry() {
+    // Pool api follows api.test; the default pool keeps its file upstream
+    // and never sees api's members.
+    let backends = replicas(&["r2", "r3"]).await;
+    let port = backends[0].addr().port();
+    let web = mock("web").await;
+    let dns = Dnsmasq::start("127.0.0.2 api.test\n", &[]).await;
+    let lb = Lb::start(&format!(
+        "{QUICK_CHECKS}{}  upstreams:\n{}  pools:\n    api:\n      algorithm: round_robin\n      \
+         upstreams:\n        - {{ name: api, dns: \"api.test:{port}\" }}\n  routes:\n    \
+         - {{ match: {{ path_prefix: /api }}, pool: api }}\n    - {{ pool: default }}\n",
+        discovery_yaml(&dns),
+        upstreams_yaml(&[("web", web.addr(), 1)]),
+    ))
+    .await;
+    let in_pool = |state: serde_json::Value, pool: &str| -> Vec<String> {
+        let pools = state["pools"].as_array().cloned().unwrap_or_default();
+        let mut names: Vec<String> = pools
+            .iter()
+            .filter(|p| p["name"] == pool)
+            .flat_map(|p| p["upstreams"].as_array().cloned().unwrap_or_default())
+            .map(|u| u["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        in_pool(lb.state().await, "api"),
+        [format!("api@127.0.0.2:{port}")]
+    );
+    dns.change_hosts("127.0.0.2 api.test\n127.0.0.3 api.test\n");
+    let lb_ref = &lb;
+    wait_for("api's second member", || async move {
+        in_pool(lb_ref.state().await, "api").len() == 2
+    })
+    .await;
+    assert_eq!(in_pool(lb.state().await, "default"), ["web"]);
+    // Both members take api's requests; the rest go to web.
+    let lb_ref = &lb;
+    wait_for("requests to both api members", || async move {
+        let c = reqwest::Client::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10 {
+            let r = c.get(lb_ref.url("/api/x")).send().await.unwrap();
+            seen.insert(backend_of(&r));
+        }
+        seen.len() == 2 && seen.contains("r2") && seen.contains("r3")
+    })
+    .await;
+    assert_eq!(backend_of(&reqwest::get(lb.url("/")).await.unwrap()), "web");
+}

@@ -200,6 +200,9 @@ pub struct LimitsConfig {
     /// Client connections open at once on the proxy listeners; more are
     /// closed at once.
     pub max_connections: usize,
+    /// Whether the file sets `max_connections` (else it is the default, and
+    /// fitting it to the open-file limit is no news).
+    pub max_connections_set: bool,
     /// Of those, how many one client address may hold; also how many
     /// requests it may have in flight at once, HTTP/2 streams included.
     pub max_connections_per_client: usize,
@@ -463,17 +466,23 @@ impl Config {
 
     /// Parses and validates a whole config file's text.
     pub fn parse(text: &str) -> Result<(Config, ServerConf), ConfigError> {
-        let server: ServerConf = serde_yaml::from_str(text).map_err(ConfigError::from_serde)?;
+        let server: ServerConf =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::from_serde_in(e, Some(text)))?;
         let server = server
             .validate()
             .map_err(|e| ConfigError::single("", e.to_string(), None))?;
         let index = LineIndex::new(text);
-        let (raw, unknown_keys) = unknown::read(text, &index)?;
+        let top_level = validate::check_top_level(&index);
+        let (raw, unknown_keys) = unknown::read(text, &index).map_err(|mut e| {
+            e.problems.extend(top_level.clone());
+            e.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            e
+        })?;
         let mut c = check::Checker {
             index: &index,
             problems: unknown_keys,
         };
-        validate::check_top_level(&mut c);
+        c.problems.extend(top_level);
         let config = validate::validate(raw, &mut c);
         inherit::once(&mut c.problems);
         if c.problems.is_empty() {

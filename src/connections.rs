@@ -237,7 +237,7 @@ pub fn client_of(stream: &Stream) -> Option<IpAddr> {
 /// Raises the descriptor limit as far as allowed and returns the connection
 /// cap it can carry: each client connection may pair with an upstream one, and
 /// [`RESERVE`] stay free. `wanted` is the configured cap.
-pub fn fit_descriptor_limit(wanted: usize) -> usize {
+pub fn fit_descriptor_limit(wanted: usize, set: bool) -> usize {
     let need = wanted as u64 * 2 + RESERVE;
     let limit = match rlimit::increase_nofile_limit(need) {
         Ok(l) => l,
@@ -248,10 +248,17 @@ pub fn fit_descriptor_limit(wanted: usize) -> usize {
     };
     let fits = (limit.saturating_sub(RESERVE) / 2) as usize;
     if fits < wanted {
-        log::warn!(
+        // Only news when the operator asked for more than fits; the
+        // default is simply sized to the machine.
+        let why = format!(
             "lb.limits.max_connections {wanted} needs {need} open files, the limit is {limit}: \
-             capping client connections at {fits} (raise LimitNOFILE / ulimit -n)"
+             capping client connections at {fits}"
         );
+        if set {
+            log::warn!("{why} (raise LimitNOFILE / ulimit -n)");
+        } else {
+            log::info!("{why} (the default, sized to this machine)");
+        }
         fits.max(1)
     } else {
         wanted
@@ -350,12 +357,12 @@ mod tests {
     fn the_cap_fits_the_descriptor_limit() {
         // Whatever the machine allows, the cap leaves room for upstreams and
         // the reserve.
-        let cap = fit_descriptor_limit(1_000_000_000);
+        let cap = fit_descriptor_limit(1_000_000_000, true);
         let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
         assert!(
             cap as u64 * 2 + RESERVE <= soft.max(RESERVE + 2),
             "{cap} vs {soft}"
         );
-        assert_eq!(fit_descriptor_limit(10), 10);
+        assert_eq!(fit_descriptor_limit(10, false), 10);
     }
 }

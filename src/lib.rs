@@ -84,7 +84,7 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     let limits = &state.config.lb.limits;
     let admission = connections::Admission::new(
         "proxy",
-        connections::fit_descriptor_limit(limits.max_connections),
+        connections::fit_descriptor_limit(limits.max_connections, limits.max_connections_set),
         limits.max_connections_per_client,
         &state.metrics,
     );

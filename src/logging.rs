@@ -4,7 +4,9 @@
 //! lines, so they are logged at debug and counted in
 //! `hlb_client_header_aborts_total` instead. Pingora's connection pool also
 //! logs at ERROR when a pooled connection it wanted was still held by its
-//! idle watcher; it opens a new one instead, so that is logged at debug.
+//! idle watcher; it opens a new one instead, so that is logged at debug. And
+//! a new process (`-u`) waiting for the running one's sockets is waiting,
+//! not failing: logged at info.
 
 use std::sync::LazyLock;
 
@@ -42,6 +44,14 @@ pub fn is_pool_miss(level: Level, target: &str, message: &str) -> bool {
         && message == "failed to acquire reusable stream"
 }
 
+/// Whether a log record is a new process (`-u`) still waiting for the
+/// running one to hand its sockets over.
+pub fn is_handover_wait(level: Level, target: &str, message: &str) -> bool {
+    level == Level::Error
+        && target.starts_with("pingora_core::server::transfer_fd")
+        && message.starts_with("No incoming socket transfer")
+}
+
 struct Filtered {
     inner: env_logger::Logger,
 }
@@ -54,6 +64,18 @@ impl Log for Filtered {
     fn log(&self, record: &Record) {
         if record.level() == Level::Error && record.target().starts_with("pingora_") {
             let message = record.args().to_string();
+            if is_handover_wait(record.level(), record.target(), &message) {
+                self.inner.log(
+                    &Record::builder()
+                        .level(Level::Info)
+                        .target(record.target())
+                        .args(format_args!(
+                            "waiting for the running process to hand its sockets over"
+                        ))
+                        .build(),
+                );
+                return;
+            }
             let abort = is_header_abort(record.level(), record.target(), &message);
             if abort || is_pool_miss(record.level(), record.target(), &message) {
                 if abort {
@@ -124,6 +146,16 @@ mod tests {
             Level::Error,
             "pingora_core::connectors",
             "other"
+        ));
+        assert!(is_handover_wait(
+            Level::Error,
+            "pingora_core::server::transfer_fd",
+            "No incoming socket transfer, sleep 1s and try again"
+        ));
+        assert!(!is_handover_wait(
+            Level::Error,
+            "pingora_core::server::transfer_fd",
+            "Error accepting socket transfer: EBADF"
         ));
     }
 }

@@ -20,8 +20,9 @@ usage: hybrid-lb -c FILE [-t | -u | -d]
       --explain REQ with -t: the route a request would take and why, e.g.
                     --explain 'GET https://api.example.com/v1/users' (headers after the
                     URL: 'GET /x X-Canary: 1, Cookie: a=b')
-  -u, --upgrade     take the listening sockets over from a running instance: start the
-                    new process with -u, then send the old one SIGQUIT (zero-downtime reload)
+  -u, --upgrade     take the listening sockets over from a running instance (zero-downtime
+                    reload), as one command:
+                      hybrid-lb -t -c FILE && kill -QUIT $(cat PID_FILE) && hybrid-lb -u -d -c FILE
   -d, --daemon      run in the background (Pingora's daemon mode)
   -h, --help        this text
   -V, --version     the version
@@ -106,6 +107,14 @@ fn main() {
         ("start", "started")
     };
     state.events.push(None, kind, format!("{how} with {path}"));
+    if !server.configuration.daemon {
+        // Pingora writes `pid_file` only when it daemonizes; the reload
+        // recipe reads it, so a process in the foreground writes it too.
+        let pid_file = &server.configuration.pid_file;
+        if let Err(e) = std::fs::write(pid_file, std::process::id().to_string()) {
+            log::warn!("cannot write pid_file {pid_file}: {e}");
+        }
+    }
     server.run_forever();
 }
 

@@ -241,7 +241,7 @@ fn check_flag_refuses_unknown_keys_and_algorithms() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("lb.algorithm: unknown variant `fastest`"),
+        stderr.contains("lb.algorithm: `fastest` is not one of"),
         "{stderr}"
     );
     let line = line_of(&base, "algorithm: fastest");

@@ -351,3 +351,97 @@ async fn a_reload_changes_routes_and_pools_under_load_losing_nothing() {
     assert_eq!(backend_of(&reqwest::get(old.url("/")).await.unwrap()), "w");
     drop(new);
 }
+
+/// The reload recipe as the README writes it.
+fn readme_recipe() -> String {
+    let readme = include_str!("../README.md");
+    let after = readme
+        .split("<!-- reload recipe")
+        .nth(1)
+        .expect("the README marks its reload recipe");
+    let block = after.split("```sh\n").nth(1).expect("a sh block");
+    block.split("```").next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_reload_recipe_works_as_typed_from_a_foreground_process() {
+    let a = mock("a").await;
+    let (proxy, dashboard) = (free_port(), free_port());
+    let yaml = config_yaml(
+        proxy,
+        dashboard,
+        &format!("  upstreams:\n{}", upstreams_yaml(&[("a", a.addr(), 1)])),
+    );
+    // The running process, in the foreground as the quick start runs it.
+    let mut old = Lb::launch(&yaml, proxy, dashboard).await;
+    // Where the recipe is typed: `conf/lb.yaml` and `hybrid-lb` on the PATH;
+    // the only change to the recipe is the test's own pid file.
+    let cwd = tempfile::tempdir().unwrap();
+    fs::create_dir(cwd.path().join("conf")).unwrap();
+    fs::write(cwd.path().join("conf/lb.yaml"), &yaml).unwrap();
+    let bin = cwd.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(binary(), bin.join("hybrid-lb")).unwrap();
+    let pid_file = format!("/tmp/hybrid-lb-test-{proxy}.pid");
+    let recipe = readme_recipe().replace("/tmp/hybrid-lb.pid", &pid_file);
+    assert!(recipe.contains("kill -QUIT"), "{recipe}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let tasks: Vec<_> = [false, true]
+        .into_iter()
+        .map(|fresh| client(old.url("/"), fresh, stop.clone(), tally.clone()))
+        .collect();
+    wait_for("traffic", || async {
+        tally.sent.load(Ordering::Relaxed) > 100
+    })
+    .await;
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // (Into files: the daemon keeps what it inherits open.)
+    let (out, err) = (cwd.path().join("recipe.out"), cwd.path().join("recipe.err"));
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(&recipe)
+        .current_dir(cwd.path())
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the recipe failed:\n{recipe}\n{}",
+        fs::read_to_string(&err).unwrap_or_default()
+    );
+    old.wait_exit().await;
+    // The daemon that took over wrote its pid; it is stopped at the end.
+    let new_pid: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old.pid());
+    // Stopped however the test ends.
+    struct Daemon(u32);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            signal(self.0, "INT");
+        }
+    }
+    let _daemon = Daemon(new_pid);
+    let after = tally.sent.load(Ordering::Relaxed);
+    wait_for("traffic after the reload", || async {
+        tally.sent.load(Ordering::Relaxed) > after + 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let failed = tally.failed.load(Ordering::Relaxed);
+    assert_eq!(failed, 0, "requests failed across the reload");
+}

@@ -94,8 +94,22 @@ impl Checker<'_> {
             return Some(a);
         }
         // host:port with a name: resolved once, at load time.
+        let named = text
+            .rsplit_once(':')
+            .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         match text.to_socket_addrs().map(|mut it| it.next()) {
-            Ok(Some(a)) if text.contains(':') => Some(a),
+            Ok(Some(a)) if named.is_some() => Some(a),
+            Err(e) if named.is_some() => {
+                let host = named.map_or("", |(h, _)| h);
+                self.fail(
+                    key,
+                    format!(
+                        "`{host}` did not resolve ({e}); write a name this machine resolves, \
+                         or an IP address"
+                    ),
+                );
+                None
+            }
             _ => {
                 self.fail(
                     key,

@@ -58,6 +58,33 @@ impl ConfigError {
     /// serde_yaml's message already starts with the path; its " at line L column C"
     /// tail is rewritten into our " (line L)" form.
     pub(super) fn from_serde(e: serde_yaml::Error) -> Self {
+        Self::from_serde_in(e, None)
+    }
+
+    /// [`ConfigError::from_serde`] for the file `file`: a YAML syntax error
+    /// (no key to name) quotes the line it is on, and says what usually
+    /// causes it.
+    pub(super) fn from_serde_in(e: serde_yaml::Error, file: Option<&str>) -> Self {
+        let line = e.location().map(|l| l.line());
+        let mut error = Self::from_serde_at(&e);
+        let quoted = line
+            .zip(file)
+            .and_then(|(n, f)| f.lines().nth(n.saturating_sub(1)))
+            .map(str::trim)
+            .filter(|l| !l.is_empty());
+        if let (Some(p), Some(quoted)) = (error.problems.first_mut(), quoted) {
+            if p.key.is_empty() {
+                p.message = format!(
+                    "{} at `{quoted}`: check that this line is indented as the keys beside it \
+                     (spaces, not tabs) and that a `key:` has its colon",
+                    p.message
+                );
+            }
+        }
+        error
+    }
+
+    fn from_serde_at(e: &serde_yaml::Error) -> Self {
         let text = e.to_string();
         let text = match text.find(" at line ") {
             Some(i) => text[..i].to_string(),

@@ -15,6 +15,7 @@ pub(super) fn limits(l: &RawLimits, c: &mut Checker) -> LimitsConfig {
         header_timeout: c.whole_seconds("lb.limits.header_timeout", &l.header_timeout),
         keepalive_timeout: c.whole_seconds("lb.limits.keepalive_timeout", &l.keepalive_timeout),
         max_connections: c.at_least("lb.limits.max_connections", l.max_connections, 1) as usize,
+        max_connections_set: c.index.has("lb.limits.max_connections"),
         max_connections_per_client: {
             let n = c.at_least(
                 "lb.limits.max_connections_per_client",

@@ -146,7 +146,9 @@ fn unknown_algorithm_is_refused_with_its_line() {
     let text = GOOD.replace("algorithm: weighted", "algorithm: fastest");
     let e = one_error(&text);
     assert!(
-        e.starts_with("lb.algorithm: unknown variant `fastest`"),
+        e.starts_with(
+            "lb.algorithm: `fastest` is not one of `round_robin`, `weighted`, `dynamic`, `p2c`"
+        ),
         "{e}"
     );
     assert!(e.ends_with("(line 5)"), "{e}");
@@ -165,7 +167,12 @@ fn unknown_top_level_key_is_refused() {
     let text = format!("{GOOD}dashbaord:\n  listen: x\n");
     assert_eq!(
         one_error(&text),
-        "dashbaord: unknown key (ours are lb, dashboard, demo; the rest are Pingora's server keys) (line 14)"
+        "dashbaord: unknown key, did you mean `dashboard`? (line 14)"
+    );
+    let text = format!("{GOOD}zzz:\n  listen: x\n");
+    assert_eq!(
+        one_error(&text),
+        "zzz: unknown key (ours are lb, dashboard, demo; the rest are Pingora's server keys) (line 14)"
     );
 }
 
@@ -184,7 +191,10 @@ fn bad_duration_is_refused() {
 fn wrong_type_names_key_and_line() {
     let text = GOOD.replace("weight: 3", "weight: heavy");
     let e = one_error(&text);
-    assert!(e.starts_with("lb.upstreams[1].weight: invalid type"), "{e}");
+    assert!(
+        e.starts_with("lb.upstreams[1].weight: \"heavy\" is not a whole number"),
+        "{e}"
+    );
     assert!(e.ends_with("(line 10)"), "{e}");
 }
 
@@ -239,7 +249,7 @@ fn unknown_sticky_mode_is_refused() {
     let text = GOOD.replace("  timeouts:", "  sticky: { mode: sometimes }\n  timeouts:");
     let e = one_error(&text);
     assert!(
-        e.starts_with("lb.sticky.mode: unknown variant `sometimes`"),
+        e.starts_with("lb.sticky.mode: `sometimes` is not one of `off`, `cookie`, `ip`"),
         "{e}"
     );
 }
@@ -447,4 +457,44 @@ fn an_etcd_entry_is_checked_as_a_file_entry_is() {
     assert!(upstream_entry("a@b", br#"{"addr": "127.0.0.1:1"}"#)
         .unwrap_err()
         .starts_with("name: "));
+}
+
+#[test]
+fn four_mistakes_are_all_named_at_once() {
+    // A value of the wrong kind no longer hides the rest of the file.
+    let text = "version: 1\nthread: 1\nlb:\n  sticky: { mode: cookies }\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:9001\", weight: 0 }\n  health_check: { interval: 5 }\ndashbaord:\n  listen: \"127.0.0.1:5000\"\n";
+    let e = errors(text);
+    let all = e.join("\n");
+    for want in [
+        "thread: unknown key, did you mean `threads`? (line 2)",
+        "lb.sticky.mode: `cookies` is not one of `off`, `cookie`, `ip`; did you mean `cookie`? (line 4)",
+        "lb.upstreams[0].weight: must be at least 1 (line 6)",
+        "lb.health_check.interval: `5` is a number where text goes (a duration needs its unit: write `5s` or `5ms`) (line 7)",
+        "dashbaord: unknown key, did you mean `dashboard`? (line 8)",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    assert_eq!(e.len(), 5, "{all}");
+}
+
+#[test]
+fn a_word_for_a_number_and_a_name_that_does_not_resolve_are_said_plainly() {
+    let e = errors(&GOOD.replace("weight: 3", "weight: \"three\""));
+    assert!(
+        e[0].contains("lb.upstreams[1].weight: \"three\" is not a whole number"),
+        "{e:?}"
+    );
+    let e = errors(&GOOD.replace("127.0.0.1:9001", "no-such-host.invalid:9001"));
+    assert!(
+        e[0].contains("`no-such-host.invalid` did not resolve"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn bad_indentation_quotes_its_line() {
+    let text = "lb:\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:9001\" }\n   timeouts: { read: 5s }\n";
+    let e = errors(text);
+    assert!(e[0].contains("at `timeouts: { read: 5s }`"), "{e:?}");
+    assert!(e[0].contains("indented"), "{e:?}");
 }

@@ -32,11 +32,20 @@ pub(super) fn read(text: &str, index: &LineIndex) -> Result<(RawFile, Vec<Proble
         };
         let message = e.into_inner().to_string();
         let Some((field, expected)) = unknown_field(&message) else {
+            // A value of the wrong kind: said plainly, then taken out (its
+            // default stands in) so the rest of the file is read too.
             problems.push(Problem {
                 line: index.line_of(&path),
-                key: path,
-                message,
+                key: path.clone(),
+                message: plain(&message),
             });
+            let taken_out = path
+                .rsplit_once('.')
+                .filter(|(_, field)| !field.contains('['))
+                .is_some_and(|(map, field)| remove(&mut value, map, field));
+            if taken_out {
+                continue;
+            }
             break;
         };
         // The path may end at the unknown key itself, or at its map.
@@ -64,6 +73,50 @@ pub(super) fn read(text: &str, index: &LineIndex) -> Result<(RawFile, Vec<Proble
     super::inherit::once(&mut problems);
     problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
     Err(ConfigError { problems })
+}
+
+/// serde's message about a value of the wrong kind, in the words of the
+/// file: what was written, what goes there, and the value probably meant.
+pub(super) fn plain(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        let number = found.starts_with("integer") || found.starts_with("floating point");
+        let shown = found
+            .split_once(' ')
+            .map_or(found, |(_, v)| v)
+            .trim_matches('`');
+        return match expected {
+            "a string" if number => format!(
+                "`{shown}` is a number where text goes (a duration needs its unit: write `{shown}s` or `{shown}ms`)"
+            ),
+            "i64" | "u64" | "u32" | "u16" | "usize" => {
+                format!("{shown} is not a whole number; write e.g. 3")
+            }
+            "f64" => format!("{shown} is not a number; write e.g. 0.5"),
+            "a boolean" => format!("{shown} is not true or false"),
+            _ => format!("{shown} does not fit here: expected {expected}"),
+        };
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let (value, tail) = rest.split_once('`').unwrap_or((rest, ""));
+        let expected: Vec<String> = tail
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        let mut text = format!("`{value}` is not one of {}", quoted(&expected));
+        if let Some(meant) = closest(value, &expected) {
+            text.push_str(&format!("; did you mean `{meant}`?"));
+        }
+        return text;
+    }
+    message.to_string()
+}
+
+/// The key probably meant by a top-level `key` no one knows.
+pub(super) fn meant<'a>(key: &str, known: &'a [String]) -> Option<&'a str> {
+    closest(key, known)
 }
 
 fn join(map: &str, field: &str) -> String {
@@ -148,6 +201,22 @@ mod tests {
             )
         );
         assert_eq!(unknown_field("invalid type: string"), None);
+    }
+
+    #[test]
+    fn values_of_the_wrong_kind_are_said_plainly() {
+        assert_eq!(
+            plain("invalid type: integer `5`, expected a string"),
+            "`5` is a number where text goes (a duration needs its unit: write `5s` or `5ms`)"
+        );
+        assert_eq!(
+            plain("invalid type: string \"three\", expected i64"),
+            "\"three\" is not a whole number; write e.g. 3"
+        );
+        assert_eq!(
+            plain("unknown variant `cookies`, expected one of `off`, `cookie`, `ip`"),
+            "`cookies` is not one of `off`, `cookie`, `ip`; did you mean `cookie`?"
+        );
     }
 
     #[test]

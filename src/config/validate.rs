@@ -1,7 +1,6 @@
 //! Turns the raw file into the validated [`Config`], one section at a time;
 //! every problem found is recorded with its key and line.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use pingora::server::configuration::ServerConf;
@@ -12,28 +11,40 @@ use super::schema::*;
 use super::*;
 
 /// Pingora ignores top-level keys it does not know; we refuse them, so that a typo
-/// such as `dashbaord:` is not silently dropped.
-pub(super) fn check_top_level(c: &mut Checker) {
-    let pingora_keys: HashSet<String> = match serde_yaml::to_value(ServerConf::default()) {
+/// such as `dashbaord:` is not silently dropped, and name the key probably meant.
+pub(super) fn check_top_level(index: &super::lines::LineIndex) -> Vec<Problem> {
+    let pingora_keys: Vec<String> = match serde_yaml::to_value(ServerConf::default()) {
         Ok(serde_yaml::Value::Mapping(m)) => m
             .keys()
             .filter_map(|k| k.as_str().map(str::to_string))
             .collect(),
-        _ => HashSet::new(),
+        _ => Vec::new(),
     };
-    let keys: Vec<(String, usize)> = c.index.top_level_keys().to_vec();
-    for (key, line) in keys {
-        let ours = matches!(key.as_str(), "lb" | "dashboard" | "demo");
-        if !ours && !pingora_keys.is_empty() && !pingora_keys.contains(&key) {
-            c.problems.push(Problem {
-                key: key.clone(),
-                message:
-                    "unknown key (ours are lb, dashboard, demo; the rest are Pingora's server keys)"
-                        .into(),
-                line: Some(line),
-            });
+    let ours = ["lb", "dashboard", "demo"];
+    let known: Vec<String> = ours
+        .iter()
+        .map(|k| k.to_string())
+        .chain(pingora_keys.iter().cloned())
+        .collect();
+    let mut problems = Vec::new();
+    for (key, line) in index.top_level_keys() {
+        if pingora_keys.is_empty() || known.contains(key) {
+            continue;
         }
+        let message = match super::unknown::meant(key, &known) {
+            Some(meant) => format!("unknown key, did you mean `{meant}`?"),
+            None => {
+                "unknown key (ours are lb, dashboard, demo; the rest are Pingora's server keys)"
+                    .into()
+            }
+        };
+        problems.push(Problem {
+            key: key.clone(),
+            message,
+            line: Some(*line),
+        });
     }
+    problems
 }
 
 pub(super) fn validate(raw: RawFile, c: &mut Checker) -> Config {

@@ -60,7 +60,7 @@ use crate::pool::Sticky;
 use crate::rate_limit::Verdict;
 use crate::state::SharedState;
 use crate::sticky::OpenedCookie;
-use outcome::{error_status, outcome_of};
+use outcome::{error_status, is_ordinary, outcome_of};
 
 /// The proxy service's logic; one instance serves every request.
 pub struct Proxy {
@@ -120,6 +120,10 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx::default()
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, e: &Error) -> bool {
+        is_ordinary(e, ctx.no_upstream)
     }
 
     fn persist_connection_context(

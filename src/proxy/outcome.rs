@@ -1,5 +1,6 @@
 //! What a Pingora error says: the outcome of the try it ended (for
-//! `attempt::classify`), and the status the client is answered with.
+//! `attempt::classify`), the status the client is answered with, and
+//! whether it is news for the error log.
 
 use pingora::prelude::*;
 use pingora::ErrorSource;
@@ -37,6 +38,21 @@ pub fn error_status(e: &Error) -> u16 {
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
+    }
+}
+
+/// Whether an error that ended a request is the ordinary course of things
+/// rather than news for the error log: a client that went away, a 4xx of
+/// our own (a too-large body), and our own fast 503 when no upstream may be
+/// picked (counted in `hlb_no_upstream_total` and shown on the dashboard).
+pub fn is_ordinary(e: &Error, no_upstream: bool) -> bool {
+    if no_upstream {
+        return true;
+    }
+    match e.etype() {
+        HTTPStatus(code) => *code < 500,
+        WriteError | ReadError | ConnectionClosed => e.esource() == &ErrorSource::Downstream,
+        _ => false,
     }
 }
 
@@ -89,5 +105,21 @@ mod tests {
         gone.as_down();
         assert_eq!(error_status(&gone), 0);
         assert_eq!(error_status(&Error::new(HTTPStatus(413))), 413);
+    }
+
+    #[test]
+    fn only_ordinary_ends_are_kept_out_of_the_error_log() {
+        let mut gone = Error::explain(ConnectionClosed, "client closed");
+        gone.as_down();
+        assert!(is_ordinary(&gone, false));
+        let mut refused = Error::explain(ConnectRefused, "upstream refused");
+        refused.as_up();
+        assert!(!is_ordinary(&refused, false));
+        let mut closed_up = Error::explain(ConnectionClosed, "upstream closed");
+        closed_up.as_up();
+        assert!(!is_ordinary(&closed_up, false));
+        assert!(is_ordinary(&Error::explain(HTTPStatus(413), "big"), false));
+        assert!(!is_ordinary(&Error::explain(HTTPStatus(502), "bad"), false));
+        assert!(is_ordinary(&Error::explain(HTTPStatus(503), "none"), true));
     }
 }

@@ -28,11 +28,22 @@ function makeChart(id, yTitle) {
       elements: { point: { radius: 0 }, line: { borderWidth: 2 } },
       interaction: { mode: "nearest", axis: "x", intersect: false },
       scales: {
-        x: { type: "linear", ticks: { callback: (v) => clock(v), maxTicksLimit: 6 } },
+        // The axis ends with the data, not at the next round tick.
+        x: { type: "linear", bounds: "data", ticks: { callback: (v) => clock(v), maxTicksLimit: 6 } },
         y: { beginAtZero: true, title: { display: !!yTitle, text: yTitle } },
       },
       // The legend lists the shown pool's upstreams only.
-      plugins: { legend: { labels: { boxWidth: 12, filter: (item, data) => !data.datasets[item.datasetIndex].hidden } } },
+      // Line-shaped legend marks, so a dashed series reads as dashed; only
+      // the shown pool's upstreams.
+      plugins: {
+        legend: {
+          labels: {
+            usePointStyle: true,
+            pointStyle: "line",
+            filter: (item, data) => !data.datasets[item.datasetIndex].hidden,
+          },
+        },
+      },
     },
   });
 }
@@ -48,8 +59,14 @@ const SERIES = {
     { key: "base_weight", label: (n) => `${n} base`, dash: [4, 3] },
   ],
   rps: [{ key: "rps", label: (n) => n }],
-  inflight: [{ key: "inflight", label: (n) => n }],
-  errors: [{ key: "error_rate", label: (n) => n, scale: 100 }],
+  inflight: [
+    { key: "inflight_avg", label: (n) => `${n} average` },
+    { key: "inflight", label: (n) => `${n} now`, dash: [4, 3] },
+  ],
+  errors: [
+    { key: "server_error_rate", label: (n) => `${n} 5xx`, scale: 100 },
+    { key: "error_rate", label: (n) => `${n} failures`, dash: [4, 3], scale: 100 },
+  ],
 };
 
 function dataset(chart, series, upstream, index) {
@@ -202,12 +219,8 @@ function render(s) {
   document.body.classList.toggle("demo-on", demos.size > 0);
   const ratio = s.sticky_stats && s.sticky_stats.hit_ratio;
   $("#sticky").textContent = shown.sticky === "off" ? "off" : `${shown.sticky}${ratio == null ? "" : ` · ${(ratio * 100).toFixed(0)}% hits`}`;
-  // Requests and errors across every pool: what clients see.
-  let rps = 0, errs = 0;
-  for (const u of pools.flatMap((p) => p.upstreams)) {
-    rps += u.rps;
-    errs += u.rps * u.error_rate;
-  }
+  // Requests and 5xx answers across every pool: what clients saw.
+  const clients = s.clients || { rps: 0, error_rate: 0 };
   for (const u of shown.upstreams) {
     const tr = row(u);
     const out = u.health !== "up" || u.breaker === "open" || u.drained;
@@ -222,7 +235,11 @@ function render(s) {
     tr.querySelector(".weight").textContent = `${u.base_weight} → ${fmt(u.effective_weight, 2)}`;
     tr.querySelector(".inflight").textContent = u.inflight;
     tr.querySelector(".rps").textContent = fmt(u.rps);
-    tr.querySelector(".errors").textContent = `${fmt(u.error_rate * 100)}%`;
+    // The 5xx share of its answers; the breaker's failure rate beside it
+    // when it differs (failure_status, connections refused or broken).
+    const fivexx = `${fmt((u.server_error_rate || 0) * 100)}%`;
+    const differs = Math.abs(u.error_rate - (u.server_error_rate || 0)) >= 0.0005;
+    tr.querySelector(".errors").textContent = differs ? `${fivexx} · breaker ${fmt(u.error_rate * 100)}%` : fivexx;
     tr.querySelector(".latency").textContent = `${fmt(u.latency_ms.ewma)} · ${fmt(u.latency_ms.p95)} · ${fmt(u.latency_ms.probe)}`;
     tr.querySelector(".why").textContent = u.reason;
     if (demos.has(u.name)) {
@@ -243,8 +260,8 @@ function render(s) {
       rows.delete(name);
     }
   }
-  $("#total-rps").textContent = fmt(rps);
-  $("#total-errors").textContent = rps > 0 ? `${fmt((errs / rps) * 100, 2)}%` : "0%";
+  $("#total-rps").textContent = fmt(clients.rps);
+  $("#total-errors").textContent = `${fmt(clients.error_rate * 100, 2)}%`;
   renderRoutes(s.routes || []);
   renderEvents(s.events);
   renderListeners(s.listeners, s.certificates || []);

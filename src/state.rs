@@ -32,6 +32,9 @@ pub struct SharedState {
     pub events: Arc<Events>,
     /// Sticky outcomes by [`StickyResult`] (hit, new, moved, invalid).
     sticky_counts: [AtomicU64; 4],
+    /// Answers to clients, and of those the 5xx: what clients saw, for the
+    /// dashboard's header.
+    answers: [AtomicU64; 2],
     /// `hlb_sticky_total{result}` by [`StickyResult`], resolved once.
     sticky_series: [IntCounter; 4],
     /// Set when the process starts handing over or stopping: answers then ask
@@ -121,6 +124,7 @@ impl SharedState {
             metrics,
             events,
             sticky_counts: Default::default(),
+            answers: Default::default(),
             draining: AtomicBool::new(false),
             draining_watch: tokio::sync::watch::channel(false).0,
             certificates: std::sync::OnceLock::new(),
@@ -167,6 +171,22 @@ impl SharedState {
         let fleet = self.fleet.as_ref();
         let drains = |name: &str| fleet.is_some_and(|f| f.drains(pool.name(), name));
         pool.edit(source, drains, edit)
+    }
+
+    /// Counts one answer to a client (0: none was sent).
+    pub fn count_answer(&self, status: u16) {
+        if status > 0 {
+            self.answers[0].fetch_add(1, Ordering::Relaxed);
+            if status >= 500 {
+                self.answers[1].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Answers to clients so far, and of those the 5xx.
+    pub fn answers(&self) -> (u64, u64) {
+        let n = |i: usize| self.answers[i].load(Ordering::Relaxed);
+        (n(0), n(1))
     }
 
     /// Counts one sticky outcome.

@@ -457,3 +457,35 @@ async fn the_demo_controls_move_the_charts_in_a_real_browser() {
     let url = lb.url_dashboard("/");
     browser_script("demo.mjs", &[&url, "s2"], Duration::from_secs(120)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_500s_show_as_clients_saw_them_beside_the_breakers_count() {
+    // 500 is not in failure_status: the breaker does not count it, but the
+    // clients got it, and the page says so.
+    let bad = mock_with(
+        "bad",
+        mock_backend::Behaviour {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    )
+    .await;
+    let lb = Lb::start(&format!(
+        "  retries: 0\n  upstreams:\n{}",
+        upstreams_yaml(&[("bad", bad.addr(), 1)])
+    ))
+    .await;
+    let lb_ref = &lb;
+    wait_for("the 5xx rate on the dashboard", || async move {
+        for _ in 0..5 {
+            let r = reqwest::get(lb_ref.url("/")).await.unwrap();
+            assert_eq!(r.status(), 500);
+        }
+        let state = lb_ref.state().await;
+        let u = &state["upstreams"][0];
+        state["clients"]["error_rate"].as_f64() == Some(1.0)
+            && u["server_error_rate"].as_f64() == Some(1.0)
+            && u["error_rate"].as_f64() == Some(0.0)
+    })
+    .await;
+}

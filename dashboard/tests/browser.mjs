@@ -14,6 +14,9 @@ if (!url || !token || !target) {
 await checkPage(url, async (page, problems) => {
   await page.waitForFunction(() => document.querySelector("#live")?.textContent === "live", null, { timeout: 15000 });
 
+  // One pool: no pool buttons.
+  if (await page.isVisible("#pools")) problems.push("pool buttons shown for a single pool");
+
   const statuses = await page.$$eval("#upstreams tbody tr", (rows) =>
     rows.map((r) => ({ name: r.dataset.upstream, status: r.querySelector(".status").textContent })));
   if (statuses.length === 0) problems.push("no upstream rows");

@@ -5,7 +5,10 @@
 #[derive(Debug, Clone, Default)]
 pub struct Derived {
     pub rps: f64,
+    /// Failures as the breaker counts them (`failure_status`, no answer).
     pub error_rate: f64,
+    /// Answers with a 5xx status, whatever the breaker counts.
+    pub server_error_rate: f64,
     pub p50: Option<f64>,
     pub p95: Option<f64>,
     pub p99: Option<f64>,

@@ -40,8 +40,12 @@ pub struct HistoryUpstream {
     pub base_weight: u32,
     pub effective_weight: f64,
     pub inflight: i64,
+    /// Requests in flight on average over the window: rate × mean latency
+    /// (Little's law), a steady line where the sample is 0 or 1.
+    pub inflight_avg: f64,
     pub rps: f64,
     pub error_rate: f64,
+    pub server_error_rate: f64,
 }
 
 impl HistoryPoint {
@@ -59,8 +63,11 @@ impl HistoryPoint {
                     base_weight: u.base_weight,
                     effective_weight: u.effective_weight,
                     inflight: u.inflight,
+                    inflight_avg: (u.rps * u.latency_ms.ewma.unwrap_or(0.0) / 1e3 * 100.0).round()
+                        / 100.0,
                     rps: u.rps,
                     error_rate: u.error_rate,
+                    server_error_rate: u.server_error_rate,
                 })
                 .collect(),
         }
@@ -80,6 +87,8 @@ pub struct Hub {
     derived: Mutex<HashMap<String, Derived>>,
     /// Each route's, by index.
     routes: Mutex<Vec<Derived>>,
+    /// Every answer to a client's.
+    clients: Mutex<Derived>,
     history: Mutex<VecDeque<HistoryPoint>>,
 }
 
@@ -88,6 +97,8 @@ pub struct Hub {
 struct Windows {
     upstreams: HashMap<String, VecDeque<Sample>>,
     routes: Vec<VecDeque<Sample>>,
+    /// Every answer to a client.
+    clients: VecDeque<Sample>,
 }
 
 /// Adds `s` to `w` and derives its rates over the window.
@@ -109,6 +120,8 @@ struct Sample {
     /// Attempts: responses plus attempts without an answer.
     requests: u64,
     errors: u64,
+    /// Answers with a 5xx status.
+    server_errors: u64,
     buckets: Arc<[(f64, u64)]>,
 }
 
@@ -120,6 +133,7 @@ fn route_sample(r: &crate::route::served::Served, last: Option<&Sample>, at: Ins
             at,
             requests: last.requests,
             errors: last.errors,
+            server_errors: last.server_errors,
             buckets: last.buckets.clone(),
         };
     }
@@ -128,6 +142,7 @@ fn route_sample(r: &crate::route::served::Served, last: Option<&Sample>, at: Ins
         at,
         requests,
         errors,
+        server_errors: errors,
         buckets: r.buckets().into(),
     }
 }
@@ -138,6 +153,7 @@ fn sample(u: &Upstream, at: Instant) -> Sample {
         at,
         requests: u.stats.requests_total.load(Relaxed) + u.stats.unanswered_total.load(Relaxed),
         errors: u.stats.errors_total.load(Relaxed),
+        server_errors: u.stats.server_errors_total.load(Relaxed),
         buckets: u.duration_buckets().into(),
     }
 }
@@ -177,14 +193,19 @@ fn derive(old: &Sample, new: &Sample) -> Derived {
     let dt = new.at.saturating_duration_since(old.at).as_secs_f64();
     let requests = new.requests.saturating_sub(old.requests);
     let errors = new.errors.saturating_sub(old.errors);
+    let server_errors = new.server_errors.saturating_sub(old.server_errors);
+    let share = |n: u64| {
+        if requests > 0 {
+            n as f64 / requests as f64
+        } else {
+            0.0
+        }
+    };
     let ms = |v: Option<f64>| v.map(|s| (s * 1e5).round() / 100.0);
     Derived {
         rps: if dt > 0.0 { requests as f64 / dt } else { 0.0 },
-        error_rate: if requests > 0 {
-            errors as f64 / requests as f64
-        } else {
-            0.0
-        },
+        error_rate: share(errors),
+        server_error_rate: share(server_errors),
         p50: ms(quantile(&old.buckets, &new.buckets, 0.50)),
         p95: ms(quantile(&old.buckets, &new.buckets, 0.95)),
         p99: ms(quantile(&old.buckets, &new.buckets, 0.99)),
@@ -201,13 +222,19 @@ impl Hub {
             latest: watch::channel(None).0,
             derived: Mutex::new(HashMap::new()),
             routes: Mutex::new(Vec::new()),
+            clients: Mutex::new(Derived::default()),
             history: Mutex::new(VecDeque::with_capacity(HISTORY_SECONDS)),
         }
     }
 
     /// A fresh snapshot with the last tick's rates and percentiles.
     pub fn snapshot(&self, state: &SharedState) -> Snapshot {
-        snapshot::build(state, &lock(&self.derived), &lock(&self.routes))
+        let rates = snapshot::Rates {
+            upstreams: &lock(&self.derived),
+            routes: &lock(&self.routes),
+            clients: &lock(&self.clients),
+        };
+        snapshot::build(state, &rates)
     }
 
     pub fn history(&self) -> Vec<HistoryPoint> {
@@ -252,9 +279,26 @@ impl Hub {
                 push(w, s)
             })
             .collect();
-        let snapshot = snapshot::build(state, &derived, &routes);
+        let (answers, server_errors) = state.answers();
+        let clients = push(
+            &mut windows.clients,
+            Sample {
+                at: now,
+                requests: answers,
+                errors: server_errors,
+                server_errors,
+                buckets: Arc::from(Vec::new()),
+            },
+        );
+        let rates = snapshot::Rates {
+            upstreams: &derived,
+            routes: &routes,
+            clients: &clients,
+        };
+        let snapshot = snapshot::build(state, &rates);
         *lock(&self.derived) = derived;
         *lock(&self.routes) = routes;
+        *lock(&self.clients) = clients;
         let point = HistoryPoint::of(&snapshot);
         let published =
             serde_json::to_string(&snapshot).and_then(|s| Ok((s, serde_json::to_string(&point)?)));

@@ -34,6 +34,9 @@ pub struct Snapshot {
     pub pools: Vec<PoolSnapshot>,
     /// The routes of the file, in order (none without `lb.routes`).
     pub routes: Vec<super::routes::RouteSnapshot>,
+    /// What clients saw over the last few seconds: answers per second and
+    /// the share that were 5xx, from every pool.
+    pub clients: ClientsSnapshot,
     /// Newest first.
     pub events: Vec<Event>,
     /// The HTTPS listeners' certificates, in config order.
@@ -47,6 +50,22 @@ pub struct Snapshot {
     /// The fleet on etcd; absent without `lb.etcd`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetSnapshot>,
+}
+
+/// Every answer to a client, over the last few seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientsSnapshot {
+    pub rps: f64,
+    /// Answers with a 5xx status (ours included: a 503 with no upstream).
+    pub error_rate: f64,
+}
+
+/// The rates the hub derived at its last tick: by upstream name, by route
+/// index, and over every answer.
+pub struct Rates<'a> {
+    pub upstreams: &'a HashMap<String, Derived>,
+    pub routes: &'a [Derived],
+    pub clients: &'a Derived,
 }
 
 /// One pool: how it balances, whether it is in panic mode, its upstreams.
@@ -169,8 +188,12 @@ pub struct UpstreamSnapshot {
     pub inflight: i64,
     /// Attempts per second over the last few seconds.
     pub rps: f64,
-    /// Share of those attempts that failed.
+    /// Share of those attempts that failed as the breaker counts failures
+    /// (`failure_status`, no answer, a break).
     pub error_rate: f64,
+    /// Share of its answers with a 5xx status, whether or not the breaker
+    /// counts them (an application's 500s).
+    pub server_error_rate: f64,
     pub latency_ms: LatencySnapshot,
     /// Why this upstream gets the traffic it gets.
     pub reason: String,
@@ -207,13 +230,9 @@ fn round(v: f64, places: i32) -> f64 {
     (v * f).round() / f
 }
 
-/// The snapshot of `state` now, with `derived` rates by upstream name and
-/// `routes`' by route index.
-pub fn build(
-    state: &SharedState,
-    derived: &HashMap<String, Derived>,
-    routes: &[Derived],
-) -> Snapshot {
+/// The snapshot of `state` now, with the hub's last `rates`.
+pub fn build(state: &SharedState, rates: &Rates) -> Snapshot {
+    let (derived, routes) = (rates.upstreams, rates.routes);
     let now = Instant::now();
     let default = pool(&state.pool, derived, now);
     let pools = state
@@ -241,6 +260,10 @@ pub fn build(
         upstreams: default.upstreams,
         pools,
         routes: super::routes::routes(state, routes),
+        clients: ClientsSnapshot {
+            rps: round(rates.clients.rps, 1),
+            error_rate: round(rates.clients.server_error_rate, 4),
+        },
         events: state.events.newest_first(),
         certificates: certificates(state, unix_time()),
         demo: state.demo.snapshot(),
@@ -293,6 +316,7 @@ fn upstream(
         inflight: u.inflight().max(0),
         rps: round(d.rps, 1),
         error_rate: round(d.error_rate, 4),
+        server_error_rate: round(d.server_error_rate, 4),
         latency_ms: LatencySnapshot {
             ewma: u
                 .recent_latency(now, latency_max_age(pool))
@@ -470,7 +494,14 @@ mod tests {
                 ..Derived::default()
             },
         );
-        let snap = build(&s, &derived, &[]);
+        let snap = build(
+            &s,
+            &Rates {
+                upstreams: &derived,
+                routes: &[],
+                clients: &Derived::default(),
+            },
+        );
         let a = &snap.upstreams[0];
         // b is drained and c down: a takes every request.
         assert_eq!(a.reason, "weight 3: 100% of requests");
@@ -492,7 +523,14 @@ mod tests {
         b.observe_latency(0.050, false, now);
         a.observe_probe(0.004, now, 1.0, Duration::from_secs(5));
         crate::weights::tick(&s.pool, now);
-        let snap = build(&s, &HashMap::new(), &[]);
+        let snap = build(
+            &s,
+            &Rates {
+                upstreams: &HashMap::new(),
+                routes: &[],
+                clients: &Derived::default(),
+            },
+        );
         assert!(!snap.upstreams[0].sidelined);
         assert!(
             snap.upstreams[0].reason.ends_with("; probes 4.0 ms"),
@@ -516,7 +554,14 @@ mod tests {
         // Both breakers open: panic mode, at once.
         a.record(false, false, now);
         b.record(false, false, now);
-        let snap = build(&s, &HashMap::new(), &[]);
+        let snap = build(
+            &s,
+            &Rates {
+                upstreams: &HashMap::new(),
+                routes: &[],
+                clients: &Derived::default(),
+            },
+        );
         assert!(snap.panic);
         assert!(
             snap.upstreams[0].reason.starts_with("panic mode"),

@@ -497,6 +497,7 @@ impl ProxyHttp for Proxy {
         }
         self.settle_last(session, e, ctx);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.state.count_answer(status);
         let now = Instant::now();
         if let (Some(route), Some(started)) = (ctx.route, ctx.info.started) {
             let took = now.saturating_duration_since(started);

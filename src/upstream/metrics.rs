@@ -45,6 +45,8 @@ pub struct UpstreamStats {
     pub retries_total: AtomicU64,
     /// Attempts that got no answer at all (also in `errors_total`).
     pub unanswered_total: AtomicU64,
+    /// Answers with a 5xx status, whether or not the breaker counts them.
+    pub server_errors_total: AtomicU64,
 }
 
 /// This upstream's metric series.
@@ -141,6 +143,11 @@ impl Upstream {
         self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+        }
+        if status >= 500 {
+            self.stats
+                .server_errors_total
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.count_code(status);
     }

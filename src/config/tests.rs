@@ -498,3 +498,32 @@ fn bad_indentation_quotes_its_line() {
     assert!(e[0].contains("at `timeouts: { read: 5s }`"), "{e:?}");
     assert!(e[0].contains("indented"), "{e:?}");
 }
+
+#[test]
+fn a_pinned_self_signed_ca_certificate_is_refused_with_the_way_to_make_one_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, ca: bool| {
+        let mut params = rcgen::CertificateParams::new(vec!["up.internal".to_string()]).unwrap();
+        params.is_ca = if ca {
+            rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+        } else {
+            rcgen::IsCa::ExplicitNoCa
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, cert.pem()).unwrap();
+        path
+    };
+    let file = |ca: &std::path::Path| {
+        format!(
+            "lb:\n  upstreams:\n    - {{ name: a, addr: \"127.0.0.1:9443\", tls: {{ sni: up.internal, ca: \"{}\" }} }}\n",
+            ca.display()
+        )
+    };
+    let e = one_error(&file(&write("ca-true.pem", true)));
+    assert!(e.starts_with("lb.upstreams[0].tls.ca: "), "{e}");
+    assert!(e.contains("marked CA:TRUE"), "{e}");
+    assert!(e.contains("basicConstraints=critical,CA:FALSE"), "{e}");
+    Config::parse(&file(&write("ca-false.pem", false))).unwrap_or_else(|e| panic!("{e}"));
+}

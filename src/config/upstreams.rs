@@ -128,15 +128,20 @@ fn upstream_tls(
         );
     }
     let ca_path = t.ca.as_deref().map(|p| std::path::PathBuf::from(p.trim()));
-    let ca = ca_path
-        .as_ref()
-        .and_then(|path| match crate::tls::pem::load_ca(path) {
+    let ca = ca_path.as_ref().and_then(|path| {
+        let pinned = if verify && !sni.is_empty() {
+            crate::tls::pem::check_pinned(path, &sni)
+        } else {
+            Ok(())
+        };
+        match pinned.and_then(|()| crate::tls::pem::load_ca(path)) {
             Ok(ca) => Some(ca),
             Err(why) => {
                 c.fail(&format!("{key}.ca"), why);
                 None
             }
-        });
+        }
+    });
     UpstreamTls {
         sni,
         verify,

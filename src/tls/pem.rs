@@ -141,6 +141,38 @@ fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     Ok((names, cert.validity().not_after.timestamp()))
 }
 
+/// Refuses a `ca` file whose certificate for `sni` is the upstream's own,
+/// self-signed and marked CA:TRUE (as `openssl req -x509` makes one by
+/// default): rustls never accepts a CA certificate as a server's own, so
+/// every connection would fail; the message says how to make one that works.
+pub fn check_pinned(path: &Path, sni: &str) -> Result<(), String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for der in CertificateDer::pem_slice_iter(&pem).flatten() {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+            continue;
+        };
+        let self_signed = cert.subject() == cert.issuer();
+        let is_ca = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|b| b.value.ca);
+        let names = leaf_facts(&der).map(|(n, _)| n).unwrap_or_default();
+        if self_signed && is_ca && names.iter().any(|n| n.eq_ignore_ascii_case(sni)) {
+            return Err(format!(
+                "{} is {sni}'s own self-signed certificate, marked CA:TRUE (as `openssl req \
+                 -x509` makes it by default); TLS here never accepts a CA certificate as a \
+                 server's own. Make it with CA:FALSE and give that file as `ca`: openssl req \
+                 -x509 -newkey rsa:2048 -nodes -days 365 -keyout up.key -out up.crt -subj \
+                 /CN={sni} -addext subjectAltName=DNS:{sni} -addext \
+                 basicConstraints=critical,CA:FALSE",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The largest CA bundle read (the system's whole bundle is about 220 KiB).
 const MAX_CA_BYTES: u64 = 4 * 1024 * 1024;
 

@@ -30,7 +30,7 @@ usage: hybrid-lb -c FILE [-t | -u | -d]
 config sections: lb (listeners, TLS, upstreams, discovery, algorithm, health checks,
 breaker, ejection, retries, sticky sessions, limits, rate limits, access log),
 dashboard (address, admin token, hosts), demo (in-process mock upstreams).
-See README.md; `hybrid-lb -t -c conf/lb.yaml` checks the default config.
+See README.md and docs/; `hybrid-lb -t -c conf/lb.yaml` checks the default config.
 signals: SIGQUIT hands over to an -u process; SIGTERM stops gracefully; SIGINT stops
 at once; SIGUSR1 reopens the access log.
 ";

@@ -146,7 +146,7 @@ fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
 /// default): rustls never accepts a CA certificate as a server's own, so
 /// every connection would fail; the message says how to make one that works.
 pub fn check_pinned(path: &Path, sni: &str) -> Result<(), String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = read_ca_file(path)?;
     for der in CertificateDer::pem_slice_iter(&pem).flatten() {
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
             continue;
@@ -173,13 +173,10 @@ pub fn check_pinned(path: &Path, sni: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The largest CA bundle read (the system's whole bundle is about 220 KiB).
-const MAX_CA_BYTES: u64 = 4 * 1024 * 1024;
-
-/// The CA certificates in the PEM file at `path`, as upstream peers take them.
-pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
-    // A regular file of sane size: the path may come from an etcd value, and
-    // /dev/zero or a FIFO would otherwise exhaust memory or block.
+/// A CA file's bytes: a regular file of sane size only, for the path may
+/// come from an etcd value, and /dev/zero or a FIFO would otherwise exhaust
+/// memory or block.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
     let meta =
         std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !meta.is_file() || meta.len() > MAX_CA_BYTES {
@@ -189,7 +186,15 @@ pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, Stri
             MAX_CA_BYTES / 1024
         ));
     }
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// The largest CA bundle read (the system's whole bundle is about 220 KiB).
+const MAX_CA_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The CA certificates in the PEM file at `path`, as upstream peers take them.
+pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    let pem = read_ca_file(path)?;
     let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{} is not PEM certificates: {e}", path.display()))?;

@@ -28,10 +28,10 @@ fn state(algorithm: &str, n: usize) -> SharedState {
     let state = SharedState::new(Config::parse(&yaml).expect("config").0);
     // Give every upstream a latency estimate, a spread of 1 to 40 ms.
     let now = Instant::now();
-    for (i, u) in state.pool.table().upstreams().iter().enumerate() {
+    for (i, u) in state.pool().table().upstreams().iter().enumerate() {
         u.observe_latency(0.001 * (1 + i % 40) as f64, false, now);
     }
-    weights::tick(&state.pool, now);
+    weights::tick(state.pool(), now);
     state
 }
 
@@ -39,8 +39,8 @@ fn state(algorithm: &str, n: usize) -> SharedState {
 /// record a success.
 fn request(s: &SharedState) -> Option<usize> {
     let now = Instant::now();
-    let table = s.pool.current(now);
-    let picked = s.pool.pick(&table, |_| false, now).map(|p| p.index);
+    let table = s.pool().current(now);
+    let picked = s.pool().pick(&table, |_| false, now).map(|p| p.index);
     if let Some(i) = picked {
         let u = &table.upstreams()[i];
         u.observe_latency(0.002, false, now);
@@ -103,7 +103,7 @@ fn breakers(c: &mut Criterion) {
     for algorithm in ALGORITHMS {
         let s = state(algorithm, 100);
         let now = Instant::now();
-        let table = s.pool.table();
+        let table = s.pool().table();
         for (i, u) in table.upstreams().iter().enumerate() {
             match i % 3 {
                 0 => u.record(false, false, now),

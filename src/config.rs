@@ -11,6 +11,7 @@ mod inherit;
 mod limits;
 mod lines;
 mod pools;
+mod route_schema;
 mod routes;
 pub mod rules;
 mod schema;

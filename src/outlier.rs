@@ -109,23 +109,23 @@ mod tests {
         let (a, b) = (s.upstream("a").unwrap(), s.upstream("b").unwrap());
         let now = Instant::now();
         let mut seen = Seen::new();
-        tick(&s.pool, &mut seen, now);
+        tick(s.pool(), &mut seen, now);
         for i in 0..20 {
             a.count_response(200, false);
             b.count_response(if i % 2 == 0 { 500 } else { 200 }, i % 2 == 0);
         }
         let later = now + Duration::from_secs(1);
-        tick(&s.pool, &mut seen, later);
+        tick(s.pool(), &mut seen, later);
         assert!(b.is_ejected_at(later) && !a.is_ejected_at(later));
         assert_eq!(b.gate(later), crate::upstream::Gate::Tripped);
-        assert_eq!(s.pool.table().weights[1], 0, "published: not picked");
+        assert_eq!(s.pool().table().weights[1], 0, "published: not picked");
         assert!(s
             .metrics
             .render()
             .contains("hlb_upstream_ejected{pool=\"default\",upstream=\"b\"} 1"));
         // Its two seconds pass: back, with an event.
         let back = later + Duration::from_secs(2);
-        tick(&s.pool, &mut seen, back);
+        tick(s.pool(), &mut seen, back);
         assert!(!b.is_ejected_at(back));
         assert_eq!(s.events.newest_first()[0].detail, "back in rotation");
         // Failing again: twice as long.
@@ -133,7 +133,7 @@ mod tests {
             b.count_response(500, true);
         }
         let again = back + Duration::from_secs(1);
-        tick(&s.pool, &mut seen, again);
+        tick(s.pool(), &mut seen, again);
         assert!(s.events.newest_first()[0]
             .detail
             .starts_with("ejected for 4s"));

@@ -23,9 +23,6 @@ pub struct SharedState {
     /// Every pool, in `lb.pools`' order: its upstreams, their published
     /// eligible set, selection and policies.
     pub pools: Vec<Arc<Pool>>,
-    /// The pool `default` (`pools[0]`): the unprefixed admin API paths and
-    /// etcd keys act on it.
-    pub pool: Arc<Pool>,
     /// Which route a request takes, and each route's limits and series.
     pub routes: crate::route::served::Routes,
     pub metrics: Metrics,
@@ -117,7 +114,6 @@ impl SharedState {
             ),
             access_log,
             config,
-            pool: pools[0].clone(),
             pools,
             routes,
             sticky_series,
@@ -141,9 +137,15 @@ impl SharedState {
         self.certificates.get()
     }
 
+    /// The pool `default` (`pools[0]`, always there): the unprefixed admin
+    /// API paths and etcd keys act on it.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pools[0]
+    }
+
     /// The upstream called `name` in the `default` pool's table in force.
     pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
-        self.pool.load().members.get(name).cloned()
+        self.pool().load().members.get(name).cloned()
     }
 
     /// The pool called `name`.
@@ -158,7 +160,7 @@ impl SharedState {
         source: &str,
         edit: impl FnOnce(&mut Desired) -> Result<(), E>,
     ) -> Result<Change, EditError<E>> {
-        self.edit_pool(&self.pool, source, edit)
+        self.edit_pool(self.pool(), source, edit)
     }
 
     /// [`SharedState::edit_sources`] on `pool`.

@@ -163,11 +163,11 @@ mod tests {
         let text = "lb:\n  algorithm: dynamic\n  dynamic_weights: { min_factor: 0.05, half_life: 1s }\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\", weight: 4 }\n    - { name: b, addr: \"127.0.0.1:2\", weight: 4 }\n";
         let s = SharedState::new(Config::parse(text).unwrap().0);
         let now = Instant::now();
-        let t = s.pool.table();
+        let t = s.pool().table();
         t.upstreams()[0].observe_latency(0.010, false, now);
         t.upstreams()[1].observe_latency(0.040, false, now);
-        tick(&s.pool, now);
-        let t = s.pool.table();
+        tick(s.pool(), now);
+        let t = s.pool().table();
         assert_eq!(t.effective(0), 4.0);
         assert_eq!(t.effective(1), 1.0);
         let text = s.metrics.render();
@@ -178,8 +178,8 @@ mod tests {
             "{text}"
         );
         // Ten half-lives later without samples, both are forgotten: full weight.
-        tick(&s.pool, now + Duration::from_secs(11));
-        let t = s.pool.table();
+        tick(s.pool(), now + Duration::from_secs(11));
+        let t = s.pool().table();
         assert_eq!(t.effective(1), 4.0);
         assert_eq!(t.upstreams()[1].recent_latency(now, Duration::MAX), None);
     }
@@ -203,7 +203,7 @@ mod tests {
             u.observe_latency(0.005, false, t1);
         }
         c.observe_latency(0.050, false, t1);
-        tick(&s.pool, t1);
+        tick(s.pool(), t1);
         assert!(c.is_sidelined());
         // Its next probe is slow: with the fast ones before, the median would
         // say fast.
@@ -212,7 +212,7 @@ mod tests {
         for u in [&a, &b] {
             u.observe_latency(0.005, false, t2);
         }
-        tick(&s.pool, t2);
+        tick(s.pool(), t2);
         assert!(c.is_sidelined(), "came back on probes taken before");
         // Two fast probes of three since: back.
         let t3 = t2 + Duration::from_secs(1);
@@ -221,7 +221,7 @@ mod tests {
         for u in [&a, &b] {
             u.observe_latency(0.005, false, t3);
         }
-        tick(&s.pool, t3 + Duration::from_millis(1));
+        tick(s.pool(), t3 + Duration::from_millis(1));
         assert!(!c.is_sidelined());
     }
 
@@ -233,19 +233,19 @@ mod tests {
         b.set_health(false, "test");
         let now = Instant::now();
         b.set_health(true, "test");
-        tick(&s.pool, now);
-        let t = s.pool.table();
+        tick(s.pool(), now);
+        let t = s.pool().table();
         assert_eq!(t.effective(0), 2.0, "a is not ramping");
         assert!((t.effective(1) - 0.2).abs() < 0.11, "{}", t.effective(1));
-        tick(&s.pool, now + Duration::from_secs(5));
-        let t = s.pool.table();
+        tick(s.pool(), now + Duration::from_secs(5));
+        let t = s.pool().table();
         assert!(
             (t.effective(1) - 1.1).abs() < 0.11,
             "half way: {}",
             t.effective(1)
         );
-        tick(&s.pool, now + Duration::from_secs(10));
-        assert_eq!(s.pool.table().effective(1), 2.0);
+        tick(s.pool(), now + Duration::from_secs(10));
+        assert_eq!(s.pool().table().effective(1), 2.0);
         let events: Vec<String> = s
             .events
             .newest_first()

@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+pub(super) use super::route_schema::*;
 use super::{Algorithm, StickyMode, TlsVersion};
 
 #[derive(Debug, Deserialize)]
@@ -108,70 +109,6 @@ pub(super) const POLICY_KEYS: [&str; 11] = [
     "timeouts",
 ];
 
-/// One entry of `lb.routes`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRoute {
-    pub name: Option<String>,
-    #[serde(default, rename = "match")]
-    pub matches: RawMatch,
-    pub pool: Option<String>,
-    pub redirect: Option<RawRedirect>,
-    pub strip_prefix: Option<String>,
-    #[serde(default)]
-    pub request_headers: RawHeaderEdits,
-    #[serde(default)]
-    pub response_headers: RawHeaderEdits,
-    pub timeouts: Option<RawRouteTimeouts>,
-    pub rate_limit: Option<RawRateLimit>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawMatch {
-    pub host: Option<String>,
-    pub path_prefix: Option<String>,
-    pub methods: Option<Vec<String>>,
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, RawHeaderMatch>,
-}
-
-/// A header's value to match exactly, or `true` (present) / `false` (absent).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(super) enum RawHeaderMatch {
-    Present(bool),
-    Value(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRedirect {
-    pub to: String,
-    #[serde(default = "default_redirect_status")]
-    pub status: i64,
-}
-
-pub(super) fn default_redirect_status() -> i64 {
-    308
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawHeaderEdits {
-    #[serde(default)]
-    pub set: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    pub remove: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRouteTimeouts {
-    pub connect: Option<String>,
-    pub read: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEtcd {
@@ -194,13 +131,6 @@ pub(super) struct RawEtcdTls {
 
 pub(super) fn default_etcd_prefix() -> String {
     "/hybrid-lb/".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRateLimit {
-    pub requests_per_sec: f64,
-    pub burst: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

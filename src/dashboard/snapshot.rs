@@ -234,7 +234,7 @@ fn round(v: f64, places: i32) -> f64 {
 pub fn build(state: &SharedState, rates: &Rates) -> Snapshot {
     let (derived, routes) = (rates.upstreams, rates.routes);
     let now = Instant::now();
-    let default = pool(&state.pool, derived, now);
+    let default = pool(state.pool(), derived, now);
     let pools = state
         .pools
         .iter()
@@ -522,7 +522,7 @@ mod tests {
         a.observe_latency(0.005, false, now);
         b.observe_latency(0.050, false, now);
         a.observe_probe(0.004, now, 1.0, Duration::from_secs(5));
-        crate::weights::tick(&s.pool, now);
+        crate::weights::tick(s.pool(), now);
         let snap = build(
             &s,
             &Rates {

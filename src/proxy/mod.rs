@@ -35,6 +35,7 @@
 
 mod outcome;
 mod pick;
+mod record;
 mod retry;
 mod routing;
 mod settle;
@@ -496,32 +497,7 @@ impl ProxyHttp for Proxy {
             wait.lift();
         }
         self.settle_last(session, e, ctx);
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.state.count_answer(status);
-        let now = Instant::now();
-        if let (Some(route), Some(started)) = (ctx.route, ctx.info.started) {
-            let took = now.saturating_duration_since(started);
-            self.state.routes.served(route).record(status, took);
-        }
-        if let Some(log) = &self.state.access_log {
-            let client = self.client_ip(session, ctx);
-            let upstream = ctx.attempt.as_ref().map(|a| a.upstream.name.as_str());
-            let mut record = ctx.info.record(
-                session.req_header(),
-                client,
-                status,
-                upstream,
-                session.body_bytes_sent(),
-                now,
-            );
-            if let Some(route) = ctx.route.map(|i| self.state.routes.route(i)) {
-                record.route = Some(route.name.clone());
-                if let crate::config::RouteAction::Pool(_) = route.action {
-                    record.pool = Some(self.pool(ctx).name().to_string());
-                }
-            }
-            log.log(record);
-        }
+        self.record(session, ctx);
     }
 }
 

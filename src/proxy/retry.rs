@@ -130,17 +130,17 @@ mod tests {
         let s = SharedState::new(Config::parse(text).unwrap().0);
         s.upstream("c").unwrap().set_drained(true);
         let mut r = RetryState::default();
-        assert!(r.tries_left(&s.pool.table(), 2));
+        assert!(r.tries_left(&s.pool().table(), 2));
         r.sent(s.upstream("a").unwrap());
-        assert!(r.tries_left(&s.pool.table(), 2), "b is left");
+        assert!(r.tries_left(&s.pool().table(), 2), "b is left");
         r.sent(s.upstream("b").unwrap());
         assert!(
-            !r.tries_left(&s.pool.table(), 2),
+            !r.tries_left(&s.pool().table(), 2),
             "c is drained: no try left though the table has three"
         );
         s.upstream("c").unwrap().set_drained(false);
-        assert!(r.tries_left(&s.pool.table(), 2));
-        assert!(!r.tries_left(&s.pool.table(), 1), "retries: 1 spent");
+        assert!(r.tries_left(&s.pool().table(), 2));
+        assert!(!r.tries_left(&s.pool().table(), 1), "retries: 1 spent");
     }
 
     #[test]
@@ -156,7 +156,7 @@ mod tests {
             Retry::Other,
             Outcome::ConnectFailed,
             &a,
-            &s.pool.policy.retry_budget,
+            &s.pool().policy.retry_budget,
             now,
             || refused += 1,
         );
@@ -178,7 +178,7 @@ mod tests {
             Retry::Other,
             Outcome::Reset,
             &b,
-            &s.pool.policy.retry_budget,
+            &s.pool().policy.retry_budget,
             now,
             || refused += 1,
         );

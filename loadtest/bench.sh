@@ -9,9 +9,17 @@
 # and to plain Pingora; last, RSS holding 1,000 client connections. Traffic
 # goes only to 127.0.0.1; every run is bounded.
 #
+# The upstreams are, by default, one nginx worker answering a 45-byte file on
+# two ports: it costs less per request than any proxy in front of it, so the
+# proxies' own cost is what is compared (a slower upstream hides part of it).
+# UPSTREAM=mock uses two mock-backend processes instead.
+#
 #   loadtest/bench.sh [seconds per turn, default 5]
-#   env: ROUNDS (default 4), CONNS (default 64),
-#        RESULTS (CSV path, default loadtest/results/latest.csv)
+#   env: ROUNDS (default 4), CONNS (default 64), UPSTREAM (nginx or mock),
+#        ONLY (a regex: measure only the systems whose names match, e.g.
+#        'plain|hybrid-lb'), OTHER (another hybrid-lb binary, measured beside
+#        as "hybrid-lb dynamic (other)"), SKIP_RSS=1 (no 1,000-connection
+#        run), RESULTS (CSV path, default loadtest/results/latest.csv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-5}
@@ -32,13 +40,32 @@ peak_rss_kb() { local r=0; for p in $(tree "$1"); do r=$((r + $(awk '/VmHWM/ {pr
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else if (v ~ /s$/) printf "%.3f", v*1000; else print v }'; }
 
 B1=$(free_port); B2=$(free_port)
-"$BIN/mock-backend" "$B1" --name b1 >/dev/null & pids+=($!)
-"$BIN/mock-backend" "$B2" --name b2 >/dev/null & pids+=($!)
+if [ "${UPSTREAM:-nginx}" = nginx ]; then
+  mkdir -p "$work/www" "$work/up" && printf '{"ok":true,"server":"nginx","pad":"........"}' > "$work/www/index.html"
+  cat > "$work/up/nginx.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/up/nginx.pid;
+error_log $work/up/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$B1; listen 127.0.0.1:$B2; root $work/www; location / { try_files /index.html =404; } }
+}
+CONF
+  nginx -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+else
+  "$BIN/mock-backend" "$B1" --name b1 >/dev/null & pids+=($!)
+  "$BIN/mock-backend" "$B2" --name b2 >/dev/null & pids+=($!)
+fi
 wait_port "$B1"; wait_port "$B2"
 
 # Systems: name, URL, PID to measure ("" for none), extra wrk arguments.
 names=(); urls=(); spids=(); extra=()
-add() { names+=("$1"); urls+=("$2"); spids+=("$3"); extra+=("${4:-}"); }
+wanted() { [ -z "${ONLY:-}" ] || [[ $1 =~ $ONLY ]]; }
+add() { wanted "$1" || return 0; names+=("$1"); urls+=("$2"); spids+=("$3"); extra+=("${4:-}"); }
 
 add "direct" "http://127.0.0.1:$B1/" ""
 
@@ -66,24 +93,33 @@ start_plain() { # → PLAIN (pid), PP (port)
 start_plain
 add "plain pingora" "http://127.0.0.1:$PP/" "$PLAIN"
 
-start_hybrid() { # name algorithm sticky-mode [extra lb lines] → HLB (pid), HLB_PORT
-  local name=$1 algorithm=$2 sticky=$3 extra=${4:-}
+start_hybrid() { # name algorithm sticky-mode [extra lb lines] [binary] → HLB (pid), HLB_PORT
+  local name=$1 algorithm=$2 sticky=$3 extra=${4:-} bin=${5:-$BIN/hybrid-lb}
   local port dash; port=$(free_port); dash=$(free_port)
   hybrid_config "$work/$name.yaml" "$port" "$dash" "$algorithm" "$sticky" "$B1 $B2" "$extra"
-  RUST_LOG=error "$BIN/hybrid-lb" -c "$work/$name.yaml" >/dev/null 2>&1 & HLB=$!; pids+=($HLB)
+  RUST_LOG=error "$bin" -c "$work/$name.yaml" >/dev/null 2>&1 & HLB=$!; pids+=($HLB)
   wait_port "$port"
   HLB_PORT=$port
 }
 for algorithm in round_robin weighted dynamic p2c; do
+  wanted "hybrid-lb $algorithm" || continue
   start_hybrid "$algorithm" "$algorithm" off
   add "hybrid-lb $algorithm" "http://127.0.0.1:$HLB_PORT/" "$HLB"
 done
-start_hybrid cookie dynamic cookie
-cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$HLB_PORT/" | awk -F'[:;] *' 'tolower($1)=="set-cookie" {print $2}')
-add "hybrid-lb dynamic+cookie" "http://127.0.0.1:$HLB_PORT/" "$HLB" "Cookie: $cookie"
+if [ -n "${OTHER:-}" ]; then
+  start_hybrid other dynamic off "" "$OTHER"
+  add "hybrid-lb dynamic (other)" "http://127.0.0.1:$HLB_PORT/" "$HLB"
+fi
+if wanted "hybrid-lb dynamic+cookie"; then
+  start_hybrid cookie dynamic cookie
+  cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$HLB_PORT/" | awk -F'[:;] *' 'tolower($1)=="set-cookie" {print $2}')
+  add "hybrid-lb dynamic+cookie" "http://127.0.0.1:$HLB_PORT/" "$HLB" "Cookie: $cookie"
+fi
 # The access log on, to a file (its cost against plain dynamic, same run).
-start_hybrid log dynamic off "  access_log: { path: \"$work/access.log\" }"
-add "hybrid-lb dynamic+log" "http://127.0.0.1:$HLB_PORT/" "$HLB"
+if wanted "hybrid-lb dynamic+log"; then
+  start_hybrid log dynamic off "  access_log: { path: \"$work/access.log\" }"
+  add "hybrid-lb dynamic+log" "http://127.0.0.1:$HLB_PORT/" "$HLB"
+fi
 
 # One turn of system $1 under load: appends "rps p50 p99 requests cpu_ticks" to $work/turns.$1.
 turn() {
@@ -127,15 +163,18 @@ for p in "${spids[@]}"; do [ -n "$p" ] && [ "$p" != "$NGINX" ] && stop "$p"; don
 kill -QUIT "$NGINX"; wait "$NGINX" 2>/dev/null || true
 
 # Memory holding 1,000 busy client connections (peak RSS over a 5 s run).
-ulimit -n 65536 2>/dev/null || true
-rss1000() { # pid port → MB
-  wrk -t1 -c1000 -d5s "http://127.0.0.1:$2/" >/dev/null 2>&1 || true
-  awk -v k="$(peak_rss_kb "$1")" 'BEGIN {printf "%.1f", k/1024}'
-}
-start_plain
-PLAIN1000=$(rss1000 "$PLAIN" "$PP"); kill -INT "$PLAIN"
-start_hybrid rss dynamic off
-RSS1000=$(rss1000 "$HLB" "$HLB_PORT"); kill -INT "$HLB"
+RSS1000=-; PLAIN1000=-
+if [ -z "${SKIP_RSS:-}" ]; then
+  ulimit -n 65536 2>/dev/null || true
+  rss1000() { # pid port → MB
+    wrk -t1 -c1000 -d5s "http://127.0.0.1:$2/" >/dev/null 2>&1 || true
+    awk -v k="$(peak_rss_kb "$1")" 'BEGIN {printf "%.1f", k/1024}'
+  }
+  start_plain
+  PLAIN1000=$(rss1000 "$PLAIN" "$PP"); kill -INT "$PLAIN"
+  start_hybrid rss dynamic off
+  RSS1000=$(rss1000 "$HLB" "$HLB_PORT"); kill -INT "$HLB"
+fi
 
 echo
 echo "| system | rps | p50 ms | p99 ms | CPU µs/req | peak RSS MB | rps ÷ nginx | CPU ÷ nginx | rps ÷ plain Pingora | CPU ÷ plain Pingora |"

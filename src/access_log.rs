@@ -37,7 +37,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(25);
 #[derive(Debug, Default)]
 pub struct RequestInfo {
     pub started: Option<std::time::Instant>,
-    pub request_id: String,
+    pub request_id: crate::trace::RequestId,
     /// Tries made (a fresh connection after a stale pooled one counts).
     pub attempts: u32,
     /// The last try's time to its response header.
@@ -76,7 +76,7 @@ impl RequestInfo {
                 .unwrap_or(0.0),
             upstream_ms: self.upstream_ms,
             bytes,
-            request_id: self.request_id.clone(),
+            request_id: self.request_id.to_string(),
             sticky: self.sticky.map(|s| s.as_str()),
             route: None,
             pool: None,

@@ -256,6 +256,15 @@ pub fn https_redirect(req: &RequestHeader, tls_port: u16) -> pingora::Result<Res
     Ok(resp)
 }
 
+/// The forwarding headers an untrusted client sent itself.
+#[derive(Default)]
+struct Claims {
+    real_ip: bool,
+    forwarded_host: bool,
+    /// `Forwarded`, `X-Forwarded-Port` or `True-Client-IP`.
+    others: bool,
+}
+
 /// Sets the forwarding headers on a request going upstream. `X-Forwarded-For`
 /// and `X-Forwarded-Proto` are always set. From a trusted client,
 /// `X-Forwarded-For` is extended and the rest it sent is kept; from anyone
@@ -269,6 +278,18 @@ pub fn set_forwarding(
     scheme: &'static str,
 ) -> pingora::Result<()> {
     let trusted = client.is_some_and(|c| c.trusted);
+    // Which claims an untrusted client made, in one pass over the names:
+    // most requests carry none, and a look at each of a few names costs
+    // less than a lookup for each claim.
+    let mut claims = Claims::default();
+    if !trusted {
+        for name in req.headers.keys() {
+            claims.real_ip |= name == X_REAL_IP;
+            claims.forwarded_host |= name == X_FORWARDED_HOST;
+            claims.others |=
+                name == FORWARDED || name == X_FORWARDED_PORT || name == TRUE_CLIENT_IP;
+        }
+    }
     if let Some(c) = client {
         // Names as static strings: Pingora's insert keeps a case-preserving
         // name map, and a static name costs it no copy.
@@ -285,7 +306,7 @@ pub fn set_forwarding(
             }
             _ => req.insert_header("x-forwarded-for", c.text.clone())?,
         }
-        if !trusted && req.headers.contains_key(&X_REAL_IP) {
+        if claims.real_ip {
             req.insert_header("x-real-ip", c.text.clone())?;
         }
     }
@@ -293,12 +314,14 @@ pub fn set_forwarding(
         req.insert_header("x-forwarded-proto", HeaderValue::from_static(scheme))?;
     }
     if !trusted {
-        for claim in [&FORWARDED, &X_FORWARDED_PORT, &TRUE_CLIENT_IP] {
-            if req.headers.contains_key(claim) {
-                req.remove_header(claim);
+        if claims.others {
+            for claim in [&FORWARDED, &X_FORWARDED_PORT, &TRUE_CLIENT_IP] {
+                if req.headers.contains_key(claim) {
+                    req.remove_header(claim);
+                }
             }
         }
-        if req.headers.contains_key(&X_FORWARDED_HOST) {
+        if claims.forwarded_host {
             match req.headers.get(HOST).cloned() {
                 Some(host) => req.insert_header("x-forwarded-host", host)?,
                 None => {

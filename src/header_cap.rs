@@ -55,40 +55,113 @@ pub enum Scanned {
 }
 
 impl HeaderScan {
+    /// Feeds the next bytes read. Looks at line ends only (memchr), not at
+    /// every byte: the state between two LFs is all a line tells.
     pub fn feed(&mut self, bytes: &[u8]) -> Scanned {
-        for (i, &b) in bytes.iter().enumerate() {
-            self.seen += 1;
-            match b {
-                b'\n' if self.started && self.line != 0 => return Scanned::End(i + 1),
-                b'\n' => self.line = 1,
-                b'\r' if self.line == 1 => self.line = 2,
-                b'\r' => self.line = 0,
-                _ => {
-                    self.started = true;
-                    self.line = 0;
-                }
+        let mut at = 0;
+        for lf in memchr::memchr_iter(b'\n', bytes) {
+            self.line_part(&bytes[at..lf]);
+            at = lf + 1;
+            if self.started && self.line != 0 {
+                self.seen += at;
+                return Scanned::End(at);
+            }
+            self.line = 1;
+        }
+        self.line_part(&bytes[at..]);
+        self.seen += bytes.len();
+        Scanned::More
+    }
+
+    /// Takes in a run of bytes without LF: a lone CR right after an LF
+    /// may still end the header; anything else is a line's content.
+    fn line_part(&mut self, part: &[u8]) {
+        match part {
+            [] => {}
+            [b'\r'] => self.line = if self.line == 1 { 2 } else { 0 },
+            _ => {
+                self.started = self.started || part.iter().any(|&b| b != b'\r');
+                self.line = 0;
             }
         }
-        Scanned::More
     }
 }
 
 /// Arms the cap for each request on a connection, and disarms it once the
 /// header is in (so a pipelined request's body is never taken for a header).
-/// One word: the request's number times two, plus one while armed.
+/// It also keeps count of the bytes read past the header's end, so that the
+/// frontend knows whether a request ended with nothing of the next one read.
 #[derive(Clone, Debug)]
-pub struct Arming(Arc<AtomicU64>);
+pub struct Arming(Arc<Armed>);
+
+#[derive(Debug)]
+struct Armed {
+    /// The request's number times two, plus one while its header is due.
+    word: AtomicU64,
+    /// Bytes read past the end of the current request's header; [`UNKNOWN`]
+    /// until that end has been read from the socket (a header Pingora had
+    /// already buffered, pipelined, is never seen here).
+    past_header: AtomicU64,
+    /// The request's body length as its header gave it; [`UNKNOWN`] when
+    /// it did not (chunked) or has not yet been read.
+    body: AtomicU64,
+}
+
+const UNKNOWN: u64 = u64::MAX;
+
+impl Default for Arming {
+    fn default() -> Self {
+        Arming(Arc::new(Armed {
+            word: AtomicU64::new(1),
+            past_header: AtomicU64::new(UNKNOWN),
+            body: AtomicU64::new(UNKNOWN),
+        }))
+    }
+}
 
 impl Arming {
     /// A new request header is due from here on.
     pub fn next_request(&self) {
-        let n = self.0.load(Ordering::Relaxed) >> 1;
-        self.0.store(((n + 1) << 1) | 1, Ordering::Relaxed);
+        let n = self.0.word.load(Ordering::Relaxed) >> 1;
+        self.0.word.store(((n + 1) << 1) | 1, Ordering::Relaxed);
+        self.0.past_header.store(UNKNOWN, Ordering::Relaxed);
+        self.0.body.store(UNKNOWN, Ordering::Relaxed);
     }
 
-    /// The request's header has been read whole.
-    pub fn header_in(&self) {
-        self.0.fetch_and(!1, Ordering::Relaxed);
+    /// The request's header has been read whole; its body is `body` bytes
+    /// long (`None`: not known from the header).
+    pub fn header_in(&self, body: Option<u64>) {
+        self.0
+            .body
+            .store(body.unwrap_or(UNKNOWN), Ordering::Relaxed);
+        self.0.word.fetch_and(!1, Ordering::Relaxed);
+    }
+
+    /// Whether the current request's header has been read whole.
+    pub fn is_header_in(&self) -> bool {
+        self.0.word.load(Ordering::Relaxed) & 1 == 0
+    }
+
+    /// Whether the request's header was read from the socket and exactly its
+    /// body, nothing more, after it: then no byte of a next request is
+    /// buffered anywhere, and the socket alone says when one comes.
+    pub fn ended_clean(&self) -> bool {
+        let body = self.0.body.load(Ordering::Relaxed);
+        body != UNKNOWN && self.0.past_header.load(Ordering::Relaxed) == body
+    }
+
+    /// The header's end was read, with `tail` bytes after it.
+    fn header_end(&self, tail: usize) {
+        self.0.past_header.store(tail as u64, Ordering::Relaxed);
+    }
+
+    /// `n` more bytes were read past the header. (Only the connection's
+    /// reader writes the count, so load and store do not race.)
+    fn passed(&self, n: usize) {
+        let past = self.0.past_header.load(Ordering::Relaxed);
+        if n > 0 && past != UNKNOWN {
+            self.0.past_header.store(past + n as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -117,7 +190,7 @@ impl HeaderCap {
     /// Wraps `inner`; a header is due at once, and again after each
     /// [`Arming::next_request`].
     pub fn wrap(inner: Stream, limit: usize, refused: IntCounter) -> (Stream, Arming) {
-        let arming = Arming(Arc::new(AtomicU64::new(1)));
+        let arming = Arming::default();
         let cap = HeaderCap {
             inner,
             limit,
@@ -141,7 +214,7 @@ impl AsyncRead for HeaderCap {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let word = this.arming.0.load(Ordering::Relaxed);
+        let word = this.arming.0.word.load(Ordering::Relaxed);
         if matches!(this.phase, Phase::Passing | Phase::Header(_)) {
             if word >> 1 != this.armed {
                 this.armed = word >> 1;
@@ -153,7 +226,12 @@ impl AsyncRead for HeaderCap {
         }
         loop {
             match &mut this.phase {
-                Phase::Passing => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                Phase::Passing => {
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                    this.arming.passed(buf.filled().len() - before);
+                    return Poll::Ready(Ok(()));
+                }
                 Phase::Header(scan) => {
                     let before = buf.filled().len();
                     ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
@@ -164,7 +242,10 @@ impl AsyncRead for HeaderCap {
                     let over = scan.seen > this.limit;
                     if !over {
                         this.phase = match outcome {
-                            Scanned::End(_) => Phase::Passing,
+                            Scanned::End(at) => {
+                                this.arming.header_end(fresh.len() - at);
+                                Phase::Passing
+                            }
                             Scanned::More => Phase::Header(scan),
                         };
                         return Poll::Ready(Ok(()));
@@ -316,6 +397,51 @@ impl fmt::Debug for HeaderCap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rule byte by byte, as the scan must behave.
+    fn by_byte(s: &mut (bool, u8, usize), bytes: &[u8]) -> Scanned {
+        let (started, line, seen) = s;
+        for (i, &b) in bytes.iter().enumerate() {
+            *seen += 1;
+            match b {
+                b'\n' if *started && *line != 0 => return Scanned::End(i + 1),
+                b'\n' => *line = 1,
+                b'\r' if *line == 1 => *line = 2,
+                b'\r' => *line = 0,
+                _ => {
+                    *started = true;
+                    *line = 0;
+                }
+            }
+        }
+        Scanned::More
+    }
+
+    #[test]
+    fn the_scan_by_line_ends_agrees_with_the_rule_byte_by_byte() {
+        // Every split of every string of up to 6 bytes over "\r", "\n", "a".
+        let alphabet = [b'\r', b'\n', b'a'];
+        for len in 1..=6u32 {
+            for code in 0..3usize.pow(len) {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|i| alphabet[code / 3usize.pow(i) % 3])
+                    .collect();
+                for cut in 0..=bytes.len() {
+                    let (a, b) = bytes.split_at(cut);
+                    let mut fast = HeaderScan::default();
+                    let mut slow = (false, 0u8, 0usize);
+                    for part in [a, b] {
+                        let (f, s) = (fast.feed(part), by_byte(&mut slow, part));
+                        assert_eq!(f, s, "{bytes:?} cut at {cut}");
+                        assert_eq!(fast.seen, slow.2, "{bytes:?} cut at {cut}");
+                        if f != Scanned::More {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     fn scan_all(parts: &[&[u8]]) -> (Vec<Scanned>, usize) {
         let mut s = HeaderScan::default();

@@ -2,30 +2,64 @@
 //! `X-Request-Id` is kept when it is sane, and a `traceparent` goes upstream
 //! with the same trace id and this hop's own parent id.
 
+use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
 /// The request id header.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// The names to look up, parsed once rather than on every request.
+const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// A request's id, kept as the header value it travels in: the request, the
+/// response and the log line share one buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId(HeaderValue::from_static(""))
+    }
+}
+
+impl RequestId {
+    /// The header value, to send.
+    pub fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Made from visible ASCII only (a UUID, or a client's id `keep_id`
+        // let through).
+        self.0.to_str().unwrap_or("")
+    }
+}
+
 /// Tags a request on its way in: keeps the client's `X-Request-Id` or sets a
 /// new UUID v7 (time-ordered), and gives a valid `traceparent` this hop's
 /// parent id (a malformed one is dropped). Returns the request id.
-pub fn tag(req: &mut RequestHeader) -> String {
+pub fn tag(req: &mut RequestHeader) -> RequestId {
     let kept = req
         .headers
-        .get(REQUEST_ID)
-        .and_then(|v| keep_id(v.as_bytes()))
-        .map(str::to_string);
+        .get(&REQUEST_ID_NAME)
+        .filter(|v| keep_id(v.as_bytes()).is_some())
+        .cloned();
     let id = match kept {
         Some(id) => id,
         None => {
-            let id = uuid::Uuid::now_v7().to_string();
-            // A UUID is a valid header value.
-            let _ = req.insert_header(REQUEST_ID, id.as_str());
+            let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text);
+            let id = HeaderValue::from_str(text).expect("a UUID is a header value");
+            let _ = req.insert_header(REQUEST_ID, id.clone());
             id
         }
     };
-    if let Some(value) = req.headers.get("traceparent") {
+    if let Some(value) = req.headers.get(&TRACEPARENT) {
         let next = value
             .to_str()
             .ok()
@@ -40,7 +74,7 @@ pub fn tag(req: &mut RequestHeader) -> String {
             }
         }
     }
-    id
+    RequestId(id)
 }
 
 /// The longest client request id kept; a longer one is replaced.

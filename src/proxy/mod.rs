@@ -137,7 +137,7 @@ impl ProxyHttp for Proxy {
 
     fn on_connection_reuse(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
         prev: Box<dyn std::any::Any + Send + Sync>,
     ) {
@@ -145,7 +145,7 @@ impl ProxyHttp for Proxy {
         // what the previous request on the connection left.
         let prev = match prev.downcast::<HeaderClock>() {
             Ok(clock) => {
-                let (carried, answer) = clock.header_in();
+                let (carried, answer) = clock.header_in(session.req_header());
                 ctx.answer = Some(answer);
                 match carried {
                     Some(carried) => carried,
@@ -425,7 +425,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         self.rewrite_response(ctx, response);
         if !ctx.info.request_id.is_empty() {
-            response.insert_header(crate::trace::REQUEST_ID, ctx.info.request_id.as_str())?;
+            response.insert_header(crate::trace::REQUEST_ID, ctx.info.request_id.header())?;
         }
         if self.state.is_draining() && !response.status.is_informational() {
             // Handing over: the client should open its next connection to the

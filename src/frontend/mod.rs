@@ -10,20 +10,30 @@
 //!   allowance) for the next. Pingora's own timers are per read, so a client
 //!   trickling a byte at a time could otherwise hold a connection forever. The
 //!   proxy reports "header read" through the connection's user context.
+//!
+//! Each connection runs in a task of its own rather than in Pingora's accept
+//! task (which holds its TLS handshake state inline, kilobytes, for the
+//! connection's life), and between requests it holds only its socket (see
+//! `idle`): an idle keep-alive connection costs a few kilobytes.
+
+mod deadline;
+mod idle;
+mod run;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::protocols::ALPN;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntCounterVec};
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
 use crate::answer_wait::AnswerWait;
 use crate::connections::{self, Admission};
@@ -52,6 +62,10 @@ pub struct Frontend {
     h2c: bool,
     /// Connections by listener kind and protocol.
     protocols: IntCounterVec,
+    /// Set (and notified) once the listeners are closed and the connections
+    /// waiting for a request should close.
+    closing: AtomicBool,
+    closed: Notify,
 }
 
 impl Frontend {
@@ -74,50 +88,20 @@ impl Frontend {
             header_timeouts: state.metrics.header_timeouts_total.clone(),
             max_header_bytes: limits.max_header_bytes as usize,
             headers_too_large: state.metrics.headers_too_large_total.clone(),
+            closing: AtomicBool::new(false),
+            closed: Notify::new(),
         }
     }
-}
 
-/// How one request's processing ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Ended<T> {
-    Done(T),
-    /// Its header did not arrive whole in time, or the connection was shed.
-    HeaderLate,
-}
-
-/// Runs `request` (one request's whole processing), but drops it (closing the
-/// connection) if `arrived` has not fired within `deadline`, or if the
-/// connection is told to make room (`shed`) before it has. Once the header is
-/// in, an upgrade request's wait for its answer (`answer`) is kept to its
-/// bound meanwhile.
-async fn with_header_deadline<T>(
-    request: impl Future<Output = T>,
-    arrived: oneshot::Receiver<()>,
-    deadline: Duration,
-    shed: impl Future<Output = ()>,
-    answer: &AnswerWait,
-    on_arrival: impl FnOnce(),
-) -> Ended<T> {
-    tokio::pin!(request);
-    tokio::select! {
-        biased;
-        out = &mut request => return Ended::Done(out),
-        // Fired, or dropped because the request ended: no more deadline.
-        _ = arrived => on_arrival(),
-        // Pingora's fast timer: registering it costs no system call (a
-        // tokio timer wakes the I/O driver through an eventfd write on every
-        // request), and the deadline needs no finer grain than its 10 ms.
-        _ = pingora::prelude::fast_timeout::fast_sleep(deadline) => return Ended::HeaderLate,
-        _ = shed => return Ended::HeaderLate,
+    /// Resolves once the connections waiting for a request should close.
+    async fn closing(&self) {
+        let notified = self.closed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.closing.load(Ordering::Acquire) {
+            notified.await;
+        }
     }
-    tokio::select! {
-        biased;
-        out = &mut request => return Ended::Done(out),
-        // Cut: the proxy's read ends, and it answers 504.
-        _ = answer.cut_when_due() => {}
-    }
-    Ended::Done(request.await)
 }
 
 /// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
@@ -155,15 +139,20 @@ impl ServerApp for Frontend {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let out = self.serve(stream, shutdown).await;
-        crate::memory::after_connection();
-        out
+        let (me, shutdown) = (self.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            me.serve(stream, &shutdown).await;
+            crate::memory::after_connection();
+        });
+        None
     }
 
     async fn cleanup(&self) {
         // The listeners are closed: let connections just accepted deliver the
         // request already on its way, then cut those still waiting.
         tokio::time::sleep(crate::lifecycle::CLOSE_LINGER).await;
+        self.closing.store(true, Ordering::Release);
+        self.closed.notify_waiters();
         self.proxy.http_cleanup().await;
     }
 }
@@ -242,116 +231,92 @@ impl Frontend {
             return out;
         }
         self.protocols.with_label_values(&[listener, "h1"]).inc();
-        let (stream, cap) = HeaderCap::wrap(
+        let (mut stream, cap) = HeaderCap::wrap(
             stream,
             self.max_header_bytes,
             self.headers_too_large.clone(),
         );
-        let mut session = ServerSession::new_http1(stream);
-        // Pipelined requests (RFC 9112 §9.3.2) are answered one after the
-        // other, in order; the setting carries over to the connection's next
-        // requests.
-        session.set_pipelining_enabled(true);
-        let secs = self.header_timeout.as_secs().max(1);
-        session.set_keepalive((!*shutdown.borrow()).then_some(secs));
-        let mut deadline = self.header_timeout;
         let answer = Arc::new(AnswerWait::default());
+        let mut deadline = Instant::now() + self.header_timeout;
+        // What the previous request left: Pingora's settings for the
+        // connection (keep-alive, pipelining, any bytes of the next request
+        // it read) and our context.
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        let mut fresh = true;
+        // One timer and one wait for "close now" serve all the connection's
+        // requests: registering either anew for each would cost every request.
+        let mut timer = deadline::Deadline::default();
+        let stop = async {
+            tokio::select! {
+                _ = shed() => {}
+                _ = self.closing() => {}
+            }
+        };
+        let mut stop = std::pin::pin!(stop);
         loop {
-            let (tx, rx) = oneshot::channel();
-            let carried = session.take_connection_user_context();
-            cap.next_request();
-            session.set_connection_user_context(Some(Box::new(HeaderClock {
-                arrived: tx,
-                cap: cap.clone(),
-                carried,
-                answer: answer.clone(),
-            })));
             if place.as_ref().is_some_and(|p| !p.waiting()) {
                 // Shed during its last request: its place is promised.
                 return None;
             }
-            let result = match with_header_deadline(
-                self.proxy.process_new_http(session, shutdown),
-                rx,
-                deadline,
-                shed(),
-                &answer,
-                || {
-                    if let Some(p) = &place {
-                        p.busy();
+            // Wait for the next request holding only the socket, unless
+            // some of it may already be buffered with Pingora.
+            let clean = fresh || cap.ended_clean();
+            cap.next_request();
+            let first = if clean {
+                match idle::next_request(&mut stream, (deadline, &mut timer), stop.as_mut()).await {
+                    idle::Next::Bytes(bytes) => Some(bytes),
+                    idle::Next::Closed => return None,
+                    idle::Next::Late => {
+                        self.header_timeouts.inc();
+                        log::debug!("no request header by the deadline: connection closed");
+                        return None;
                     }
-                },
-            )
-            .await
+                }
+            } else {
+                None
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match persistent.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    // Pipelined requests (RFC 9112 §9.3.2) are answered one
+                    // after the other, in order; the setting carries over to
+                    // the connection's next requests.
+                    session.set_pipelining_enabled(true);
+                    let secs = self.header_timeout.as_secs().max(1);
+                    session.set_keepalive((!*shutdown.borrow()).then_some(secs));
+                }
+            }
+            if let Some(bytes) = first {
+                session.set_pipelined_prefix(bytes);
+            }
+            let carried = session.take_connection_user_context();
+            session.set_connection_user_context(Some(Box::new(HeaderClock {
+                cap: cap.clone(),
+                carried,
+                answer: answer.clone(),
+            })));
+            let request = self.proxy.process_new_http(session, shutdown);
+            let busy = || {
+                if let Some(p) = &place {
+                    p.busy();
+                }
+            };
+            let on_time = (deadline, &mut timer);
+            let result = match run::run(request, &cap, on_time, stop.as_mut(), &answer, busy).await
             {
-                Ended::Done(result) => result,
-                Ended::HeaderLate => {
+                run::Ended::Done(result) => result,
+                run::Ended::HeaderLate => {
                     self.header_timeouts.inc();
-                    log::debug!("request header not whole within {deadline:?}: connection closed");
+                    log::debug!("request header not whole by the deadline: connection closed");
                     return None;
                 }
             };
-            let (stream, persistent) = result?.consume();
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = persistent {
-                settings.apply_to_session(&mut session);
-            }
-            deadline = self.keepalive_timeout + self.header_timeout;
+            let (next, settings) = result?.consume();
+            stream = next;
+            persistent = settings;
+            fresh = false;
+            deadline = Instant::now() + self.keepalive_timeout + self.header_timeout;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Pingora's fast timer runs on a clock of its own: these use real time,
-    // with short deadlines.
-
-    /// Runs `request` with a 100 ms header deadline, never shed.
-    async fn within_100ms<T>(
-        request: impl Future<Output = T>,
-        arrived: oneshot::Receiver<()>,
-    ) -> Ended<T> {
-        let answer = AnswerWait::default();
-        let deadline = Duration::from_millis(100);
-        with_header_deadline(
-            request,
-            arrived,
-            deadline,
-            std::future::pending(),
-            &answer,
-            || {},
-        )
-        .await
-    }
-
-    #[tokio::test]
-    async fn a_header_that_never_completes_is_cut_at_the_deadline() {
-        let (_tx, rx) = oneshot::channel::<()>();
-        let out = within_100ms(std::future::pending::<()>(), rx).await;
-        assert_eq!(out, Ended::HeaderLate);
-    }
-
-    #[tokio::test]
-    async fn once_the_header_is_in_the_request_may_take_its_time() {
-        let (tx, rx) = oneshot::channel::<()>();
-        let slow = async move {
-            tx.send(()).unwrap();
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            7
-        };
-        assert_eq!(within_100ms(slow, rx).await, Ended::Done(7));
-    }
-
-    #[tokio::test]
-    async fn a_connection_waiting_for_its_header_can_be_shed() {
-        let (_tx, rx) = oneshot::channel::<()>();
-        let never = std::future::pending::<()>();
-        let shed = std::future::ready(());
-        let answer = AnswerWait::default();
-        let out =
-            with_header_deadline(never, rx, Duration::from_secs(10), shed, &answer, || {}).await;
-        assert_eq!(out, Ended::HeaderLate);
     }
 }

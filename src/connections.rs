@@ -55,6 +55,11 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// Whether the connection has been told to close.
+    pub fn is_shed(&self) -> bool {
+        self.waiting_since.load(Ordering::Acquire) == SHED
+    }
+
     /// Resolves once the connection is told to close and give its place to
     /// a newcomer.
     pub async fn shed(&self) {

@@ -18,6 +18,7 @@ use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::deadline::Deadline;
+use super::stop::Stop;
 
 /// As much as one read takes: Pingora's first header buffer.
 const FIRST_READ: usize = 4096;
@@ -29,8 +30,11 @@ pub enum Next {
     Bytes(BytesMut),
     /// The client closed the connection, or it broke.
     Closed,
-    /// Nothing came by the deadline, or the connection was told to close.
+    /// Nothing came by the deadline.
     Late,
+    /// The connection was told to close (shed for a newcomer, or the
+    /// process stopping).
+    Stopped,
 }
 
 /// Waits for the first bytes of the next request on `stream`, until
@@ -39,7 +43,7 @@ pub enum Next {
 pub async fn next_request(
     stream: &mut Stream,
     deadline: (Instant, &mut Deadline),
-    mut stop: Pin<&mut impl Future<Output = ()>>,
+    stop: &mut Stop<'_, impl Future<Output = ()>, impl Fn() -> bool>,
 ) -> Next {
     let (deadline, timer) = deadline;
     poll_fn(|cx| {
@@ -53,8 +57,10 @@ pub async fn next_request(
             }
             Poll::Ready(_) => Poll::Ready(Next::Closed),
             Poll::Pending => {
-                if timer.poll(deadline, cx).is_ready() || stop.as_mut().poll(cx).is_ready() {
+                if timer.poll(deadline, cx).is_ready() {
                     Poll::Ready(Next::Late)
+                } else if stop.poll(cx).is_ready() {
+                    Poll::Ready(Next::Stopped)
                 } else {
                     Poll::Pending
                 }
@@ -83,8 +89,9 @@ mod tests {
     /// Waits with a deadline `ms` from now, never stopped.
     async fn wait(server: &mut Stream, ms: u64) -> Next {
         let deadline = Instant::now() + Duration::from_millis(ms);
-        let never = std::pin::pin!(std::future::pending());
-        next_request(server, (deadline, &mut Deadline::default()), never).await
+        let wait = std::pin::pin!(std::future::pending());
+        let mut never = Stop::new(wait, || false);
+        next_request(server, (deadline, &mut Deadline::default()), &mut never).await
     }
 
     #[tokio::test]
@@ -112,8 +119,9 @@ mod tests {
     async fn a_wait_told_to_stop_ends() {
         let (mut server, _client) = pair().await;
         let deadline = Instant::now() + Duration::from_secs(5);
-        let stop = std::pin::pin!(std::future::ready(()));
-        let next = next_request(&mut server, (deadline, &mut Deadline::default()), stop).await;
-        assert_eq!(next, Next::Late);
+        let wait = std::pin::pin!(std::future::pending());
+        let mut stop = Stop::new(wait, || true);
+        let next = next_request(&mut server, (deadline, &mut Deadline::default()), &mut stop).await;
+        assert_eq!(next, Next::Stopped);
     }
 }

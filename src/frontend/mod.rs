@@ -19,6 +19,7 @@
 mod deadline;
 mod idle;
 mod run;
+mod stop;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,13 +247,17 @@ impl Frontend {
         // One timer and one wait for "close now" serve all the connection's
         // requests: registering either anew for each would cost every request.
         let mut timer = deadline::Deadline::default();
-        let stop = async {
+        let wait = async {
             tokio::select! {
                 _ = shed() => {}
                 _ = self.closing() => {}
             }
         };
-        let mut stop = std::pin::pin!(stop);
+        let given = || {
+            place.as_ref().is_some_and(|p| p.slot.is_shed()) || self.closing.load(Ordering::Acquire)
+        };
+        let wait = std::pin::pin!(wait);
+        let mut stop = stop::Stop::new(wait, given);
         loop {
             if place.as_ref().is_some_and(|p| !p.waiting()) {
                 // Shed during its last request: its place is promised.
@@ -263,9 +268,9 @@ impl Frontend {
             let clean = fresh || cap.ended_clean();
             cap.next_request();
             let first = if clean {
-                match idle::next_request(&mut stream, (deadline, &mut timer), stop.as_mut()).await {
+                match idle::next_request(&mut stream, (deadline, &mut timer), &mut stop).await {
                     idle::Next::Bytes(bytes) => Some(bytes),
-                    idle::Next::Closed => return None,
+                    idle::Next::Closed | idle::Next::Stopped => return None,
                     idle::Next::Late => {
                         self.header_timeouts.inc();
                         log::debug!("no request header by the deadline: connection closed");
@@ -303,8 +308,7 @@ impl Frontend {
                 }
             };
             let on_time = (deadline, &mut timer);
-            let result = match run::run(request, &cap, on_time, stop.as_mut(), &answer, busy).await
-            {
+            let result = match run::run(request, &cap, on_time, &mut stop, &answer, busy).await {
                 run::Ended::Done(result) => result,
                 run::Ended::HeaderLate => {
                     self.header_timeouts.inc();

@@ -13,6 +13,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use super::deadline::Deadline;
+use super::stop::Stop;
 use crate::answer_wait::AnswerWait;
 use crate::header_cap::Arming;
 
@@ -35,7 +36,7 @@ pub async fn run<T>(
     request: impl Future<Output = T>,
     cap: &Arming,
     deadline: (Instant, &mut Deadline),
-    mut stop: Pin<&mut impl Future<Output = ()>>,
+    stop: &mut Stop<'_, impl Future<Output = ()>, impl Fn() -> bool>,
     answer: &AnswerWait,
     on_arrival: impl FnOnce(),
 ) -> Ended<T> {
@@ -51,7 +52,7 @@ pub async fn run<T>(
             arrived();
         }
         if on_arrival.is_some() {
-            if timer.poll(deadline, cx).is_ready() || stop.as_mut().poll(cx).is_ready() {
+            if timer.poll(deadline, cx).is_ready() || stop.poll(cx).is_ready() {
                 return Poll::Ready(Ended::HeaderLate);
             }
             return Poll::Pending;
@@ -86,9 +87,18 @@ mod tests {
     async fn within<T>(ms: u64, request: impl Future<Output = T>, cap: &Arming) -> Ended<T> {
         let answer = AnswerWait::default();
         let deadline = Instant::now() + Duration::from_millis(ms);
-        let never = pin!(std::future::pending());
+        let wait = pin!(std::future::pending());
+        let mut never = Stop::new(wait, || false);
         let mut timer = Deadline::default();
-        run(request, cap, (deadline, &mut timer), never, &answer, || {}).await
+        run(
+            request,
+            cap,
+            (deadline, &mut timer),
+            &mut never,
+            &answer,
+            || {},
+        )
+        .await
     }
 
     #[tokio::test]
@@ -113,11 +123,20 @@ mod tests {
     async fn a_connection_waiting_for_its_header_can_be_shed() {
         let cap = Arming::default();
         let never = std::future::pending::<()>();
-        let shed = pin!(std::future::ready(()));
+        let wait = pin!(std::future::ready(()));
+        let mut shed = Stop::new(wait, || false);
         let answer = AnswerWait::default();
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut timer = Deadline::default();
-        let out = run(never, &cap, (deadline, &mut timer), shed, &answer, || {}).await;
+        let out = run(
+            never,
+            &cap,
+            (deadline, &mut timer),
+            &mut shed,
+            &answer,
+            || {},
+        )
+        .await;
         assert_eq!(out, Ended::HeaderLate);
     }
 
@@ -145,8 +164,18 @@ mod tests {
             "never cut"
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        let (never, mut timer) = (pin!(std::future::pending()), Deadline::default());
-        let out = run(request, &cap, (deadline, &mut timer), never, &answer, || {}).await;
+        let wait = pin!(std::future::pending());
+        let mut never = Stop::new(wait, || false);
+        let mut timer = Deadline::default();
+        let out = run(
+            request,
+            &cap,
+            (deadline, &mut timer),
+            &mut never,
+            &answer,
+            || {},
+        )
+        .await;
         assert_eq!(out, Ended::Done("cut"));
     }
 }

@@ -37,6 +37,9 @@ B1=$(free_port); B2=$(free_port)
 wait_port "$B1"; wait_port "$B2"
 
 # measure NAME PORT [ab args...] -- CMD...: instructions per request of CMD.
+# $WAIT_PORT, if set, must open too before the count starts (hybrid-lb's
+# dashboard: until every listener is open, a start-up check reads the
+# socket table, which is not the request path's cost).
 measure() {
   local name=$1 port=$2; shift 2
   local ab_args=()
@@ -44,7 +47,9 @@ measure() {
   local out="$work/cg.$name"
   valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$work/$name.log" 2>&1 & local v=$!
   pids+=($v)
-  for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  for p in "$port" ${WAIT_PORT:-}; do
+    for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+  done
   for i in "${!ab_args[@]}"; do
     if [ "${ab_args[$i]}" = "@cookie" ]; then
       ab_args[$i]=$(curl -s -D - -o /dev/null "http://127.0.0.1:$port/" | awk -F'[:;] *' 'tolower($1)=="set-cookie" {print $2}')
@@ -70,7 +75,7 @@ hybrid() { # name algorithm sticky [ab args...]; $HYBRID: the binary (this build
   local port dash; port=$(free_port); dash=$(free_port)
   local conf="$work/$algorithm-$sticky-$(echo "$name" | tr -c 'a-z0-9' '-').yaml"
   hybrid_config "$conf" "$port" "$dash" "$algorithm" "$sticky" "$B1 $B2" "${EXTRA:-}"
-  RUST_LOG=error measure "$name" "$port" "$@" -- "${HYBRID:-$BIN/hybrid-lb}" -c "$conf"
+  WAIT_PORT=$dash RUST_LOG=error measure "$name" "$port" "$@" -- "${HYBRID:-$BIN/hybrid-lb}" -c "$conf"
 }
 # 999 host routes that do not match ab's requests, then the one that does.
 host_routes() {

@@ -41,21 +41,7 @@ to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (
 
 B1=$(free_port); B2=$(free_port)
 if [ "${UPSTREAM:-nginx}" = nginx ]; then
-  mkdir -p "$work/www" "$work/up" && printf '{"ok":true,"server":"nginx","pad":"........"}' > "$work/www/index.html"
-  cat > "$work/up/nginx.conf" <<CONF
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/up/nginx.pid;
-error_log $work/up/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$B1; listen 127.0.0.1:$B2; root $work/www; location / { try_files /index.html =404; } }
-}
-CONF
-  nginx -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+  nginx_upstream "$B1 $B2"
 else
   "$BIN/mock-backend" "$B1" --name b1 >/dev/null & pids+=($!)
   "$BIN/mock-backend" "$B2" --name b2 >/dev/null & pids+=($!)

@@ -93,6 +93,31 @@ http {
 CONF
 }
 
+# Starts one nginx worker (in $work/up, its pid added to $pids) answering a
+# 45-byte file on 127.0.0.1 at each port listed in $1, and nginx's
+# stub_status at port $2 if given; waits until they are open. The upstream
+# for measuring proxies: it costs less per request than any of them.
+nginx_upstream() {
+  local listen="" port status=""
+  for port in $1; do listen="$listen listen 127.0.0.1:$port;"; done
+  [ -n "${2:-}" ] && status="server { listen 127.0.0.1:$2; location / { stub_status; } }"
+  mkdir -p "$work/www" "$work/up"
+  printf '{"ok":true,"server":"nginx","pad":"........"}' > "$work/www/index.html"
+  cat > "$work/up/nginx.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/up/nginx.pid;
+error_log $work/up/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server {$listen root $work/www; location / { try_files /index.html =404; } }
+  $status }
+CONF
+  nginx -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+  for port in $1 ${2:-}; do wait_port "$port"; done
+}
+
 # Writes a HAProxy config to $1: one thread, connection reuse, listening on
 # 127.0.0.1:$2 (with TLS when $4, a PEM of certificate and key, is given),
 # balancing by $HAPROXY_BALANCE (default roundrobin) over upstreams on the

@@ -24,19 +24,7 @@ start_workspace
 
 # The upstream: one nginx worker answering a 45-byte file.
 U=$(free_port)
-mkdir -p "$work/www" "$work/up" && printf '{"ok":true,"server":"nginx","pad":"........"}' > "$work/www/index.html"
-cat > "$work/up/nginx.conf" <<CONF
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/up/nginx.pid;
-error_log $work/up/nginx.err;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$U; root $work/www; location / { try_files /index.html =404; } } }
-CONF
-nginx -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
-wait_port "$U"
+nginx_upstream "$U"
 
 rss_kb() { local r=0; for p in $(tree "$1"); do r=$((r + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$r"; }
 # RSS once it stops moving: two samples a second apart within 0.5% (at most 20 s).

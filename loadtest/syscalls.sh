@@ -25,7 +25,7 @@ fi
 cargo build --release --quiet --bins --example plain_pingora
 BIN=target/release
 . loadtest/common.sh
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+export PATH="$PATH:/usr/sbin"
 
 work=$(mktemp -d)
 pids=()
@@ -35,22 +35,7 @@ trap cleanup EXIT
 # nginx, one worker, serving a 45-byte answer: the upstream costs the proxy
 # as little as it can.
 U=$(free_port)
-mkdir -p "$work/www" && printf '{"ok":true,"server":"nginx","pad":"........"}' > "$work/www/index.html"
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$U; root $work/www; location / { try_files /index.html =404; } }
-}
-CONF
-"$NGINX" -c "$work/nginx.conf" -p "$work" & pids+=($!)
-wait_port "$U"
+nginx_upstream "$U"
 
 # measure NAME PORT PID: system calls per request of PID, by name.
 k=0

@@ -24,20 +24,7 @@ BIN=target/release
 start_workspace
 
 U=$(free_port); S=$(free_port)
-mkdir -p "$work/www" "$work/up" && printf '{"ok":true,"server":"nginx","pad":"........"}' > "$work/www/index.html"
-cat > "$work/up/nginx.conf" <<CONF
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/up/nginx.pid;
-error_log $work/up/nginx.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$U; root $work/www; location / { try_files /index.html =404; } }
-  server { listen 127.0.0.1:$S; location / { stub_status; } } }
-CONF
-nginx -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
-wait_port "$U"; wait_port "$S"
+nginx_upstream "$U" "$S"
 accepts() { curl -s "http://127.0.0.1:$S/" | awk 'NR==3 {print $1}'; }
 
 names=(); urls=(); spids=()

@@ -2,8 +2,11 @@
 # Routing around trouble, side by side in one run: nginx round robin, HAProxy
 # leastconn and hybrid-lb (dynamic, p2c), each with its defaults, in front of
 # the same three mock upstreams at 5 ms. Scenarios: all healthy; one 10×
-# slower; one failing 50% of requests; one failing 30% (at random, not in
-# runs). A failure is a 503, the answer of an overloaded server.
+# slower, `/health` too (`slow`); one 10× slower whose `/health` still
+# answers at once, as a service slowed by its database does
+# (`slow_fast_health`); one failing 50% of requests; one failing 30% (at
+# random, not in runs). A failure is a 503, the answer of an overloaded
+# server.
 #
 # Every turn starts its balancer fresh (nothing learned in one turn helps the
 # next), sets the scenario, warms up for WARM seconds (long enough to learn),
@@ -14,6 +17,9 @@
 #
 #   loadtest/scenarios.sh [seconds per turn, default 10]
 #   env: ROUNDS (default 2), WARM (default 5), CONNS (default 16),
+#        SCENARIOS (default all: "healthy slow slow_fast_health fail50 fail30";
+#        healthy is always run, as the reference),
+#        OTHER (another hybrid-lb binary, run beside as "hybrid-lb dynamic (other)"),
 #        RESULTS (CSV path, default loadtest/results/scenarios.csv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,13 +48,16 @@ for n in 1 2 3; do
 done
 DEGRADED=${PORTS##* }   # the third upstream is the one in trouble
 
-scenarios=(healthy slow fail50 fail30)
+read -r -a scenarios <<<"healthy ${SCENARIOS:-slow slow_fast_health fail50 fail30}"
+scenarios=(healthy $(printf '%s\n' "${scenarios[@]:1}" | grep -vx healthy || true))
 behaviour() {
   case $1 in
-    healthy) echo '{"latency_ms": 5, "error_rate": 0}' ;;
-    slow)    echo '{"latency_ms": 50, "error_rate": 0}' ;;
+    healthy) echo '{"latency_ms": 5, "error_rate": 0, "health_latency": true}' ;;
+    slow)    echo '{"latency_ms": 50, "error_rate": 0, "health_latency": true}' ;;
+    slow_fast_health) echo '{"latency_ms": 50, "error_rate": 0, "health_latency": false}' ;;
     fail50)  echo '{"latency_ms": 5, "error_rate": 0.5}' ;;
     fail30)  echo '{"latency_ms": 5, "error_rate": 0.3}' ;;
+    *) echo "unknown scenario $1" >&2; exit 1 ;;
   esac
 }
 set_scenario() {
@@ -58,6 +67,7 @@ set_scenario() {
 }
 
 systems=("nginx round robin" "haproxy leastconn" "hybrid-lb dynamic" "hybrid-lb p2c")
+[ -n "${OTHER:-}" ] && systems+=("hybrid-lb dynamic (other)")
 # Starts system $1 → SPID, SPORT.
 start_system() {
   SPORT=$(free_port)
@@ -69,8 +79,10 @@ start_system() {
       HAPROXY_BALANCE=leastconn haproxy_cfg "$work/haproxy.cfg" "$SPORT" "$PORTS"
       haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & SPID=$! ;;
     hybrid-lb*)
-      hybrid_config "$work/hlb.yaml" "$SPORT" "$(free_port)" "${1#hybrid-lb }" off "$PORTS"
-      RUST_LOG=error "$BIN/hybrid-lb" -c "$work/hlb.yaml" >"$work/hlb.log" 2>&1 & SPID=$! ;;
+      local algorithm=${1#hybrid-lb } bin=$BIN/hybrid-lb
+      [[ $1 == *"(other)" ]] && bin=$OTHER
+      hybrid_config "$work/hlb.yaml" "$SPORT" "$(free_port)" "${algorithm%% *}" off "$PORTS"
+      RUST_LOG=error "$bin" -c "$work/hlb.yaml" >"$work/hlb.log" 2>&1 & SPID=$! ;;
   esac
   pids+=($SPID)
   wait_port "$SPORT"

@@ -69,6 +69,7 @@ impl BackgroundService for DemoService {
                 jitter_ms: b.jitter_ms,
                 healthy: b.healthy,
                 health_latency: true,
+                ..Behaviour::default()
             };
             match MockServer::start_shared(addr, &b.name, behaviour).await {
                 Ok(s) => {

@@ -43,6 +43,7 @@ impl Action {
             jitter_ms: Some(configured.jitter_ms),
             healthy: Some(configured.healthy),
             health_latency: Some(true),
+            ..BehaviourPatch::default()
         };
         match self {
             Action::Normal => normal,

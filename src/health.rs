@@ -123,6 +123,35 @@ impl Checks {
         u.observe_probe(took, now, scale, self.pool.config().health_check.interval);
     }
 
+    /// Sends `req`, a copy of a client request, to the sidelined upstream
+    /// `u` and records how long its answer took (a failure or a 5xx as a
+    /// penalty). The answer is read and dropped: it reaches no client.
+    async fn mirror(&self, u: &Upstream, req: RequestHeader) {
+        let Ok(target) = Backend::new(&u.addr.to_string()) else {
+            return;
+        };
+        let template = self.for_target(Some(u.addr));
+        let mut copy = HttpHealthCheck::new("", template.peer_template.is_tls());
+        copy.peer_template = template.peer_template.clone();
+        copy.req = req;
+        copy.validator = Some(Box::new(|resp| {
+            let code = resp.status.as_u16();
+            if code < 500 {
+                Ok(())
+            } else {
+                Error::e_explain(CustomCode("mirrored answer", code), "a server error")
+            }
+        }));
+        let started = Instant::now();
+        let result = copy.check(&target).await;
+        let now = Instant::now();
+        u.observe_mirrored(
+            now.saturating_duration_since(started).as_secs_f64(),
+            result.is_err(),
+            now,
+        );
+    }
+
     /// One probe of a sidelined upstream, outside the health schedule (its
     /// result flips nothing), recorded if it passed.
     async fn probe(&self, u: &Upstream) {
@@ -264,9 +293,10 @@ pub fn services(pool: Arc<Pool>) -> Result<(LoadBalancer<RoundRobin>, ProbeServi
 /// recovery is seen within a few of these.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// Probes sidelined upstreams every [`PROBE_EVERY`] (one request each, so at
-/// most one a second per upstream), so their estimates follow them closely
-/// while no client request does.
+/// Measures sidelined upstreams every [`PROBE_EVERY`] (one request each, so
+/// at most one a second per upstream), so their estimates follow them closely
+/// while no client request does: with a copy of a recent client request
+/// (see `pool::mirror`), else with a health check.
 pub struct ProbeService {
     checks: Arc<Checks>,
 }
@@ -283,8 +313,22 @@ impl BackgroundService for ProbeService {
                 _ = shutdown.changed() => return,
             }
             let table = pool.table();
-            let sidelined = table.upstreams().iter().filter(|u| u.is_sidelined());
-            futures_util::future::join_all(sidelined.map(|u| self.checks.probe(u))).await;
+            let sidelined: Vec<_> = table
+                .upstreams()
+                .iter()
+                .filter(|u| u.is_sidelined())
+                .collect();
+            pool.mirror.set_wanted(!sidelined.is_empty());
+            // A copy of a recent client request measures them on the real
+            // path; without one (no traffic), their health check does.
+            let copy = pool.mirror.take(Instant::now());
+            futures_util::future::join_all(sidelined.into_iter().map(|u| async {
+                match &copy {
+                    Some(req) => self.checks.mirror(u, req.clone()).await,
+                    None => self.checks.probe(u).await,
+                }
+            }))
+            .await;
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub upstream_ejected: IntGaugeVec,
     /// 1 while sidelined for its latency (no client requests; probes only).
     pub upstream_sidelined: IntGaugeVec,
+    /// Client requests copied to a sidelined upstream to measure it.
+    pub mirrored_total: IntCounterVec,
     /// The typical response time of its health checks, seconds.
     pub upstream_probe_seconds: GaugeVec,
     /// 0 closed, 1 half-open, 2 open.
@@ -221,7 +223,16 @@ impl Metrics {
         let upstream_sidelined = IntGaugeVec::new(
             Opts::new(
                 "hlb_upstream_sidelined",
-                "1 while the upstream is too slow to get client requests; probes measure it",
+                "1 while the upstream is too slow to get client requests; copies of them measure it",
+            ),
+            &["pool", "upstream"],
+        )
+        .expect("metric");
+
+        let mirrored_total = IntCounterVec::new(
+            Opts::new(
+                "hlb_mirrored_total",
+                "copies of client requests sent to a sidelined upstream to measure it (answers discarded)",
             ),
             &["pool", "upstream"],
         )
@@ -266,6 +277,7 @@ impl Metrics {
             Box::new(upstream_up.clone()),
             Box::new(upstream_ejected.clone()),
             Box::new(upstream_sidelined.clone()),
+            Box::new(mirrored_total.clone()),
             Box::new(upstream_probe_seconds.clone()),
             Box::new(upstream_breaker_state.clone()),
             Box::new(upstream_weight.clone()),
@@ -299,6 +311,7 @@ impl Metrics {
             upstream_up,
             upstream_ejected,
             upstream_sidelined,
+            mirrored_total,
             upstream_probe_seconds,
             upstream_breaker_state,
             upstream_weight,

@@ -98,14 +98,14 @@ fn apply_sidelines(pool: &Pool, table: &Table, estimates: &[Option<f64>], usable
         let why = if out {
             format!(
                 "{own:.1} ms is over {:.0}× the fastest ({:.1} ms): no client requests; \
-                 probes every {:?} will bring it back",
+                 copies of them (or probes, without traffic) every {:?} will bring it back",
                 1.0 / min_factor,
                 fastest * 1e3,
                 crate::health::PROBE_EVERY,
             )
         } else {
             format!(
-                "probes measure {own:.1} ms against the fastest {:.1} ms: back in rotation",
+                "measured at {own:.1} ms against the fastest {:.1} ms: back in rotation",
                 fastest * 1e3
             )
         };
@@ -214,7 +214,9 @@ mod tests {
         }
         tick(s.pool(), t2);
         assert!(c.is_sidelined(), "came back on probes taken before");
-        // Two fast probes of three since: back.
+        // Two fast probes of three since, while its last client sample is
+        // fresh: still out (health checks are a hint while there is
+        // traffic to measure it by).
         let t3 = t2 + Duration::from_secs(1);
         c.observe_probe(0.005, t3, 1.0, stale);
         c.observe_probe(0.005, t3 + Duration::from_millis(1), 1.0, stale);
@@ -222,7 +224,66 @@ mod tests {
             u.observe_latency(0.005, false, t3);
         }
         tick(s.pool(), t3 + Duration::from_millis(1));
+        assert!(c.is_sidelined(), "came back on health checks alone");
+        // No client sample and no copy for a few seconds (no traffic to
+        // copy): the probes are the evidence, and two fast of three: back.
+        let t3 = t1 + Duration::from_secs(6);
+        c.observe_probe(0.005, t3, 1.0, stale);
+        c.observe_probe(0.005, t3 + Duration::from_millis(1), 1.0, stale);
+        for u in [&a, &b] {
+            u.observe_latency(0.005, false, t3);
+        }
+        tick(s.pool(), t3 + Duration::from_millis(1));
         assert!(!c.is_sidelined());
+    }
+
+    #[test]
+    fn copies_of_client_requests_keep_a_slow_upstream_out_and_bring_it_back() {
+        let text = "lb:\n  algorithm: dynamic\n  upstreams:\n    - { name: a, addr: \"127.0.0.1:1\" }\n    - { name: b, addr: \"127.0.0.1:2\" }\n    - { name: c, addr: \"127.0.0.1:3\" }\n";
+        let s = SharedState::new(Config::parse(text).unwrap().0);
+        let (a, b, c) = (
+            s.upstream("a").unwrap(),
+            s.upstream("b").unwrap(),
+            s.upstream("c").unwrap(),
+        );
+        let stale = Duration::from_secs(1);
+        let t0 = Instant::now();
+        for u in [&a, &b] {
+            u.observe_latency(0.005, false, t0);
+        }
+        c.observe_latency(0.050, false, t0);
+        tick(s.pool(), t0);
+        assert!(c.is_sidelined());
+        // Ten seconds of copies measuring it slow, beside health checks
+        // that answer at once: it stays out.
+        for k in 1..=10 {
+            let t = t0 + Duration::from_secs(k);
+            c.observe_mirrored(0.050, false, t);
+            c.observe_probe(0.0002, t, 1.0, stale);
+            for u in [&a, &b] {
+                u.observe_latency(0.005, false, t);
+            }
+            tick(s.pool(), t);
+            assert!(c.is_sidelined(), "back after {k} s on fast health checks");
+            assert_eq!(c.measured_by(t, stale), "mirrored");
+        }
+        // The copies see it fast: back.
+        let mut t = t0 + Duration::from_secs(10);
+        for _ in 0..20 {
+            t += Duration::from_millis(500);
+            c.observe_mirrored(0.005, false, t);
+            for u in [&a, &b] {
+                u.observe_latency(0.005, false, t);
+            }
+            tick(s.pool(), t);
+        }
+        assert!(!c.is_sidelined());
+        assert_eq!(
+            c.stats
+                .mirrored_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            30
+        );
     }
 
     #[test]

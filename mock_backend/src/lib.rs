@@ -1,7 +1,8 @@
 //! A configurable mock HTTP upstream: every path answers JSON naming the server,
 //! after a set latency, failing with a set probability; `/health` can be turned
 //! unhealthy and everything can be changed live through `/_mock/config`;
-//! `/_mock/echo` answers with the request's headers.
+//! `/_mock/echo` answers with the request's headers; `/_mock/stats` counts
+//! the requests answered, by method.
 //!
 //! Tests and hybrid-lb's demo start it in-process with [`MockServer::start`];
 //! the `mock-backend` binary runs one from the command line.
@@ -41,6 +42,14 @@ pub struct Behaviour {
     /// slowness is in its work (a slow database), not in answering probes.
     #[serde(default = "yes")]
     pub health_latency: bool,
+    /// What `GET /health` waits besides (independent of `latency_ms`).
+    #[serde(default)]
+    pub health_latency_ms: u64,
+    /// Requests it serves at once at full speed: beyond them, each request
+    /// in flight adds `latency_ms` to a new one's wait (a saturated server).
+    /// 0: no limit.
+    #[serde(default)]
+    pub capacity: u64,
 }
 
 fn yes() -> bool {
@@ -60,6 +69,8 @@ impl Default for Behaviour {
             jitter_ms: 0,
             healthy: true,
             health_latency: true,
+            health_latency_ms: 0,
+            capacity: 0,
         }
     }
 }
@@ -74,6 +85,8 @@ pub struct BehaviourPatch {
     pub jitter_ms: Option<u64>,
     pub healthy: Option<bool>,
     pub health_latency: Option<bool>,
+    pub health_latency_ms: Option<u64>,
+    pub capacity: Option<u64>,
 }
 
 impl Behaviour {
@@ -107,7 +120,33 @@ impl Behaviour {
         if let Some(v) = patch.health_latency {
             self.health_latency = v;
         }
+        if let Some(v) = patch.health_latency_ms {
+            self.health_latency_ms = v;
+        }
+        if let Some(v) = patch.capacity {
+            self.capacity = v;
+        }
         Ok(())
+    }
+
+    /// The wait before a `/health` answer.
+    fn health_delay(&self) -> Duration {
+        let own = Duration::from_millis(self.health_latency_ms);
+        if self.health_latency {
+            own + self.delay()
+        } else {
+            own
+        }
+    }
+
+    /// The wait before an answer, with `in_flight` requests already being
+    /// served (this one not counted).
+    fn delay_with(&self, in_flight: u64) -> Duration {
+        let over = match self.capacity {
+            0 => 0,
+            cap => (in_flight + 1).saturating_sub(cap),
+        };
+        self.delay() + Duration::from_millis(over.saturating_mul(self.latency_ms))
     }
 
     fn delay(&self) -> Duration {
@@ -126,6 +165,10 @@ struct Shared {
     name: String,
     port: u16,
     behaviour: RwLock<Behaviour>,
+    /// Requests being answered (not `/health` or `/_mock/*`).
+    in_flight: std::sync::atomic::AtomicU64,
+    /// Requests answered (not `/health` or `/_mock/*`), by method.
+    served: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 type AppState = Arc<Shared>;
@@ -181,6 +224,8 @@ impl MockServer {
             name: name.to_string(),
             port: addr.port(),
             behaviour: RwLock::new(behaviour),
+            in_flight: Default::default(),
+            served: Default::default(),
         });
         let task = tokio::spawn(serve(listener, router(shared.clone())));
         Ok(MockServer { addr, shared, task })
@@ -203,6 +248,12 @@ impl MockServer {
         write(&self.shared).apply(patch)
     }
 
+    /// How many requests with `method` it has answered (not `/health` or
+    /// `/_mock/*`), as `GET /_mock/stats` shows.
+    pub fn served(&self, method: &str) -> u64 {
+        served(&self.shared).get(method).copied().unwrap_or(0)
+    }
+
     /// Closes the listener and all connections now.
     pub fn kill(self) {}
 
@@ -220,6 +271,10 @@ impl Drop for MockServer {
 
 fn read(s: &Shared) -> std::sync::RwLockReadGuard<'_, Behaviour> {
     s.behaviour.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn served(s: &Shared) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, u64>> {
+    s.served.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn write(s: &Shared) -> std::sync::RwLockWriteGuard<'_, Behaviour> {
@@ -251,6 +306,7 @@ fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/_mock/config", get(show_config).post(change_config))
         .route("/_mock/echo", get(echo))
+        .route("/_mock/stats", get(stats))
         .fallback(answer)
         .with_state(state)
 }
@@ -258,10 +314,10 @@ fn router(state: AppState) -> Router {
 async fn health(State(s): State<AppState>) -> Response {
     let (healthy, delay) = {
         let b = read(&s);
-        (b.healthy, b.health_latency.then(|| b.delay()))
+        (b.healthy, b.health_delay())
     };
-    if let Some(d) = delay.filter(|d| !d.is_zero()) {
-        tokio::time::sleep(d).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let status = if healthy {
         StatusCode::OK
@@ -290,6 +346,12 @@ async fn echo(State(s): State<AppState>, req: Request) -> Response {
     ([("x-backend", s.name.clone())], Json(body)).into_response()
 }
 
+/// Requests answered so far, by method.
+async fn stats(State(s): State<AppState>) -> Response {
+    let served = served(&s).clone();
+    Json(serde_json::json!({ "served": served })).into_response()
+}
+
 async fn show_config(State(s): State<AppState>) -> Json<Behaviour> {
     Json(read(&s).clone())
 }
@@ -306,11 +368,24 @@ async fn change_config(State(s): State<AppState>, body: axum::body::Bytes) -> Re
     }
 }
 
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn answer(State(s): State<AppState>, req: Request) -> Response {
+    let before = s
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _counted = InFlight(&s.in_flight);
     let (delay, fail, error_status) = {
         let b = read(&s);
         (
-            b.delay(),
+            b.delay_with(before),
             rand::rng().random_bool(b.error_rate),
             b.error_status,
         )
@@ -318,6 +393,7 @@ async fn answer(State(s): State<AppState>, req: Request) -> Response {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    *served(&s).entry(req.method().to_string()).or_default() += 1;
     let status = if fail {
         StatusCode::from_u16(error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     } else {

@@ -1,4 +1,4 @@
-//! `mock-backend PORT [--name NAME] [--error-rate 0.1] [--error-status 503] [--latency-ms 20] [--jitter-ms 5] [--unhealthy] [--instant-health]`
+//! `mock-backend PORT [--name NAME] [--error-rate 0.1] [--error-status 503] [--latency-ms 20] [--jitter-ms 5] [--unhealthy] [--instant-health] [--health-latency-ms 0] [--capacity N]`
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -32,9 +32,17 @@ struct Args {
     /// Start with /health answering 503.
     #[arg(long)]
     unhealthy: bool,
-    /// Answer /health at once, without the latency of other paths.
+    /// Answer /health without the latency of other paths.
     #[arg(long)]
     instant_health: bool,
+    /// What /health waits, in milliseconds, besides (independent of
+    /// --latency-ms).
+    #[arg(long, default_value_t = 0)]
+    health_latency_ms: u64,
+    /// Requests served at once at full speed; beyond them each request in
+    /// flight adds --latency-ms to a new one's wait (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    capacity: u64,
 }
 
 fn rate(s: &str) -> Result<f64, String> {
@@ -56,6 +64,8 @@ async fn main() {
         jitter_ms: args.jitter_ms,
         healthy: !args.unhealthy,
         health_latency: !args.instant_health,
+        health_latency_ms: args.health_latency_ms,
+        capacity: args.capacity,
     };
     let name = args.name.unwrap_or_else(|| format!("mock-{}", args.port));
     let addr = SocketAddr::new(args.host, args.port);

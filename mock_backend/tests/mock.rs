@@ -110,6 +110,59 @@ async fn latency_is_applied() {
 }
 
 #[tokio::test]
+async fn health_waits_its_own_latency_and_not_the_others() {
+    let m = start(Behaviour {
+        latency_ms: 5_000,
+        health_latency: false,
+        health_latency_ms: 150,
+        ..Behaviour::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let t = std::time::Instant::now();
+    let slow = client.get(format!("http://{}/", m.addr())).send();
+    let health = client.get(format!("http://{}/health", m.addr())).send();
+    // Both asked at once: /health answers first, after its own wait.
+    tokio::select! {
+        _ = slow => panic!("the slow path answered before /health"),
+        h = health => assert_eq!(h.unwrap().status(), 200),
+    }
+    assert!(t.elapsed() >= std::time::Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn beyond_its_capacity_each_request_in_flight_adds_its_latency() {
+    let m = start(Behaviour {
+        latency_ms: 500,
+        capacity: 1,
+        ..Behaviour::default()
+    })
+    .await;
+    let url = format!("http://{}/", m.addr());
+    let client = reqwest::Client::new();
+    let t = std::time::Instant::now();
+    // Three at once against a capacity of one: the last to arrive waits
+    // 500 ms plus 500 ms for each of the two already in flight.
+    let (a, b, c) = tokio::join!(
+        client.get(&url).send(),
+        client.get(&url).send(),
+        client.get(&url).send()
+    );
+    for r in [a, b, c] {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let took = t.elapsed();
+    assert!(took >= std::time::Duration::from_millis(1_500), "{took:?}");
+    let config: Value = reqwest::get(format!("http://{}/_mock/config", m.addr()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["capacity"], 1);
+}
+
+#[tokio::test]
 async fn kill_closes_the_port() {
     let m = start(Behaviour::default()).await;
     let addr = m.addr();

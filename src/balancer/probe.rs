@@ -69,6 +69,8 @@ pub struct Probes {
     window: Mutex<Window>,
     /// Milliseconds since `epoch` of the last client sample, plus one (0: none).
     live_ms: AtomicU64,
+    /// The same for the last mirrored copy's sample.
+    mirrored_ms: AtomicU64,
 }
 
 impl Probes {
@@ -77,6 +79,7 @@ impl Probes {
             epoch,
             window: Mutex::default(),
             live_ms: AtomicU64::new(0),
+            mirrored_ms: AtomicU64::new(0),
         }
     }
 
@@ -92,6 +95,17 @@ impl Probes {
     /// Whether client samples are fresh: one within `max_age` of `now`.
     pub fn live_within(&self, now: Instant, max_age: Duration) -> bool {
         let last = self.live_ms.load(Ordering::Relaxed);
+        last != 0 && self.millis(now).saturating_sub(last) <= max_age.as_millis() as u64
+    }
+
+    /// Notes a mirrored copy's sample at `now`.
+    pub fn mirrored_at(&self, now: Instant) {
+        self.mirrored_ms.store(self.millis(now), Ordering::Relaxed);
+    }
+
+    /// Whether a mirrored copy measured it within `max_age` of `now`.
+    pub fn mirrored_within(&self, now: Instant, max_age: Duration) -> bool {
+        let last = self.mirrored_ms.load(Ordering::Relaxed);
         last != 0 && self.millis(now).saturating_sub(last) <= max_age.as_millis() as u64
     }
 

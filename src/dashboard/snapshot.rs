@@ -179,8 +179,14 @@ pub struct UpstreamSnapshot {
     /// `closed`, `half_open` or `open`.
     pub breaker: &'static str,
     pub drained: bool,
-    /// Too slow for client requests: probes measure it until it is back.
+    /// Too slow for client requests: mirrored copies of them (or, with no
+    /// traffic, probes) measure it until it is back.
     pub sidelined: bool,
+    /// What its latency estimate rests on: `clients`, `mirrored` (copies of
+    /// client requests, while sidelined) or `probes` (health checks alone).
+    pub measured_by: &'static str,
+    /// Copies of client requests sent to it while sidelined, so far.
+    pub mirrored_total: u64,
     pub base_weight: u32,
     /// Weight in force: base × latency factor for `dynamic`; 0 while out of
     /// rotation (down, breaker open, drained).
@@ -310,6 +316,8 @@ fn upstream(
         breaker: u.breaker_state().as_str(),
         drained: u.is_drained(),
         sidelined: u.is_sidelined() && pool.algorithm().is_latency_aware(),
+        measured_by: u.measured_by(now, pool.config().health_check.interval),
+        mirrored_total: u.stats.mirrored_total.load(Relaxed),
         base_weight: u.base_weight(),
         // What the published table weighs it: 0 when it may not be picked.
         effective_weight: round(table.effective(i), 2),
@@ -426,14 +434,26 @@ fn reason(pool: &Pool, table: &Table, i: usize, u: &Upstream, now: Instant) -> S
     let algorithm = pool.algorithm();
     if algorithm.is_latency_aware() && u.is_sidelined() {
         let fastest = fastest_latency(table, now, max_age);
+        let measured = match u.measured_by(now, pool.config().health_check.interval) {
+            "mirrored" => format!(
+                "copies of client requests ({} so far, one every {:?}) measure it",
+                u.stats
+                    .mirrored_total
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                crate::health::PROBE_EVERY,
+            ),
+            _ => format!(
+                "probes (GET {} every {:?}) measure it",
+                pool.config().health_check.path,
+                crate::health::PROBE_EVERY,
+            ),
+        };
         return format!(
             "sidelined for latency: {:.1} ms, over {:.0}× the fastest ({:.1} ms); no client \
-             requests while probes (GET {} every {:?}) measure it{probes}",
+             requests while {measured}{probes}",
             u.recent_latency(now, max_age).unwrap_or(0.0) * 1e3,
             1.0 / pool.config().dynamic_weights.min_factor,
             fastest * 1e3,
-            pool.config().health_check.path,
-            crate::health::PROBE_EVERY,
         );
     }
     match algorithm {

@@ -9,6 +9,7 @@
 //! Writers take a small mutex so that their rebuilds do not race.
 
 pub mod compose;
+pub mod mirror;
 pub mod panic;
 pub mod policy;
 pub mod publisher;
@@ -84,6 +85,8 @@ pub struct Pool {
     /// What upstreams joining at run time are made with.
     env: UpstreamEnv,
     rules: SetRules,
+    /// Copies of client requests for its sidelined upstreams.
+    pub mirror: mirror::Mirror,
 }
 
 /// What a pool holds its sources' sets to.
@@ -135,6 +138,7 @@ impl Pool {
             desired: Mutex::new(desired),
             env,
             rules,
+            mirror: mirror::Mirror::default(),
         };
         pool.publish_weights(&pool.table.load());
         pool

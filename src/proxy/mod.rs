@@ -268,6 +268,7 @@ impl ProxyHttp for Proxy {
         let pool = &self.state.pools[ctx.pool];
         if ctx.retry.is_first() {
             pool.policy.retry_budget.request(now);
+            pool.mirror.offer(session.req_header(), now);
         }
         let table = pool.current(now);
         let Some(pick) = self.pick(session, ctx, &table, now) else {

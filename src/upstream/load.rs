@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::Upstream;
 
+/// How long a mirrored sample stands against health-check times: a few
+/// mirroring rounds (one a second), whatever the check interval.
+const MIRRORED_FOR: Duration = Duration::from_secs(5);
+
 impl Upstream {
     pub fn inflight(&self) -> i64 {
         self.inflight.load(Ordering::Relaxed)
@@ -24,15 +28,55 @@ impl Upstream {
         }
     }
 
+    /// Records the time a mirrored copy of a client request took on it
+    /// while sidelined (seconds, to its whole answer; a failure or a 5xx is
+    /// a penalty sample): the real request path's measure, which health
+    /// checks are only a hint beside.
+    pub fn observe_mirrored(&self, seconds: f64, failed: bool, now: Instant) {
+        self.probes.mirrored_at(now);
+        self.stats.mirrored_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics.mirrored.inc();
+        if failed {
+            self.ewma.add_penalty(seconds, self.penalty_cap, now);
+        } else if let Err(e) = self.ewma.add(seconds, now) {
+            log::debug!("upstream {}: mirrored {e}", self.name);
+        }
+    }
+
+    /// What its estimate rests on at `now`: client requests, mirrored
+    /// copies of them (while sidelined), or health checks alone.
+    pub fn measured_by(&self, now: Instant, stale_after: Duration) -> &'static str {
+        if self.probes.live_within(now, stale_after) && !self.is_sidelined() {
+            "clients"
+        } else if self
+            .probes
+            .mirrored_within(now, stale_after.max(MIRRORED_FOR))
+        {
+            "mirrored"
+        } else {
+            "probes"
+        }
+    }
+
     /// Records a passed health check's response time. With no client sample
-    /// within `stale_after` (sidelined, or idle), the estimate follows the
-    /// typical probe time, times `scale` (client time over probe time).
+    /// within `stale_after` (idle), or, while sidelined, neither a mirrored
+    /// nor a client one for a few seconds, the estimate follows the typical
+    /// probe time, times `scale` (client time over probe time).
     pub fn observe_probe(&self, seconds: f64, now: Instant, scale: f64, stale_after: Duration) {
         let Some(typical) = self.probes.push(seconds) else {
             return;
         };
         self.metrics.probe.set(typical);
-        if self.is_sidelined() || !self.probes.live_within(now, stale_after) {
+        let measured = if self.is_sidelined() {
+            // Client samples from just before it was sidelined stand until
+            // copies of client requests take over: health-check times are
+            // the evidence only when there is no traffic to measure it by.
+            let fresh = stale_after.max(MIRRORED_FOR);
+            self.probes.mirrored_within(now, fresh) || self.probes.live_within(now, fresh)
+        } else {
+            self.probes.live_within(now, stale_after)
+        };
+        if !measured {
             if let Err(e) = self.ewma.set(typical * scale, now) {
                 log::debug!("upstream {}: probe {e}", self.name);
             }

@@ -47,6 +47,8 @@ pub struct UpstreamStats {
     pub unanswered_total: AtomicU64,
     /// Answers with a 5xx status, whether or not the breaker counts them.
     pub server_errors_total: AtomicU64,
+    /// Copies of client requests sent to it while sidelined.
+    pub mirrored_total: AtomicU64,
 }
 
 /// This upstream's metric series.
@@ -68,6 +70,8 @@ pub(super) struct Handles {
     pub by_code: crate::metrics::ByCode,
     /// `hlb_requests_total{code="error"}`: attempts without an answer.
     unanswered: IntCounter,
+    /// `hlb_mirrored_total`.
+    pub mirrored: IntCounter,
     /// Its pool's name, the first label of every series.
     pool: String,
 }
@@ -97,6 +101,7 @@ impl Handles {
                 .map(|r| m.retries_total.with_label_values(&[pool, name, r.as_str()])),
             by_code: crate::metrics::ByCode::new(&m.requests_total, &[pool, name]),
             unanswered: m.requests_total.with_label_values(&[pool, name, "error"]),
+            mirrored: m.mirrored_total.with_label_values(&[pool, name]),
         };
         handles.up.set(1);
         handles.breaker.set(0);
@@ -135,6 +140,7 @@ impl Upstream {
                 .remove_label_values(&[pool, name, r.as_str()]);
         }
         let _ = m.requests_total.remove_label_values(&[pool, name, "error"]);
+        let _ = m.mirrored_total.remove_label_values(&[pool, name]);
         self.metrics.by_code.retire();
     }
 

@@ -105,6 +105,11 @@ struct Armed {
     /// The request's body length as its header gave it; [`UNKNOWN`] when
     /// it did not (chunked) or has not yet been read.
     body: AtomicU64,
+    /// How many bytes the scan counted up to the header's end, and how long
+    /// the header Pingora parsed was. When the scan began partway into the
+    /// header (its start was already buffered, pipelined), they differ.
+    scanned: AtomicU64,
+    parsed: AtomicU64,
 }
 
 const UNKNOWN: u64 = u64::MAX;
@@ -115,6 +120,8 @@ impl Default for Arming {
             word: AtomicU64::new(1),
             past_header: AtomicU64::new(UNKNOWN),
             body: AtomicU64::new(UNKNOWN),
+            scanned: AtomicU64::new(UNKNOWN),
+            parsed: AtomicU64::new(0),
         }))
     }
 }
@@ -126,14 +133,17 @@ impl Arming {
         self.0.word.store(((n + 1) << 1) | 1, Ordering::Relaxed);
         self.0.past_header.store(UNKNOWN, Ordering::Relaxed);
         self.0.body.store(UNKNOWN, Ordering::Relaxed);
+        self.0.scanned.store(UNKNOWN, Ordering::Relaxed);
     }
 
-    /// The request's header has been read whole; its body is `body` bytes
-    /// long (`None`: not known from the header).
-    pub fn header_in(&self, body: Option<u64>) {
+    /// The request's header, `parsed` bytes long as Pingora read it, has
+    /// been read whole; its body is `body` bytes long (`None`: not known
+    /// from the header).
+    pub fn header_in(&self, parsed: usize, body: Option<u64>) {
         self.0
             .body
             .store(body.unwrap_or(UNKNOWN), Ordering::Relaxed);
+        self.0.parsed.store(parsed as u64, Ordering::Relaxed);
         self.0.word.fetch_and(!1, Ordering::Relaxed);
     }
 
@@ -142,16 +152,23 @@ impl Arming {
         self.0.word.load(Ordering::Relaxed) & 1 == 0
     }
 
-    /// Whether the request's header was read from the socket and exactly its
-    /// body, nothing more, after it: then no byte of a next request is
-    /// buffered anywhere, and the socket alone says when one comes.
+    /// Whether the request's header was read from the socket whole, from
+    /// its first byte (the scan counted as many bytes as Pingora parsed),
+    /// and exactly its body, nothing more, after it: then no byte of a next
+    /// request is buffered anywhere, and the socket alone says when one
+    /// comes. Anything else (a pipelined header, a chunked body) leaves the
+    /// next request to Pingora's own read.
     pub fn ended_clean(&self) -> bool {
         let body = self.0.body.load(Ordering::Relaxed);
-        body != UNKNOWN && self.0.past_header.load(Ordering::Relaxed) == body
+        body != UNKNOWN
+            && self.0.past_header.load(Ordering::Relaxed) == body
+            && self.0.scanned.load(Ordering::Relaxed) == self.0.parsed.load(Ordering::Relaxed)
     }
 
-    /// The header's end was read, with `tail` bytes after it.
-    fn header_end(&self, tail: usize) {
+    /// The header's end was read, `seen` bytes into the scan, with `tail`
+    /// bytes after it.
+    fn header_end(&self, seen: usize, tail: usize) {
+        self.0.scanned.store(seen as u64, Ordering::Relaxed);
         self.0.past_header.store(tail as u64, Ordering::Relaxed);
     }
 
@@ -243,7 +260,7 @@ impl AsyncRead for HeaderCap {
                     if !over {
                         this.phase = match outcome {
                             Scanned::End(at) => {
-                                this.arming.header_end(fresh.len() - at);
+                                this.arming.header_end(scan.seen, fresh.len() - at);
                                 Phase::Passing
                             }
                             Scanned::More => Phase::Header(scan),

@@ -21,13 +21,15 @@ pub struct HeaderClock {
 }
 
 impl HeaderClock {
-    /// The request header `req` is in: stops the clock and the header cap,
-    /// and hands back what the previous request left, and the answer's wait.
+    /// The request header `req`, `parsed` bytes long as read, is in: stops
+    /// the clock and the header cap, and hands back what the previous
+    /// request left, and the answer's wait.
     pub fn header_in(
         self,
         req: &RequestHeader,
+        parsed: usize,
     ) -> (Option<Box<dyn Any + Send + Sync>>, Arc<AnswerWait>) {
-        self.cap.header_in(body_length(req));
+        self.cap.header_in(parsed, body_length(req));
         (self.carried, self.answer)
     }
 }

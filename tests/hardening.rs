@@ -704,6 +704,51 @@ async fn an_upload_that_expects_100_continue_does_not_stall() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_request_split_across_writes_is_neither_lost_nor_cut() {
+    // A GET, then a POST whose header ends in the next write together with a
+    // body holding a blank line and a third request: the third one's bytes
+    // are buffered while the second is served, and must be answered.
+    let up = mock("up").await;
+    let lb = Lb::start(&format!(
+        "  upstreams:\n{}",
+        upstreams_yaml(&[("up", up.addr(), 1)])
+    ))
+    .await;
+    let proxy = lb.proxy;
+    let answer = tokio::task::spawn_blocking(move || {
+        let third = b"GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        // Sized so that a scan starting at the second write would take the
+        // body's blank line for the header's end and count exactly the
+        // body's length after it.
+        let mut body = vec![b'q'; third.len() - 4];
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(&[b'z'; 20]);
+        let mut s = TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let first = format!(
+            "GET /first HTTP/1.1\r\nHost: x\r\n\r\nPOST /second HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        s.write_all(first.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut rest = b"\r\n".to_vec();
+        rest.extend_from_slice(&body);
+        rest.extend_from_slice(third);
+        s.write_all(&rest).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).to_string()
+    })
+    .await
+    .unwrap();
+    let at = |p: &str| answer.find(&format!("\"{p}\"")).unwrap_or(usize::MAX);
+    assert!(
+        at("/first") < at("/second") && at("/second") < at("/third") && at("/third") < usize::MAX,
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     // The mock upstream names the path it answered in its JSON body.
     let up = mock("up").await;

@@ -112,7 +112,7 @@ mod tests {
     async fn once_the_header_is_in_the_request_may_take_its_time() {
         let cap = Arming::default();
         let slow = async {
-            cap.header_in(Some(0));
+            cap.header_in(0, Some(0));
             tokio::time::sleep(Duration::from_millis(400)).await;
             7
         };
@@ -149,7 +149,7 @@ mod tests {
         let answer = AnswerWait::default();
         // The request: header in, armed for 50 ms, then waits until cut.
         let request = async {
-            cap.header_in(Some(0));
+            cap.header_in(0, Some(0));
             use std::os::unix::io::AsRawFd;
             answer.arm(
                 Instant::now() + Duration::from_millis(50),

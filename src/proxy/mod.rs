@@ -145,7 +145,11 @@ impl ProxyHttp for Proxy {
         // what the previous request on the connection left.
         let prev = match prev.downcast::<HeaderClock>() {
             Ok(clock) => {
-                let (carried, answer) = clock.header_in(session.req_header());
+                let parsed = session
+                    .as_downstream()
+                    .as_http1()
+                    .map_or(0, |h| h.get_headers_raw_bytes().len());
+                let (carried, answer) = clock.header_in(session.req_header(), parsed);
                 ctx.answer = Some(answer);
                 match carried {
                     Some(carried) => carried,

@@ -19,6 +19,9 @@ use std::time::Instant;
 pub struct AnswerWait {
     /// Until when, and the upstream connection's socket, while armed.
     armed: Mutex<Option<(Instant, RawFd)>>,
+    /// Whether `armed` holds a wait: read after every poll of a request,
+    /// and almost never set (upgrades only), so the lock is not taken then.
+    is_armed: AtomicBool,
     /// The wait ran out and the connection was cut.
     ran_out: AtomicBool,
 }
@@ -33,12 +36,16 @@ impl AnswerWait {
     pub fn arm(&self, until: Instant, fd: RawFd) {
         self.ran_out.store(false, Ordering::Relaxed);
         *self.lock() = Some((until, fd));
+        self.is_armed.store(true, Ordering::Release);
     }
 
     /// The answer began, or the try ended: no more deadline. Lifted under
     /// the lock, so the socket is never cut once the try has let it go.
     pub fn lift(&self) {
-        self.lock().take();
+        if self.is_armed.load(Ordering::Acquire) {
+            self.lock().take();
+            self.is_armed.store(false, Ordering::Release);
+        }
     }
 
     /// Whether the wait ran out (and so the try failed by timing out);
@@ -49,6 +56,9 @@ impl AnswerWait {
 
     /// Until when the answer is awaited, while armed.
     pub fn due(&self) -> Option<Instant> {
+        if !self.is_armed.load(Ordering::Acquire) {
+            return None;
+        }
         self.lock().map(|(t, _)| t)
     }
 
@@ -60,6 +70,7 @@ impl AnswerWait {
         match *guard {
             Some((t, fd)) if t == until => {
                 guard.take();
+                self.is_armed.store(false, Ordering::Release);
                 self.ran_out.store(true, Ordering::Relaxed);
                 // The try still holds the socket (it is armed): shutting
                 // down does not close it.

@@ -134,18 +134,8 @@ async fn p2c_follows_latency_and_load() {
 
 /// Three upstreams at 5 ms, one of them 20× slower from the start.
 async fn sidelined_until_probes_show_it_fast(algorithm: &str) {
-    let fast = |name| {
-        mock_with(
-            name,
-            Behaviour {
-                latency_ms: FAST_MS,
-                ..Default::default()
-            },
-        )
-    };
-    let (a, b) = (fast("a").await, fast("b").await);
-    let slow = mock_with(
-        "slow",
+    let ([_a, _b, slow], upstreams) = two_fast_one_slow(
+        FAST_MS,
         Behaviour {
             latency_ms: FAST_MS * SIDELINED_TIMES,
             ..Default::default()
@@ -154,14 +144,7 @@ async fn sidelined_until_probes_show_it_fast(algorithm: &str) {
     .await;
     // Default health checks (every 5 s): recovery is seen by the probes of
     // the sidelined upstream, once a second.
-    let body = format!(
-        "  algorithm: {algorithm}\n  upstreams:\n{}",
-        upstreams_yaml(&[
-            ("a", a.addr(), 1),
-            ("b", b.addr(), 1),
-            ("slow", slow.addr(), 1)
-        ])
-    );
+    let body = format!("  algorithm: {algorithm}\n  upstreams:\n{upstreams}");
     let lb = Lb::start(&body).await;
     let stop = Arc::new(AtomicBool::new(false));
     let log: Log = Arc::default();

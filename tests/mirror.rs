@@ -61,18 +61,8 @@ fn answered_by(log: &Log, name: &str, since: Instant) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upstream_with_a_fast_health_check_stays_out_until_copies_show_it_fast() {
-    let fast = |name| {
-        mock_with(
-            name,
-            Behaviour {
-                latency_ms: FAST_MS,
-                ..Default::default()
-            },
-        )
-    };
-    let (a, b) = (fast("a").await, fast("b").await);
-    let slow = mock_with(
-        "slow",
+    let ([_a, _b, slow], upstreams) = two_fast_one_slow(
+        FAST_MS,
         Behaviour {
             latency_ms: SLOW_MS,
             health_latency: false,
@@ -83,12 +73,7 @@ async fn a_slow_upstream_with_a_fast_health_check_stays_out_until_copies_show_it
     // Health checks every second: a fast `/health` would bring it back
     // within a few of them if they were the evidence.
     let body = format!(
-        "  algorithm: dynamic\n  health_check: {{ interval: 1s }}\n  upstreams:\n{}",
-        upstreams_yaml(&[
-            ("a", a.addr(), 1),
-            ("b", b.addr(), 1),
-            ("slow", slow.addr(), 1)
-        ])
+        "  algorithm: dynamic\n  health_check: {{ interval: 1s }}\n  upstreams:\n{upstreams}"
     );
     let lb = Lb::start(&body).await;
     let stop = Arc::new(AtomicBool::new(false));

@@ -84,8 +84,12 @@ mod tests {
     // with short deadlines.
 
     /// Runs `request` with a deadline `ms` from now, never stopped.
-    async fn within<T>(ms: u64, request: impl Future<Output = T>, cap: &Arming) -> Ended<T> {
-        let answer = AnswerWait::default();
+    async fn within<T>(
+        ms: u64,
+        request: impl Future<Output = T>,
+        cap: &Arming,
+        answer: &AnswerWait,
+    ) -> Ended<T> {
         let deadline = Instant::now() + Duration::from_millis(ms);
         let wait = pin!(std::future::pending());
         let mut never = Stop::new(wait, || false);
@@ -95,7 +99,7 @@ mod tests {
             cap,
             (deadline, &mut timer),
             &mut never,
-            &answer,
+            answer,
             || {},
         )
         .await
@@ -104,7 +108,13 @@ mod tests {
     #[tokio::test]
     async fn a_header_that_never_completes_is_cut_at_the_deadline() {
         let cap = Arming::default();
-        let out = within(100, std::future::pending::<()>(), &cap).await;
+        let out = within(
+            100,
+            std::future::pending::<()>(),
+            &cap,
+            &AnswerWait::default(),
+        )
+        .await;
         assert_eq!(out, Ended::HeaderLate);
     }
 
@@ -116,7 +126,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(400)).await;
             7
         };
-        assert_eq!(within(100, slow, &cap).await, Ended::Done(7));
+        assert_eq!(
+            within(100, slow, &cap, &AnswerWait::default()).await,
+            Ended::Done(7)
+        );
     }
 
     #[tokio::test]
@@ -163,19 +176,7 @@ mod tests {
             }
             "never cut"
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let wait = pin!(std::future::pending());
-        let mut never = Stop::new(wait, || false);
-        let mut timer = Deadline::default();
-        let out = run(
-            request,
-            &cap,
-            (deadline, &mut timer),
-            &mut never,
-            &answer,
-            || {},
-        )
-        .await;
+        let out = within(10_000, request, &cap, &answer).await;
         assert_eq!(out, Ended::Done("cut"));
     }
 }

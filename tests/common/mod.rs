@@ -51,6 +51,24 @@ pub async fn mock_with(name: &str, behaviour: Behaviour) -> MockServer {
         .expect("mock upstream")
 }
 
+/// Upstreams `a` and `b` answering in `fast_ms`, and `slow` behaving as
+/// `slow`; with their `lb.upstreams` list (weight 1 each).
+pub async fn two_fast_one_slow(fast_ms: u64, slow: Behaviour) -> ([MockServer; 3], String) {
+    let fast = Behaviour {
+        latency_ms: fast_ms,
+        ..Default::default()
+    };
+    let a = mock_with("a", fast.clone()).await;
+    let b = mock_with("b", fast).await;
+    let slow = mock_with("slow", slow).await;
+    let yaml = upstreams_yaml(&[
+        ("a", a.addr(), 1),
+        ("b", b.addr(), 1),
+        ("slow", slow.addr(), 1),
+    ]);
+    ([a, b, slow], yaml)
+}
+
 /// `(name, addr, weight)` rendered as the `lb.upstreams` list.
 pub fn upstreams_yaml(upstreams: &[(&str, SocketAddr, u32)]) -> String {
     upstreams

@@ -215,6 +215,10 @@ function render(s) {
   renderPools(pools);
   $("#pool-name").textContent = shown.name;
   $("#algorithm").textContent = shown.algorithm;
+  // The pool's queue under concurrency limits: waiting now, and since start
+  // how many were served after a wait and how many refused (503).
+  const q = shown.queue;
+  $("#queue").textContent = q ? `${q.waiting} waiting · ${q.served_after_wait_total} served after a wait · ${q.refused_total} refused` : "off";
   const demos = new Map((s.demo || []).map((d) => [d.name, d.action]));
   document.body.classList.toggle("demo-on", demos.size > 0);
   const ratio = s.sticky_stats && s.sticky_stats.hit_ratio;
@@ -233,7 +237,8 @@ function render(s) {
       ...(u.sidelined ? [badge("sidelined", "SIDELINED")] : []),
     );
     tr.querySelector(".weight").textContent = `${u.base_weight} → ${fmt(u.effective_weight, 2)}`;
-    tr.querySelector(".inflight").textContent = u.inflight;
+    // In flight, against its learned concurrency limit when there is one.
+    tr.querySelector(".inflight").textContent = u.concurrency_limit == null ? u.inflight : `${u.inflight} / ${u.concurrency_limit}`;
     tr.querySelector(".rps").textContent = fmt(u.rps);
     // The 5xx share of its answers; the breaker's failure rate beside it
     // when it differs (failure_status, connections refused or broken).

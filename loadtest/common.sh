@@ -67,10 +67,11 @@ cpu_ticks() { local t=0; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$1
 
 # Writes an nginx config to $1: one worker, pid and error log in $2, listening
 # on 127.0.0.1:$3 (with TLS when $5 and $6, certificate and key, are given),
-# round robin over upstreams on the ports listed in $4, with keep-alive.
+# round robin over upstreams on the ports listed in $4, with keep-alive;
+# $NGINX_SERVER_OPTS (e.g. `max_conns=8`) goes on each server line.
 nginx_conf() {
   local tls="" listen="127.0.0.1:$3" servers="" port
-  for port in $4; do servers="$servers server 127.0.0.1:$port;"; done
+  for port in $4; do servers="$servers server 127.0.0.1:$port ${NGINX_SERVER_OPTS:-};"; done
   if [ -n "${5:-}" ]; then
     listen="$listen ssl"
     tls="ssl_certificate $5; ssl_certificate_key $6; ssl_protocols TLSv1.2 TLSv1.3;"
@@ -121,7 +122,8 @@ CONF
 # Writes a HAProxy config to $1: one thread, connection reuse, listening on
 # 127.0.0.1:$2 (with TLS when $4, a PEM of certificate and key, is given),
 # balancing by $HAPROXY_BALANCE (default roundrobin) over upstreams on the
-# ports listed in $3.
+# ports listed in $3; $HAPROXY_BACKEND_OPTS is a line of the backend (e.g.
+# `timeout queue 10ms`), $HAPROXY_SERVER_OPTS goes on each server line.
 haproxy_cfg() {
   local bind="127.0.0.1:$2" n=0 port
   [ -n "${4:-}" ] && bind="$bind ssl crt $4"
@@ -142,7 +144,8 @@ frontend f
 backend b
   balance ${HAPROXY_BALANCE:-roundrobin}
 CONF
-  for port in $3; do n=$((n + 1)); echo "  server b$n 127.0.0.1:$port" >> "$1"; done
+  [ -n "${HAPROXY_BACKEND_OPTS:-}" ] && echo "  $HAPROXY_BACKEND_OPTS" >> "$1"
+  for port in $3; do n=$((n + 1)); echo "  server b$n 127.0.0.1:$port ${HAPROXY_SERVER_OPTS:-}" >> "$1"; done
 }
 
 # A scratch folder ($work) and the processes started in it ($pids), all

@@ -12,6 +12,10 @@ use crate::trace::REQUEST_ID;
 /// Body of the 503 sent when no upstream can take the request.
 pub const NO_UPSTREAM_BODY: &str = "503 Service Unavailable: no upstream available\n";
 
+/// Body of the 503 sent when every upstream is at its concurrency limit.
+const OVERLOADED_BODY: &str =
+    "503 Service Unavailable: every upstream is at its concurrency limit\n";
+
 /// Body of a rate limit's 429.
 const TOO_MANY_BODY: &str = "429 Too Many Requests: over this client's rate limit\n";
 
@@ -43,6 +47,12 @@ pub async fn unavailable(session: &mut Session, request_id: &str) -> Result<()> 
         .as_downstream_mut()
         .write_error_response(resp, Bytes::from_static(NO_UPSTREAM_BODY.as_bytes()))
         .await
+}
+
+/// The 503 for a request no upstream has room for, with `Retry-After: 1`;
+/// the connection stays open.
+pub async fn overloaded(session: &mut Session, request_id: &str) -> Result<()> {
+    short(session, 503, OVERLOADED_BODY, 1, request_id).await
 }
 
 /// A 429 for a client over `lb.rate_limit`; the connection stays open.

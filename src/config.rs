@@ -343,6 +343,16 @@ pub struct RetryBudgetConfig {
     pub min_per_sec: f64,
 }
 
+/// `lb.concurrency`: overload protection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConcurrencyConfig {
+    /// Each upstream's concurrency limit is learned from its latency; a
+    /// request finding every upstream at its limit waits in a short queue.
+    pub adaptive: bool,
+    /// The longest a request waits there before its 503 (zero: none).
+    pub queue_timeout: Duration,
+}
+
 /// `lb.outlier`: failure-rate ejection (Envoy's outlier detection).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutlierConfig {

@@ -11,6 +11,8 @@ pub mod attempt;
 pub mod balancer;
 pub mod breaker;
 pub mod client_requests;
+pub mod concurrency;
+pub mod concurrency_tick;
 pub mod config;
 pub mod connections;
 pub mod dashboard;
@@ -146,6 +148,12 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
         housekeeping.add(&of("probe timing"), probes);
         housekeeping.add(&of("weights"), weights::WeightsService::new(pool.clone()));
         housekeeping.add(&of("ejection"), outlier::OutlierService::new(pool.clone()));
+        if pool.queue.is_some() {
+            housekeeping.add(
+                &of("concurrency limits"),
+                concurrency_tick::ConcurrencyService::new(pool.clone()),
+            );
+        }
         housekeeping.add(
             &of("publisher"),
             pool::publisher::Publisher::new(pool.clone()),

@@ -24,6 +24,13 @@ pub struct Metrics {
     pub upstream_sidelined: IntGaugeVec,
     /// Client requests copied to a sidelined upstream to measure it.
     pub mirrored_total: IntCounterVec,
+    /// Each upstream's concurrency limit (`concurrency.adaptive`).
+    pub upstream_concurrency_limit: IntGaugeVec,
+    /// How long requests waited in a pool's queue for a place.
+    pub queue_wait_seconds: HistogramVec,
+    /// Requests answered 503 because every upstream of the pool was at its
+    /// concurrency limit.
+    pub overload_refused_total: IntCounterVec,
     /// The typical response time of its health checks, seconds.
     pub upstream_probe_seconds: GaugeVec,
     /// 0 closed, 1 half-open, 2 open.
@@ -238,6 +245,34 @@ impl Metrics {
         )
         .expect("metric");
 
+        let upstream_concurrency_limit = IntGaugeVec::new(
+            Opts::new(
+                "hlb_upstream_concurrency_limit",
+                "Requests the upstream may have at once, learned from its latency",
+            ),
+            &["pool", "upstream"],
+        )
+        .expect("metric");
+        let queue_wait_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "hlb_queue_wait_seconds",
+                "Time a request waited for a place with every upstream at its limit",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["pool"],
+        )
+        .expect("metric");
+        let overload_refused_total = IntCounterVec::new(
+            Opts::new(
+                "hlb_overload_refused_total",
+                "Requests answered 503 with every upstream of the pool at its concurrency limit",
+            ),
+            &["pool"],
+        )
+        .expect("metric");
+
         let upstream_probe_seconds = GaugeVec::new(
             Opts::new(
                 "hlb_upstream_probe_seconds",
@@ -278,6 +313,9 @@ impl Metrics {
             Box::new(upstream_ejected.clone()),
             Box::new(upstream_sidelined.clone()),
             Box::new(mirrored_total.clone()),
+            Box::new(upstream_concurrency_limit.clone()),
+            Box::new(queue_wait_seconds.clone()),
+            Box::new(overload_refused_total.clone()),
             Box::new(upstream_probe_seconds.clone()),
             Box::new(upstream_breaker_state.clone()),
             Box::new(upstream_weight.clone()),
@@ -312,6 +350,9 @@ impl Metrics {
             upstream_ejected,
             upstream_sidelined,
             mirrored_total,
+            upstream_concurrency_limit,
+            queue_wait_seconds,
+            overload_refused_total,
             upstream_probe_seconds,
             upstream_breaker_state,
             upstream_weight,

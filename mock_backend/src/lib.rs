@@ -45,10 +45,10 @@ pub struct Behaviour {
     /// What `GET /health` waits besides (independent of `latency_ms`).
     #[serde(default)]
     pub health_latency_ms: u64,
-    /// Requests it serves at once at full speed: beyond them, each request
-    /// in flight adds `latency_ms` to a new one's wait (a saturated server).
-    /// 0: no limit.
-    #[serde(default)]
+    /// Requests it serves at once at full speed: beyond them it shares its
+    /// time among all in flight, so a new request takes `latency_ms` × (in
+    /// flight ÷ capacity) and the throughput stays at capacity ÷ latency (a
+    /// saturated server: more load only queues). 0: no limit.
     pub capacity: u64,
 }
 
@@ -142,11 +142,12 @@ impl Behaviour {
     /// The wait before an answer, with `in_flight` requests already being
     /// served (this one not counted).
     fn delay_with(&self, in_flight: u64) -> Duration {
-        let over = match self.capacity {
-            0 => 0,
-            cap => (in_flight + 1).saturating_sub(cap),
-        };
-        self.delay() + Duration::from_millis(over.saturating_mul(self.latency_ms))
+        let base = self.delay();
+        match self.capacity {
+            0 => base,
+            cap if in_flight < cap => base,
+            cap => base.mul_f64((in_flight + 1) as f64 / cap as f64),
+        }
     }
 
     fn delay(&self) -> Duration {

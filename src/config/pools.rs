@@ -32,6 +32,7 @@ pub struct PoolConfig {
     /// A new or recovered upstream ramps its weight over this (zero: off).
     pub slow_start: Duration,
     pub timeouts: TimeoutsConfig,
+    pub concurrency: ConcurrencyConfig,
 }
 
 /// `lb`'s keys: those of its own pool, and the rest.
@@ -50,6 +51,7 @@ pub(super) fn split(raw: RawLb) -> (RawPool, RawLbRest) {
             retry_on: raw.retry_on,
             retry_budget: raw.retry_budget,
             timeouts: raw.timeouts,
+            concurrency: raw.concurrency,
         },
         RawLbRest {
             listen: raw.listen,
@@ -125,6 +127,13 @@ pub(super) fn pool(
         timeouts: TimeoutsConfig {
             connect: c.duration(&format!("{p}.timeouts.connect"), &raw.timeouts.connect),
             read: c.duration(&format!("{p}.timeouts.read"), &raw.timeouts.read),
+        },
+        concurrency: ConcurrencyConfig {
+            adaptive: raw.concurrency.adaptive,
+            queue_timeout: c.duration_or_zero(
+                &format!("{p}.concurrency.queue_timeout"),
+                &raw.concurrency.queue_timeout,
+            ),
         },
     }
 }

@@ -52,6 +52,8 @@ pub(super) struct RawLb {
     #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
+    pub concurrency: RawConcurrency,
+    #[serde(default)]
     pub limits: RawLimits,
     pub rate_limit: Option<RawRateLimit>,
     pub access_log: Option<RawAccessLog>,
@@ -92,10 +94,12 @@ pub(super) struct RawPool {
     pub retry_budget: RawRetryBudget,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub concurrency: RawConcurrency,
 }
 
 /// The policy keys a pool takes from `lb` when it does not give them.
-pub(super) const POLICY_KEYS: [&str; 11] = [
+pub(super) const POLICY_KEYS: [&str; 12] = [
     "algorithm",
     "health_check",
     "circuit_breaker",
@@ -107,6 +111,7 @@ pub(super) const POLICY_KEYS: [&str; 11] = [
     "retry_on",
     "retry_budget",
     "timeouts",
+    "concurrency",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +213,22 @@ impl Default for RawRetryBudget {
         RawRetryBudget {
             ratio: 0.2,
             min_per_sec: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawConcurrency {
+    pub adaptive: bool,
+    pub queue_timeout: String,
+}
+
+impl Default for RawConcurrency {
+    fn default() -> Self {
+        RawConcurrency {
+            adaptive: false,
+            queue_timeout: "10ms".into(),
         }
     }
 }

@@ -364,6 +364,46 @@ fn slow_start_is_off_by_default_and_takes_a_duration() {
 }
 
 #[test]
+fn concurrency_limits_are_off_by_default_and_a_pool_inherits_them() {
+    let (c, _) = Config::parse(GOOD).unwrap();
+    let off = c.lb.pools[0].concurrency;
+    assert!(!off.adaptive);
+    assert_eq!(off.queue_timeout, Duration::from_millis(10));
+    let on = GOOD.replace(
+        "  timeouts:",
+        "  concurrency: { adaptive: true, queue_timeout: 25ms }\n  pools:\n    api:\n      \
+         concurrency: { queue_timeout: 0s }\n      upstreams: [{ name: a, addr: \"127.0.0.1:9003\" }]\n  \
+         routes: [{ pool: api }]\n  timeouts:",
+    );
+    let pools = Config::parse(&on).unwrap().0.lb.pools;
+    let api = pools.iter().find(|p| p.name == "api").unwrap();
+    assert!(pools[0].concurrency.adaptive && api.concurrency.adaptive);
+    assert_eq!(
+        pools[0].concurrency.queue_timeout,
+        Duration::from_millis(25)
+    );
+    assert!(api.concurrency.queue_timeout.is_zero(), "its own: no queue");
+    let bad = GOOD.replace(
+        "  timeouts:",
+        "  concurrency: { queue_timeout: soon }\n  timeouts:",
+    );
+    assert!(
+        one_error(&bad).starts_with("lb.concurrency.queue_timeout: `soon` is not a duration"),
+        "{}",
+        one_error(&bad)
+    );
+    let unknown = GOOD.replace(
+        "  timeouts:",
+        "  concurrency: { adaptve: true }\n  timeouts:",
+    );
+    assert!(
+        one_error(&unknown).contains("adaptive"),
+        "{}",
+        one_error(&unknown)
+    );
+}
+
+#[test]
 fn a_misspelt_key_does_not_hide_the_other_problems_and_the_key_meant_is_named() {
     let text = GOOD
         .replace("algorithm: weighted", "algoritm: weighted")

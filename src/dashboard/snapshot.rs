@@ -76,6 +76,22 @@ pub struct PoolSnapshot {
     pub panic: bool,
     pub sticky: &'static str,
     pub upstreams: Vec<UpstreamSnapshot>,
+    /// Its queue, with `concurrency.adaptive`; null without.
+    pub queue: Option<QueueSnapshot>,
+}
+
+/// A pool's queue for requests that find every upstream at its
+/// concurrency limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueSnapshot {
+    /// Requests waiting now.
+    pub waiting: usize,
+    /// The longest one waits before its 503 (`concurrency.queue_timeout`).
+    pub timeout_ms: f64,
+    /// Answered 503 + `Retry-After` for overload, since start.
+    pub refused_total: u64,
+    /// Served after waiting, since start.
+    pub served_after_wait_total: u64,
 }
 
 /// `GET /api/fleet`: this instance's id, its session to etcd, and the live
@@ -187,6 +203,12 @@ pub struct UpstreamSnapshot {
     pub measured_by: &'static str,
     /// Copies of client requests sent to it while sidelined, so far.
     pub mirrored_total: u64,
+    /// Requests it may have at once, learned from its latency
+    /// (`concurrency.adaptive`); null without.
+    pub concurrency_limit: Option<u32>,
+    /// The response time that limit is measured against (its unloaded
+    /// time, ms); null until measured.
+    pub latency_floor_ms: Option<f64>,
     pub base_weight: u32,
     /// Weight in force: base × latency factor for `dynamic`; 0 while out of
     /// rotation (down, breaker open, drained).
@@ -297,6 +319,15 @@ pub fn pool(pool: &Pool, derived: &HashMap<String, Derived>, now: Instant) -> Po
         panic: table.panic,
         sticky: pool.config().sticky.mode.as_str(),
         upstreams,
+        queue: pool.queue.as_ref().map(|q| {
+            let (refused_total, served_after_wait_total) = q.totals();
+            QueueSnapshot {
+                waiting: q.waiting(),
+                timeout_ms: round(q.timeout().as_secs_f64() * 1e3, 1),
+                refused_total,
+                served_after_wait_total,
+            }
+        }),
     }
 }
 
@@ -318,6 +349,8 @@ fn upstream(
         sidelined: u.is_sidelined() && pool.algorithm().is_latency_aware(),
         measured_by: u.measured_by(now, pool.config().health_check.interval),
         mirrored_total: u.stats.mirrored_total.load(Relaxed),
+        concurrency_limit: u.concurrency_limit(),
+        latency_floor_ms: u.latency_floor().map(|s| round(s * 1e3, 2)),
         base_weight: u.base_weight(),
         // What the published table weighs it: 0 when it may not be picked.
         effective_weight: round(table.effective(i), 2),
@@ -334,7 +367,7 @@ fn upstream(
             p95: d.p95,
             p99: d.p99,
         },
-        reason: with_panic(table, i, reason(pool, table, i, u, now)),
+        reason: with_limit(u, with_panic(table, i, reason(pool, table, i, u, now))),
         requests_total: u.stats.requests_total.load(Relaxed),
         errors_total: u.stats.errors_total.load(Relaxed),
         retries_total: u.stats.retries_total.load(Relaxed),
@@ -368,6 +401,25 @@ fn with_panic(table: &Table, i: usize, reason: String) -> String {
         )
     } else {
         reason
+    }
+}
+
+/// With a concurrency limit, the reason says it, first when the limit is
+/// what holds the upstream's share now.
+fn with_limit(u: &Upstream, reason: String) -> String {
+    let Some(limit) = u.concurrency_limit() else {
+        return reason;
+    };
+    let floor = u
+        .latency_floor()
+        .map(|f| format!(", answering near its unloaded {:.1} ms", f * 1e3))
+        .unwrap_or_default();
+    if u.at_limit() {
+        format!(
+            "at its concurrency limit ({limit} at once{floor}): new requests go to another              upstream or wait in the queue; {reason}"
+        )
+    } else {
+        format!("{reason}; concurrency limit {limit}{floor}")
     }
 }
 

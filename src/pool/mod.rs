@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use crate::balancer::{p2c, wrr};
 use crate::breaker::Admission;
+use crate::concurrency::Queue;
 use crate::config::{Algorithm, UpstreamConfig};
 use crate::events::Events;
 use crate::upstream::{Gate, GateObserver, Upstream, UpstreamEnv};
@@ -87,6 +88,9 @@ pub struct Pool {
     rules: SetRules,
     /// Copies of client requests for its sidelined upstreams.
     pub mirror: mirror::Mirror,
+    /// Where requests wait when every upstream is at its concurrency limit
+    /// (`concurrency.adaptive`).
+    pub queue: Option<Arc<Queue>>,
 }
 
 /// What a pool holds its sources' sets to.
@@ -136,6 +140,7 @@ impl Pool {
             events: env.events.clone(),
             published: Notify::new(),
             desired: Mutex::new(desired),
+            queue: env.queue.clone(),
             env,
             rules,
             mirror: mirror::Mirror::default(),
@@ -360,8 +365,11 @@ impl Pool {
     ) -> Option<Pick> {
         let mut lost: SmallVec<[usize; 2]> = SmallVec::new();
         let cost = |i: usize| self.cost(&table.upstreams()[i], now);
+        let limited = self.queue.is_some();
         for _ in 0..=table.gates.len() {
-            let skipped = |i: usize| skip(i) || lost.contains(&i);
+            let skipped = |i: usize| {
+                skip(i) || lost.contains(&i) || (limited && table.upstreams()[i].at_limit())
+            };
             let index = self.select(rng, table, &skipped, &cost)?;
             match claim(table, index, now) {
                 Some(probe) => return Some(Pick { index, probe }),
@@ -369,6 +377,32 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// After a pick found nothing: whether some upstream `skip` does not
+    /// rule out could have been picked but for its concurrency limit.
+    pub fn full(&self, table: &Table, skip: impl Fn(usize) -> bool) -> bool {
+        self.queue.is_some()
+            && table.upstreams().iter().enumerate().any(|(i, u)| {
+                !skip(i) && (table.pickable(i) || table.sidelined.contains(&i)) && u.at_limit()
+            })
+    }
+
+    /// How many places a second its upstreams free up at their limits:
+    /// each one's limit over its response time.
+    pub fn places_per_sec(&self, table: &Table, now: Instant) -> f64 {
+        table
+            .upstreams()
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| table.pickable(i))
+            .filter_map(|(_, u)| {
+                let latency = u
+                    .latency_estimate(now)
+                    .unwrap_or_else(|| self.neutral_latency());
+                Some(f64::from(u.concurrency_limit()?) / latency.max(1e-6))
+            })
+            .sum()
     }
 
     /// Chooses among what `table` publishes as pickable, save what `skip`

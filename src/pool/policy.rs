@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::concurrency::Queue;
 use crate::config::{PoolConfig, StickyMode, DEFAULT_POOL, SECRET_ENV};
 use crate::events::Events;
 use crate::metrics::Metrics;
@@ -59,6 +60,14 @@ impl Policy {
             },
             signal: Arc::new(GateSignal::default()),
             slow_start: self.config.slow_start,
+            queue: self.config.concurrency.adaptive.then(|| {
+                let pool = self.config.name.as_str();
+                Arc::new(Queue::new(
+                    self.config.concurrency.queue_timeout,
+                    metrics.queue_wait_seconds.with_label_values(&[pool]),
+                    metrics.overload_refused_total.with_label_values(&[pool]),
+                ))
+            }),
         }
     }
 }

@@ -7,10 +7,14 @@
 //! request_filter ──── forwarding::check_request: framing, header and body size (400/431/413)
 //!   │                 route: the first matching route (none: 404), its redirect,
 //!   ▼                 its rate limit; the route's pool serves the rest
+//! proxy_upstream_filter ─ with concurrency limits: the first try's upstream, or a
+//!   │                 wait in the pool's queue; no place in time ─► 503 + Retry-After
+//!   ▼
 //! upstream_peer ───── stale pooled connection? ─► a fresh try on the same upstream
 //!   │                 pick: sticky (cookie, IP ring) or the pool's pick over its
 //!   │                 published set (panic mode included), passing over upstreams
-//!   │                 tried; a due breaker probe claimed after the choice
+//!   │                 tried; a due breaker probe claimed after the choice;
+//!   │                 all at their concurrency limits ─► the pool's queue
 //!   │                 none ─► 503;  else Attempt::new (in-flight guard, breaker probe)
 //!   ├─ fail_to_connect ──── settle(ConnectFailed) ─► retry elsewhere? ─► upstream_peer
 //!   ├─ error_while_proxy ── settle(StalePooled | Reset | TimedOut | BrokeMidBody | Abandoned)
@@ -33,6 +37,7 @@
 //! place, `attempt::classify`; whether a retry is made, by the request's
 //! [`RetryState`]. The pick is in `pick`, what an error says in `outcome`.
 
+mod admit;
 mod outcome;
 mod pick;
 mod record;
@@ -83,10 +88,15 @@ pub struct RequestCtx {
     pool: usize,
     /// The current try.
     attempt: Option<Attempt>,
+    /// The first try, when chosen before `upstream_peer` (concurrency
+    /// limits: its place is held from then on).
+    admitted: Option<Attempt>,
     /// Upstreams tried, the retry planned, and why.
     retry: RetryState,
     /// No upstream could be chosen at all.
     no_upstream: bool,
+    /// Every upstream was at its concurrency limit, and the queue full.
+    overloaded: bool,
     /// Cookie mode: set a fresh sticky cookie on the response.
     set_cookie: bool,
     /// The first try went where the request's cookie said.
@@ -124,7 +134,7 @@ impl ProxyHttp for Proxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, e: &Error) -> bool {
-        is_ordinary(e, ctx.no_upstream)
+        is_ordinary(e, ctx.no_upstream || ctx.overloaded)
     }
 
     fn persist_connection_context(
@@ -234,6 +244,33 @@ impl ProxyHttp for Proxy {
         self.route(session, ctx).await
     }
 
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        if self.state.pools[ctx.pool].queue.is_none() {
+            return Ok(true);
+        }
+        // With concurrency limits the first try's place is found here, where
+        // a refusal can still keep the client's connection open.
+        match self.attempt(session, ctx, Instant::now()).await {
+            Ok(attempt) => {
+                ctx.admitted = Some(attempt);
+                Ok(true)
+            }
+            Err(_) if ctx.overloaded => {
+                if !session.is_body_empty() {
+                    // Its body is unread: the connection cannot go on.
+                    session.set_keepalive(None);
+                }
+                answers::overloaded(session, &ctx.info.request_id).await?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -274,16 +311,14 @@ impl ProxyHttp for Proxy {
             pool.policy.retry_budget.request(now);
             pool.mirror.offer(session.req_header(), now);
         }
-        let table = pool.current(now);
-        let Some(pick) = self.pick(session, ctx, &table, now) else {
-            ctx.no_upstream = true;
-            return Error::e_explain(HTTPStatus(503), "no upstream available");
+        let attempt = match ctx.admitted.take() {
+            Some(attempt) => attempt,
+            None => self.attempt(session, ctx, now).await?,
         };
-        let upstream = table.upstreams()[pick.index].clone();
-        let peer = self.peer(ctx, &upstream, upgrade);
-        ctx.retry.sent(upstream.clone());
+        let peer = self.peer(ctx, &attempt.upstream, upgrade);
+        ctx.retry.sent(attempt.upstream.clone());
         ctx.info.attempts += 1;
-        ctx.attempt = Some(Attempt::new(upstream, pick.probe, now));
+        ctx.attempt = Some(attempt);
         Ok(peer)
     }
 
@@ -470,6 +505,16 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
+        if ctx.overloaded {
+            // A retry that found no place: Pingora does not keep the
+            // connection after a failed try, so the client is told.
+            session.set_keepalive(None);
+            let _ = answers::overloaded(session, &ctx.info.request_id).await;
+            return FailToProxy {
+                error_code: 503,
+                can_reuse_downstream: false,
+            };
+        }
         if ctx.no_upstream {
             self.state.metrics.no_upstream_total.inc();
         }

@@ -1,8 +1,10 @@
 //! Choosing the upstream for one try: stickiness first (a sealed cookie, or
 //! the client address on the ring), else the pool's pick over its published
 //! set, passing over upstreams already tried. A breaker probe that is due is
-//! claimed after the choice, never during it. Also the client address as the
-//! request path sees it, and the peer a try connects to.
+//! claimed after the choice, never during it. With concurrency limits, the
+//! choice may be that every upstream it could go to is full (the request
+//! then waits in the pool's queue). Also the client address as the request
+//! path sees it, and the peer a try connects to.
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -17,20 +19,29 @@ use crate::upstream::Upstream;
 
 use super::{Proxy, RequestCtx};
 
+/// The choice for one try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Choice {
+    Picked(Pick),
+    /// Every upstream it may go to is at its concurrency limit.
+    Full,
+    /// No upstream may be picked at all.
+    Nothing,
+}
+
 impl Proxy {
-    /// The upstream for the next try over `table`, or None if nothing may
-    /// be picked.
+    /// The choice for the next try over `table`.
     pub(super) fn pick(
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
         table: &Table,
         now: Instant,
-    ) -> Option<Pick> {
+    ) -> Choice {
         let first = ctx.retry.is_first();
         if first {
-            if let Some(pick) = self.sticky_pick(session, ctx, table, now) {
-                return Some(pick);
+            if let Some(choice) = self.sticky_pick(session, ctx, table, now) {
+                return choice;
             }
         } else if std::mem::take(&mut ctx.sticky_routed) {
             // The sticky upstream failed: the session moves.
@@ -39,19 +50,27 @@ impl Proxy {
             ctx.info.sticky = Some(StickyResult::Moved);
         }
         let retry = &ctx.retry;
-        self.state.pools[ctx.pool].pick(table, |i| retry.has_tried(table, i), now)
+        let pool = &self.state.pools[ctx.pool];
+        let tried = |i| retry.has_tried(table, i);
+        match pool.pick(table, tried, now) {
+            Some(pick) => Choice::Picked(pick),
+            None if pool.full(table, tried) => Choice::Full,
+            None => Choice::Nothing,
+        }
     }
 
     /// The sticky choice for a request's first try, if stickiness names an
     /// upstream that may be picked (and whose due probe, if any, this
-    /// request claims); otherwise None, and normal balancing follows.
+    /// request claims), or `Full` if that upstream is at its concurrency
+    /// limit (the session waits for it); otherwise None, and normal
+    /// balancing follows.
     fn sticky_pick(
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
         table: &Table,
         now: Instant,
-    ) -> Option<Pick> {
+    ) -> Option<Choice> {
         let state = &self.state;
         let policy = &state.pools[ctx.pool].policy;
         let take = |index: usize| pool::claim(table, index, now).map(|probe| Pick { index, probe });
@@ -71,6 +90,9 @@ impl Proxy {
                     |i| table.pickable(i),
                 );
                 let (pick, result) = match decision {
+                    Decision::Route(i) if table.upstreams()[i].at_limit() => {
+                        return Some(Choice::Full)
+                    }
                     Decision::Route(i) => match take(i) {
                         Some(pick) => (Some(pick), StickyResult::Hit),
                         // Its probe went to another request: balance.
@@ -82,13 +104,16 @@ impl Proxy {
                 ctx.info.sticky = Some(result);
                 ctx.sticky_routed = pick.is_some();
                 ctx.set_cookie = pick.is_none();
-                pick
+                pick.map(Choice::Picked)
             }
             Sticky::Ip => {
                 let ring = table.members.ring.as_ref()?;
                 let ip = self.client_ip(session, ctx)?;
                 // Nothing pickable on the ring: nothing moved, nothing counted.
                 let (i, own) = ring.select(ip, |i| table.pickable(i))?;
+                if table.upstreams()[i].at_limit() {
+                    return Some(Choice::Full);
+                }
                 let pick = take(i)?;
                 let result = if own {
                     StickyResult::Hit
@@ -97,7 +122,7 @@ impl Proxy {
                 };
                 state.count_sticky(result);
                 ctx.info.sticky = Some(result);
-                Some(pick)
+                Some(Choice::Picked(pick))
             }
         }
     }

@@ -1,6 +1,7 @@
-//! An upstream's load and speed: requests in flight (an RAII guard), the
-//! peak-EWMA latency estimate, its health checks' response times, and whether
-//! it is sidelined as too slow for client requests.
+//! An upstream's load and speed: requests in flight (an RAII guard) and its
+//! concurrency limit, the peak-EWMA latency estimate, its health checks'
+//! response times, and whether it is sidelined as too slow for client
+//! requests.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,13 +18,43 @@ impl Upstream {
         self.inflight.load(Ordering::Relaxed)
     }
 
+    /// Whether it has as many requests as its concurrency limit allows.
+    pub fn at_limit(&self) -> bool {
+        self.limit
+            .as_ref()
+            .is_some_and(|(l, _)| !l.admits(self.inflight()))
+    }
+
+    /// Its concurrency limit, with `concurrency.adaptive`.
+    pub fn concurrency_limit(&self) -> Option<u32> {
+        self.limit.as_ref().map(|(l, _)| l.get())
+    }
+
+    /// The response time its limit is measured against (seconds), once
+    /// learned.
+    pub fn latency_floor(&self) -> Option<f64> {
+        self.limit.as_ref().and_then(|(l, _)| l.floor())
+    }
+
+    /// Ends its limit's window at `now`: whether the limit rose.
+    pub fn tick_limit(&self, now: Instant) -> bool {
+        self.limit
+            .as_ref()
+            .is_some_and(|(l, _)| l.tick(self.inflight(), now).1)
+    }
+
     /// Records a response time (seconds, to the response header); a failure
     /// counts as a penalty sample.
     pub fn observe_latency(&self, seconds: f64, failed: bool, now: Instant) {
         self.probes.live_at(now);
         if failed {
             self.ewma.add_penalty(seconds, self.penalty_cap, now);
-        } else if let Err(e) = self.ewma.add(seconds, now) {
+            return;
+        }
+        if let Some((limit, _)) = &self.limit {
+            limit.answered(seconds);
+        }
+        if let Err(e) = self.ewma.add(seconds, now) {
             log::debug!("upstream {}: {e}", self.name);
         }
     }
@@ -141,7 +172,10 @@ pub struct Inflight {
 
 impl Inflight {
     pub fn new(upstream: Arc<Upstream>) -> Self {
-        upstream.inflight.fetch_add(1, Ordering::Relaxed);
+        let before = upstream.inflight.fetch_add(1, Ordering::Relaxed);
+        if let Some((limit, _)) = &upstream.limit {
+            limit.started(before + 1);
+        }
         upstream.metrics.inflight.inc();
         Inflight { upstream }
     }
@@ -153,5 +187,8 @@ impl Drop for Inflight {
         // The series is shared with a successor of the same name, which
         // counts its own: each instance adds and takes away only its own.
         self.upstream.metrics.inflight.dec();
+        if let Some((_, queue)) = &self.upstream.limit {
+            queue.freed();
+        }
     }
 }

@@ -141,6 +141,9 @@ impl Upstream {
         }
         let _ = m.requests_total.remove_label_values(&[pool, name, "error"]);
         let _ = m.mirrored_total.remove_label_values(&[pool, name]);
+        let _ = m
+            .upstream_concurrency_limit
+            .remove_label_values(&[pool, name]);
         self.metrics.by_code.retire();
     }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::balancer::probe::Probes;
 use crate::breaker::{Breaker, BreakerState};
+use crate::concurrency::{Limit, Queue};
 use crate::config::{BreakerConfig, UpstreamConfig};
 use crate::events::Events;
 use crate::metrics::Metrics;
@@ -53,6 +54,9 @@ pub struct UpstreamEnv {
     /// `lb.slow_start`: how long a recovered or new upstream ramps its
     /// weight (zero: off).
     pub slow_start: Duration,
+    /// The pool's queue, with `concurrency.adaptive` (each upstream then
+    /// learns a limit and tells the queue as its requests end).
+    pub queue: Option<Arc<Queue>>,
 }
 
 /// One upstream.
@@ -126,6 +130,8 @@ pub struct Upstream {
     penalty_cap: f64,
     /// Requests in progress, counted by [`Inflight`] guards.
     inflight: AtomicI64,
+    /// Its concurrency limit and its pool's queue (`concurrency.adaptive`).
+    limit: Option<(Limit, Arc<Queue>)>,
     pub stats: UpstreamStats,
     /// Left its pool: its late breaker transitions and health flips no longer
     /// touch the series a successor of the same name now owns.
@@ -173,6 +179,13 @@ impl Upstream {
             sidelined: AtomicBool::new(false),
             penalty_cap: env.penalty_cap,
             inflight: AtomicI64::new(0),
+            limit: env.queue.as_ref().map(|q| {
+                let gauge = env
+                    .metrics
+                    .upstream_concurrency_limit
+                    .with_label_values(&[&*env.pool, conf.name.as_str()]);
+                (Limit::new(gauge, epoch), q.clone())
+            }),
             stats: UpstreamStats::default(),
             retired: AtomicBool::new(false),
             metrics: handles,

@@ -15,6 +15,7 @@ pub fn env(text: &str) -> UpstreamEnv {
         events: Arc::new(Events::default()),
         sealer: None,
         signal: Arc::new(GateSignal::default()),
+        queue: None,
         slow_start: c.slow_start,
     }
 }

@@ -162,6 +162,16 @@ async fn beyond_the_limit_requests_get_a_fast_503_and_the_limit_falls_toward_the
         u["reason"].as_str().unwrap().contains("concurrency limit"),
         "{u}"
     );
+    let events = lb.state().await["events"].clone();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "overload"
+                && e["detail"].as_str().unwrap().contains("concurrency limit")),
+        "{events}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

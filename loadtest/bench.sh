@@ -132,7 +132,6 @@ done
 
 echo "system,rps,p50_ms,p99_ms,cpu_us_per_req,peak_rss_mb" > "$RESULTS"
 hz=$(getconf CLK_TCK)
-median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 for i in "${!names[@]}"; do
   f="$work/turns.$i"
   rps=$(awk '{print $1}' "$f" | median); p50=$(awk '{print $2}' "$f" | median); p99=$(awk '{print $3}' "$f" | median)

@@ -61,6 +61,19 @@ stop() {
   kill -KILL "$1" 2>/dev/null || true
 }
 
+# Stops the system a side-by-side script started ($SPID): nginx gracefully
+# (its pid file in $work), anything else with `stop`.
+stop_system() {
+  if [ -f "$work/nginx.pid" ] && [ "$(cat "$work/nginx.pid")" = "$SPID" ]; then
+    kill -QUIT "$SPID"; wait "$SPID" 2>/dev/null || true; rm -f "$work/nginx.pid"
+  else
+    stop "$SPID"; wait "$SPID" 2>/dev/null || true
+  fi
+}
+
+# The median of the numbers on stdin, one per line.
+median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+
 tree() { echo "$1"; pgrep -P "$1" || true; }          # a process and its children
 # CPU ticks (user + system) of a process and its children so far.
 cpu_ticks() { local t=0; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }

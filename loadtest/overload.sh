@@ -76,13 +76,6 @@ start_system() {
   pids+=($SPID)
   wait_port "$SPORT"
 }
-stop_system() {
-  if [ -f "$work/nginx.pid" ] && [ "$(cat "$work/nginx.pid")" = "$SPID" ]; then
-    kill -QUIT "$SPID"; wait "$SPID" 2>/dev/null || true; rm -f "$work/nginx.pid"
-  else
-    stop "$SPID"; wait "$SPID" 2>/dev/null || true
-  fi
-}
 load() { "$BIN/load-client" "http://127.0.0.1:$SPORT/" --rate "$1" --seconds "$2" --timeout-ms 10000; }
 field() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d[sys.argv[2]])' "$1" "$2"; }
 
@@ -109,7 +102,6 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r of $ROUNDS done" >&2
 done
 
-median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 col() { awk -v c="$1" '{print $c}' "$2" | median; }
 echo "system,unloaded_p99_ms,goodput_per_sec,served_p50_ms,served_p99_ms,p99_vs_unloaded,refused_pct,refused_p50_ms,refused_p99_ms,other_or_errors" > "$RESULTS"
 for sys in "${systems[@]}"; do

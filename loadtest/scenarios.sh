@@ -87,13 +87,6 @@ start_system() {
   pids+=($SPID)
   wait_port "$SPORT"
 }
-stop_system() {
-  if [ -f "$work/nginx.pid" ] && [ "$(cat "$work/nginx.pid")" = "$SPID" ]; then
-    kill -QUIT "$SPID"; wait "$SPID" 2>/dev/null || true; rm -f "$work/nginx.pid"
-  else
-    stop "$SPID"; wait "$SPID" 2>/dev/null || true
-  fi
-}
 
 # One turn: system $1, scenario $2; appends "p50 p99 errors requests rps".
 turn() {
@@ -117,7 +110,6 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r of $ROUNDS done" >&2
 done
 
-median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 echo "system,scenario,p50_ms,p99_ms,p99_vs_healthy,errors_pct,rps" > "$RESULTS"
 for sys in "${systems[@]}"; do
   healthy_p99=$(awk '{print $2}' "$work/turns.${sys// /_}.healthy" | median)

@@ -58,7 +58,6 @@ for r in $(seq "$ROUNDS"); do
 done
 
 hz=$(getconf CLK_TCK)
-median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 echo "| system | rps | CPU µs/req | rps ÷ same system with 1 thread | upstream connections opened per 1,000 requests |"
 echo "|---|---:|---:|---:|---:|"
 declare -A one

@@ -97,7 +97,6 @@ for r in $(seq "$ROUNDS"); do
 done
 
 hz=$(getconf CLK_TCK)
-median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 echo "system,keepalive_rps,keepalive_cpu_us_per_req,new_conn_rps,new_conn_cpu_us_per_req" > "$RESULTS"
 for i in "${!names[@]}"; do
   row="${names[$i]}"

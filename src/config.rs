@@ -109,6 +109,10 @@ pub struct LbConfig {
     pub listen: Vec<SocketAddr>,
     /// HTTP/2 with prior knowledge on the plain listeners, beside HTTP/1.1.
     pub h2c: bool,
+    /// `lb.proxy_protocol.trusted`: the peers whose connections begin with
+    /// a PROXY protocol header (v1 or v2) carrying the client's address;
+    /// None: off.
+    pub proxy_protocol: Option<Vec<ipnet::IpNet>>,
     pub tls: Option<TlsConfig>,
     /// Peers whose forwarding headers (`X-Forwarded-*`, `X-Real-IP`,
     /// `Forwarded`) are believed.

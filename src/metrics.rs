@@ -71,6 +71,9 @@ pub struct Metrics {
     pub tls_handshakes_total: IntCounterVec,
     /// Client connections by listener (`plain`, `tls`) and protocol (`h1`, `h2`).
     pub downstream_connections_total: IntCounterVec,
+    /// Connections' PROXY protocol headers by result (`carried`, `local`,
+    /// `plain`; closed: `untrusted`, `invalid`, `late`).
+    pub proxy_protocol_total: IntCounterVec,
     /// Answers to clients by route and status (`none`: no route matched).
     pub route_requests_total: IntCounterVec,
     /// Time from request to answer, by route.
@@ -218,6 +221,15 @@ impl Metrics {
         )
         .expect("metric");
 
+        let proxy_protocol_total = IntCounterVec::new(
+            Opts::new(
+                "hlb_proxy_protocol_total",
+                "Client connections under lb.proxy_protocol by what they began with",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+
         let upstream_ejected = IntGaugeVec::new(
             Opts::new(
                 "hlb_upstream_ejected",
@@ -335,6 +347,7 @@ impl Metrics {
             Box::new(discovery_updates_total.clone()),
             Box::new(tls_handshakes_total.clone()),
             Box::new(downstream_connections_total.clone()),
+            Box::new(proxy_protocol_total.clone()),
             Box::new(crate::logging::header_aborts().clone()),
             Box::new(route_requests_total.clone()),
             Box::new(route_duration_seconds.clone()),
@@ -372,6 +385,7 @@ impl Metrics {
             discovery_updates_total,
             tls_handshakes_total,
             downstream_connections_total,
+            proxy_protocol_total,
             route_requests_total,
             route_duration_seconds,
         }

@@ -486,3 +486,35 @@ async fn silent_connections_on_the_https_port_give_way_to_a_newcomer_when_full()
     assert!(shed >= Some(1.0), "{metrics}");
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_comes_before_the_handshake_on_the_https_port() {
+    let s = site("", "  proxy_protocol: { trusted: [\"127.0.0.0/8\"] }\n").await;
+    let mut tcp = tokio::net::TcpStream::connect(s.tls).await.unwrap();
+    let header = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        ("198.51.100.9:4000".parse::<SocketAddr>().unwrap(), s.tls),
+    )
+    .build()
+    .unwrap();
+    tcp.write_all(&header).await.unwrap();
+    let tls = client(&[&s.a], &[b"http/1.1"], false);
+    let name = ServerName::try_from("a.test".to_string()).unwrap();
+    let mut stream = tls
+        .connect(name, tcp)
+        .await
+        .expect("handshake after the header");
+    stream
+        .write_all(b"GET /_mock/echo HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("\"x-forwarded-for\":\"198.51.100.9\""),
+        "{text}"
+    );
+    assert!(text.contains("\"x-forwarded-proto\":\"https\""), "{text}");
+}

@@ -56,6 +56,7 @@ pub(super) fn split(raw: RawLb) -> (RawPool, RawLbRest) {
         RawLbRest {
             listen: raw.listen,
             h2c: raw.h2c,
+            proxy_protocol: raw.proxy_protocol,
             tls: raw.tls,
             trusted_proxies: raw.trusted_proxies,
             discovery: raw.discovery,
@@ -73,6 +74,7 @@ pub(super) fn split(raw: RawLb) -> (RawPool, RawLbRest) {
 pub(super) struct RawLbRest {
     pub listen: Vec<String>,
     pub h2c: bool,
+    pub proxy_protocol: Option<RawProxyProtocol>,
     pub tls: Option<RawTls>,
     pub trusted_proxies: Vec<String>,
     pub discovery: RawDiscovery,

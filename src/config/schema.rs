@@ -22,6 +22,7 @@ pub(super) struct RawLb {
     pub listen: Vec<String>,
     #[serde(default)]
     pub h2c: bool,
+    pub proxy_protocol: Option<RawProxyProtocol>,
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub algorithm: Algorithm,
@@ -215,6 +216,12 @@ impl Default for RawRetryBudget {
             min_per_sec: 10.0,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyProtocol {
+    pub trusted: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -404,6 +404,33 @@ fn concurrency_limits_are_off_by_default_and_a_pool_inherits_them() {
 }
 
 #[test]
+fn proxy_protocol_takes_the_peers_trusted_to_send_it() {
+    let (c, _) = Config::parse(GOOD).unwrap();
+    assert!(c.lb.proxy_protocol.is_none());
+    let on = GOOD.replace(
+        "  timeouts:",
+        "  proxy_protocol: { trusted: [\"10.0.0.0/8\", \"192.0.2.7\"] }\n  timeouts:",
+    );
+    let trusted = Config::parse(&on).unwrap().0.lb.proxy_protocol.unwrap();
+    assert_eq!(trusted.len(), 2);
+    assert!(trusted[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+    let empty = GOOD.replace(
+        "  timeouts:",
+        "  proxy_protocol: { trusted: [] }\n  timeouts:",
+    );
+    assert!(one_error(&empty).starts_with("lb.proxy_protocol.trusted: list the proxies"));
+    let bad = GOOD.replace(
+        "  timeouts:",
+        "  proxy_protocol: { trusted: [nlb] }\n  timeouts:",
+    );
+    assert!(
+        one_error(&bad).starts_with("lb.proxy_protocol.trusted[0]: `nlb` is not a CIDR"),
+        "{}",
+        one_error(&bad)
+    );
+}
+
+#[test]
 fn a_misspelt_key_does_not_hide_the_other_problems_and_the_key_meant_is_named() {
     let text = GOOD
         .replace("algorithm: weighted", "algoritm: weighted")

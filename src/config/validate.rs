@@ -170,8 +170,18 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
     LbConfig {
         listen,
         h2c: raw.h2c,
+        proxy_protocol: raw.proxy_protocol.as_ref().map(|p| {
+            if p.trusted.is_empty() {
+                c.fail(
+                    "lb.proxy_protocol.trusted",
+                    "list the proxies that send the header (e.g. your load balancer's subnet); \
+                     a header from any other peer closes its connection",
+                );
+            }
+            cidrs("lb.proxy_protocol.trusted", &p.trusted, c)
+        }),
         tls: raw.tls.as_ref().map(|t| tls(t, c)),
-        trusted_proxies: trusted_proxies(&raw.trusted_proxies, c),
+        trusted_proxies: cidrs("lb.trusted_proxies", &raw.trusted_proxies, c),
         discovery: discovery(&raw.discovery, c),
         timeouts,
         pools,
@@ -269,7 +279,8 @@ fn discovery(d: &RawDiscovery, c: &mut Checker) -> DiscoveryConfig {
     DiscoveryConfig { resolvers, refresh }
 }
 
-fn trusted_proxies(raw: &[String], c: &mut Checker) -> Vec<ipnet::IpNet> {
+/// The CIDRs (or single addresses) listed under `key`.
+fn cidrs(key: &str, raw: &[String], c: &mut Checker) -> Vec<ipnet::IpNet> {
     let mut nets = Vec::new();
     for (i, p) in raw.iter().enumerate() {
         let parsed = p
@@ -278,7 +289,7 @@ fn trusted_proxies(raw: &[String], c: &mut Checker) -> Vec<ipnet::IpNet> {
         match parsed {
             Ok(net) => nets.push(net),
             Err(_) => c.fail(
-                &format!("lb.trusted_proxies[{i}]"),
+                &format!("{key}[{i}]"),
                 format!("`{p}` is not a CIDR or an IP address, e.g. 10.0.0.0/8"),
             ),
         }

@@ -11,6 +11,11 @@
 //!   trickling a byte at a time could otherwise hold a connection forever. The
 //!   proxy reports "header read" through the connection's user context.
 //!
+//! - The PROXY protocol (`lb.proxy_protocol`, see `proxy_header`): a trusted
+//!   peer's header is read before admission, so the client it names is the
+//!   one admitted; any other peer's connection is admitted first, then
+//!   closed if it begins with a header.
+//!
 //! Each connection runs in a task of its own rather than in Pingora's accept
 //! task (which holds its TLS handshake state inline, kilobytes, for the
 //! connection's life), and between requests it holds only its socket (see
@@ -18,6 +23,7 @@
 
 mod deadline;
 mod idle;
+pub mod proxy_header;
 mod run;
 mod stop;
 
@@ -61,6 +67,10 @@ pub struct Frontend {
     tls: Option<TlsListener>,
     /// HTTP/2 with prior knowledge on the plain listeners.
     h2c: bool,
+    /// `lb.proxy_protocol.trusted`; None: off.
+    proxy_protocol: Option<Vec<ipnet::IpNet>>,
+    /// `hlb_proxy_protocol_total{result}`.
+    proxy_headers: IntCounterVec,
     /// Connections by listener kind and protocol.
     protocols: IntCounterVec,
     /// Set (and notified) once the listeners are closed and the connections
@@ -80,6 +90,8 @@ impl Frontend {
         Frontend {
             tls,
             h2c: state.config.lb.h2c,
+            proxy_protocol: state.config.lb.proxy_protocol.clone(),
+            proxy_headers: state.metrics.proxy_protocol_total.clone(),
             protocols: state.metrics.downstream_connections_total.clone(),
             proxy: Arc::new(proxy),
             admission,
@@ -181,8 +193,35 @@ impl Frontend {
         tokio::time::timeout(self.drain, serve).await.ok().flatten()
     }
 
+    /// The start of a connection under the PROXY protocol, from a peer
+    /// `trusted` to send a header or not: the connection to go on with, if
+    /// any. Boxed: its buffer lives only while the header is read.
+    async fn proxy_header(&self, stream: Stream, trusted: bool) -> Option<Stream> {
+        let (stream, verdict) =
+            Box::pin(proxy_header::read(stream, trusted, self.header_timeout)).await;
+        if verdict != proxy_header::Verdict::Gone {
+            self.proxy_headers
+                .with_label_values(&[verdict.as_str()])
+                .inc();
+        }
+        if !verdict.serves() {
+            log::debug!(
+                "connection closed: PROXY protocol header {}",
+                verdict.as_str()
+            );
+        }
+        stream
+    }
+
     /// One client connection, from admission to its last request.
     async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let trusted = self.proxy_protocol.as_ref().map(|nets| {
+            connections::client_of(&stream).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
+        });
+        let stream = match trusted {
+            Some(true) => self.proxy_header(stream, true).await?,
+            _ => stream,
+        };
         let place = match connections::client_of(&stream).map(|ip| self.admission.admit(ip)) {
             Some(Ok(place)) => Some(place),
             Some(Err(why)) => {
@@ -203,6 +242,13 @@ impl Frontend {
         if let Some(p) = &place {
             p.waiting();
         }
+        let stream = match trusted {
+            Some(false) => tokio::select! {
+                s = self.proxy_header(stream, false) => s?,
+                _ = shed() => return None,
+            },
+            _ => stream,
+        };
         let (stream, listener) = match &self.tls {
             Some(tls) if tls.serves(&stream) => {
                 // Boxed: a TLS handshake's state is kilobytes, and held

@@ -23,6 +23,9 @@ const TOO_MANY_BODY: &str = "429 Too Many Requests: over this client's rate limi
 const IN_FLIGHT_BODY: &str =
     "429 Too Many Requests: too many requests in flight from this client\n";
 
+/// Body of the 403 for a client a route's `access` does not admit.
+const FORBIDDEN_BODY: &str = "403 Forbidden: this address may not use this route\n";
+
 /// Body of the 404 when no route matches.
 const NO_ROUTE_BODY: &str = "404 Not Found: no route for this host and path\n";
 
@@ -82,15 +85,31 @@ async fn short(
 
 /// The 404 for a request no route matches; the connection stays open.
 pub async fn no_route(session: &mut Session, request_id: &str) -> Result<()> {
-    let mut resp = ResponseHeader::build(404, Some(4))?;
+    refusal(session, 404, NO_ROUTE_BODY, request_id).await
+}
+
+/// The 403 for a client a route's `access` does not admit; the connection
+/// stays open.
+pub async fn forbidden(session: &mut Session, request_id: &str) -> Result<()> {
+    refusal(session, 403, FORBIDDEN_BODY, request_id).await
+}
+
+/// A short plain-text answer of our own, with nothing to come back for.
+async fn refusal(
+    session: &mut Session,
+    code: u16,
+    body: &'static str,
+    request_id: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(code, Some(4))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-    resp.insert_header("content-length", NO_ROUTE_BODY.len().to_string())?;
+    resp.insert_header("content-length", body.len().to_string())?;
     if !request_id.is_empty() {
         resp.insert_header(REQUEST_ID, request_id)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session
-        .write_response_body(Some(Bytes::from_static(NO_ROUTE_BODY.as_bytes())), true)
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
         .await
 }
 

@@ -26,6 +26,17 @@ pub(super) struct RawRoute {
     pub response_headers: RawHeaderEdits,
     pub timeouts: Option<RawRouteTimeouts>,
     pub rate_limit: Option<RawRateLimit>,
+    pub access: Option<RawAccess>,
+}
+
+/// A route's `access`: who may use it, by the client's address.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccess {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

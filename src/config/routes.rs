@@ -27,9 +27,19 @@ pub struct RouteConfig {
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
     pub rate_limit: Option<RateLimitConfig>,
+    /// Who may use it, by the client's address; None: anyone.
+    pub access: Option<AccessConfig>,
     /// The catch-all of a file without `lb.routes`: it keeps no series of
     /// its own (they would repeat `hlb_requests_total`) and is not listed.
     pub implicit: bool,
+}
+
+/// A route's `access`: a client in `deny` is refused; with `allow` given,
+/// so is every client not in it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccessConfig {
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
 }
 
 /// What a matching request gets.
@@ -216,6 +226,18 @@ pub(super) fn routes(
                 .rate_limit
                 .as_ref()
                 .map(|l| super::limits::rate_limit(&format!("{key}.rate_limit"), l, c)),
+            access: r.access.as_ref().map(|a| {
+                if a.allow.is_empty() && a.deny.is_empty() {
+                    c.fail(
+                        &format!("{key}.access"),
+                        "give `allow` (only these clients), `deny` (not these), or both",
+                    );
+                }
+                AccessConfig {
+                    allow: super::validate::cidrs(&format!("{key}.access.allow"), &a.allow, c),
+                    deny: super::validate::cidrs(&format!("{key}.access.deny"), &a.deny, c),
+                }
+            }),
             implicit: false,
         };
         checked.push(route);
@@ -244,6 +266,7 @@ fn catch_all() -> RouteConfig {
         connect_timeout: None,
         read_timeout: None,
         rate_limit: None,
+        access: None,
         implicit: true,
     }
 }

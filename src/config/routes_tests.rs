@@ -172,3 +172,17 @@ fn a_pools_own_problem_is_named_under_the_pool_and_an_inherited_one_once() {
         "{p:?}"
     );
 }
+
+#[test]
+fn a_routes_access_names_the_bad_address_and_wants_a_list() {
+    let p = problems(
+        "    - { match: { host: web.test }, pool: web, access: { allow: [10.0.0.0/8, office] } }\n    \
+         - { match: { host: api.test }, pool: api, access: {} }\n    - { pool: default }\n",
+    );
+    assert!(
+        p[0].starts_with("lb.routes[0].access.allow[1]: `office` is not a CIDR"),
+        "{p:?}"
+    );
+    assert!(p[1].starts_with("lb.routes[1].access: give `allow`"), "{p:?}");
+    assert_eq!(p.len(), 2, "{p:?}");
+}

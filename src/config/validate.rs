@@ -280,7 +280,7 @@ fn discovery(d: &RawDiscovery, c: &mut Checker) -> DiscoveryConfig {
 }
 
 /// The CIDRs (or single addresses) listed under `key`.
-fn cidrs(key: &str, raw: &[String], c: &mut Checker) -> Vec<ipnet::IpNet> {
+pub(super) fn cidrs(key: &str, raw: &[String], c: &mut Checker) -> Vec<ipnet::IpNet> {
     let mut nets = Vec::new();
     for (i, p) in raw.iter().enumerate() {
         let parsed = p

@@ -1,5 +1,5 @@
 //! The route phase of a request: which route it takes (our 404 when none),
-//! a route's redirect, its rate limit, and what it changes on the way up
+//! its access control (403), a route's redirect, its rate limit, and what it changes on the way up
 //! (path prefix, headers) and back (headers).
 
 use std::sync::Arc;
@@ -16,8 +16,8 @@ use crate::route::{pattern, rewrite, RequestFacts};
 
 impl Proxy {
     /// Finds the request's route and answers it here when the route says so
-    /// (no route: 404; a redirect; over the route's rate limit: 429). True
-    /// when answered.
+    /// (no route: 404; a client it does not admit: 403; a redirect; over the
+    /// route's rate limit: 429). True when answered.
     pub(super) async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let routes = &self.state.routes;
         let req = session.req_header();
@@ -40,6 +40,12 @@ impl Proxy {
         };
         ctx.route = Some(index);
         let route = routes.route(index);
+        if let Some(access) = &route.access {
+            if !crate::route::access::permits(access, self.client_ip(session, ctx)) {
+                answers::forbidden(session, &ctx.info.request_id).await?;
+                return Ok(true);
+            }
+        }
         match &route.action {
             RouteAction::Pool(pool) => ctx.pool = *pool,
             RouteAction::Redirect { to, status } => {

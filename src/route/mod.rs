@@ -3,6 +3,7 @@
 //! does), why each earlier route did not match (`explain`), and what a route
 //! does to the request and its answer (`rewrite`).
 
+pub mod access;
 pub mod explain;
 pub mod pattern;
 pub mod rewrite;

@@ -26,6 +26,12 @@ const IN_FLIGHT_BODY: &str =
 /// Body of the 403 for a client a route's `access` does not admit.
 const FORBIDDEN_BODY: &str = "403 Forbidden: this address may not use this route\n";
 
+/// Body of the 401 for a request without a valid user and password.
+const UNAUTHORIZED_BODY: &str = "401 Unauthorized: this route needs a user and password\n";
+
+/// Body of the 503 when too many passwords wait to be checked.
+const BUSY_BODY: &str = "503 Service Unavailable: too many passwords to check; come back\n";
+
 /// Body of the 404 when no route matches.
 const NO_ROUTE_BODY: &str = "404 Not Found: no route for this host and path\n";
 
@@ -92,6 +98,30 @@ pub async fn no_route(session: &mut Session, request_id: &str) -> Result<()> {
 /// stays open.
 pub async fn forbidden(session: &mut Session, request_id: &str) -> Result<()> {
     refusal(session, 403, FORBIDDEN_BODY, request_id).await
+}
+
+/// The 401 asking for a user and password of `realm` (the route's name).
+pub async fn unauthorized(session: &mut Session, realm: &str, request_id: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(401, Some(5))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", UNAUTHORIZED_BODY.len().to_string())?;
+    let realm = realm.replace(['"', '\\'], "");
+    resp.insert_header(
+        "www-authenticate",
+        format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
+    )?;
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, request_id)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(UNAUTHORIZED_BODY.as_bytes())), true)
+        .await
+}
+
+/// A 503 when passwords queue to be checked: the client comes back.
+pub async fn too_busy(session: &mut Session, request_id: &str) -> Result<()> {
+    short(session, 503, BUSY_BODY, 1, request_id).await
 }
 
 /// A short plain-text answer of our own, with nothing to come back for.

@@ -27,6 +27,7 @@ pub mod header_cap;
 pub mod header_clock;
 pub mod health;
 pub mod housekeeping;
+pub mod htpasswd_watch;
 pub mod lifecycle;
 pub mod logging;
 pub mod memory;
@@ -103,6 +104,17 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
     let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
     h2.max_send_buffer_size(H2_STREAM_BUFFER);
     http.h2_options = Some(h2);
+    if state
+        .routes
+        .all_served()
+        .iter()
+        .any(|s| s.basic_auth.is_some())
+    {
+        housekeeping.add(
+            "htpasswd files",
+            htpasswd_watch::HtpasswdWatch::new(state.clone()),
+        );
+    }
     // The HTTPS listeners are plain sockets to Pingora (so they are handed
     // over on upgrade like the others); the frontend does the handshake.
     let tls = match &state.config.lb.tls {

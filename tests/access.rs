@@ -104,3 +104,119 @@ async fn allow_and_deny_admit_by_the_real_clients_address() {
     })
     .await;
 }
+
+/// An htpasswd line for `user` as `htpasswd -B` writes it (`$2y$`), at a low
+/// cost so the test is quick.
+fn htpasswd_line(user: &str, password: &str) -> String {
+    let parts = bcrypt::hash_with_result(password, 4).unwrap();
+    format!(
+        "{user}:{}\n",
+        parts.format_for_version(bcrypt::Version::TwoY)
+    )
+}
+
+async fn get_as(lb: &Lb, path: &str, user_pass: Option<(&str, &str)>) -> reqwest::Response {
+    let mut req = reqwest::Client::new().get(lb.url(path));
+    if let Some((u, p)) = user_pass {
+        req = req.basic_auth(u, Some(p));
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_asks_checks_and_follows_its_file() {
+    let up = mock("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    std::fs::write(&file, htpasswd_line("alice", "first pass")).unwrap();
+    let body = format!(
+        "  upstreams:\n{}  routes:
+    - {{ name: private, match: {{ path_prefix: /private }}, pool: default, access: {{ basic_auth: \"{}\" }} }}
+    - {{ name: public, pool: default }}\n",
+        upstreams_yaml(&[("up", up.addr(), 1)]),
+        file.display()
+    );
+    let lb = Lb::start(&body).await;
+
+    let asked = get_as(&lb, "/private/a", None).await;
+    assert_eq!(asked.status(), 401);
+    assert_eq!(
+        asked.headers()["www-authenticate"],
+        "Basic realm=\"private\", charset=\"UTF-8\""
+    );
+    assert_eq!(
+        get_as(&lb, "/private/a", Some(("alice", "wrong")))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        get_as(&lb, "/private/a", Some(("mallory", "first pass")))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        get_as(&lb, "/private/a", Some(("alice", "first pass")))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(get_as(&lb, "/elsewhere", None).await.status(), 200);
+    // Nothing refused went upstream.
+    wait_for("the two admitted requests", || {
+        let n = up.served("GET");
+        assert!(n <= 2, "the upstream saw {n}");
+        async move { n == 2 }
+    })
+    .await;
+
+    // A new password in the file is in force within a few seconds; the old
+    // one is not.
+    std::fs::write(&file, htpasswd_line("alice", "second pass")).unwrap();
+    wait_for("the new password", || {
+        let lb = &lb;
+        async move {
+            get_as(lb, "/private/a", Some(("alice", "second pass")))
+                .await
+                .status()
+                == 200
+        }
+    })
+    .await;
+    assert_eq!(
+        get_as(&lb, "/private/a", Some(("alice", "first pass")))
+            .await
+            .status(),
+        401
+    );
+
+    // A broken rewrite is refused with an event; the file before stays.
+    std::fs::write(&file, "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
+    wait_for("an event refusing the broken file", || {
+        let lb = &lb;
+        async move {
+            let events = lb.state().await["events"].clone();
+            events.as_array().unwrap().iter().any(|e| {
+                e["kind"] == "basic_auth"
+                    && e["detail"].as_str().unwrap().contains("stays in force")
+            })
+        }
+    })
+    .await;
+    assert_eq!(
+        get_as(&lb, "/private/a", Some(("alice", "second pass")))
+            .await
+            .status(),
+        200
+    );
+
+    // A file of old hashes is refused at load, naming the key.
+    let out = check_config(&config_yaml(free_port(), free_port(), &body));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lb.routes[0].access.basic_auth") && err.contains("neither bcrypt nor argon2"),
+        "{err}"
+    );
+}

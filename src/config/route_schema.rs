@@ -37,6 +37,7 @@ pub(super) struct RawAccess {
     pub allow: Vec<String>,
     #[serde(default)]
     pub deny: Vec<String>,
+    pub basic_auth: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -35,11 +35,13 @@ pub struct RouteConfig {
 }
 
 /// A route's `access`: a client in `deny` is refused; with `allow` given,
-/// so is every client not in it.
+/// so is every client not in it; with `basic_auth`, a request without a
+/// user and password of that htpasswd file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AccessConfig {
     pub allow: Vec<ipnet::IpNet>,
     pub deny: Vec<ipnet::IpNet>,
+    pub basic_auth: Option<std::path::PathBuf>,
 }
 
 /// What a matching request gets.
@@ -227,15 +229,33 @@ pub(super) fn routes(
                 .as_ref()
                 .map(|l| super::limits::rate_limit(&format!("{key}.rate_limit"), l, c)),
             access: r.access.as_ref().map(|a| {
-                if a.allow.is_empty() && a.deny.is_empty() {
+                if a.allow.is_empty() && a.deny.is_empty() && a.basic_auth.is_none() {
                     c.fail(
                         &format!("{key}.access"),
-                        "give `allow` (only these clients), `deny` (not these), or both",
+                        "give `allow` (only these clients), `deny` (not these), `basic_auth` \
+                         (an htpasswd file), or some of them",
                     );
                 }
                 AccessConfig {
                     allow: super::validate::cidrs(&format!("{key}.access.allow"), &a.allow, c),
                     deny: super::validate::cidrs(&format!("{key}.access.deny"), &a.deny, c),
+                    basic_auth: a.basic_auth.as_ref().map(|p| {
+                        let path = std::path::PathBuf::from(p);
+                        let read = std::fs::read_to_string(&path)
+                            .map_err(|e| e.to_string())
+                            .and_then(|t| crate::route::htpasswd::Htpasswd::parse(&t));
+                        match read {
+                            Ok(users) if users.is_empty() => c.fail(
+                                &format!("{key}.access.basic_auth"),
+                                format!("{p}: no users (write them with `htpasswd -B`)"),
+                            ),
+                            Ok(_) => {}
+                            Err(e) => {
+                                c.fail(&format!("{key}.access.basic_auth"), format!("{p}: {e}"))
+                            }
+                        }
+                        path
+                    }),
                 }
             }),
             implicit: false,

@@ -183,6 +183,9 @@ fn a_routes_access_names_the_bad_address_and_wants_a_list() {
         p[0].starts_with("lb.routes[0].access.allow[1]: `office` is not a CIDR"),
         "{p:?}"
     );
-    assert!(p[1].starts_with("lb.routes[1].access: give `allow`"), "{p:?}");
+    assert!(
+        p[1].starts_with("lb.routes[1].access: give `allow`"),
+        "{p:?}"
+    );
     assert_eq!(p.len(), 2, "{p:?}");
 }

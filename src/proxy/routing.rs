@@ -12,6 +12,7 @@ use crate::answers;
 use crate::config::RouteAction;
 use crate::pool::Pool;
 use crate::rate_limit::Verdict;
+use crate::route::basic_auth::Verdict as BasicVerdict;
 use crate::route::{pattern, rewrite, RequestFacts};
 
 impl Proxy {
@@ -44,6 +45,23 @@ impl Proxy {
             if !crate::route::access::permits(access, self.client_ip(session, ctx)) {
                 answers::forbidden(session, &ctx.info.request_id).await?;
                 return Ok(true);
+            }
+        }
+        if let Some(auth) = &routes.served(index).basic_auth {
+            let header = session
+                .req_header()
+                .headers
+                .get(http::header::AUTHORIZATION);
+            match auth.check(header).await {
+                BasicVerdict::Pass => {}
+                BasicVerdict::Fail => {
+                    answers::unauthorized(session, &auth.realm, &ctx.info.request_id).await?;
+                    return Ok(true);
+                }
+                BasicVerdict::Busy => {
+                    answers::too_busy(session, &ctx.info.request_id).await?;
+                    return Ok(true);
+                }
             }
         }
         match &route.action {

@@ -1,4 +1,5 @@
-//! A route's access control by client address (`access.allow`, `access.deny`):
+//! A route's access control by client address (`access.allow`, `access.deny`;
+//! `access.basic_auth` is `basic_auth`'s):
 //! the client is the real one, after trusted proxies and the PROXY protocol.
 //! A denied address is refused even when allowed; with `allow` given, an
 //! address not in it is refused; a client whose address is unknown is refused.
@@ -25,6 +26,7 @@ mod tests {
         AccessConfig {
             allow: nets(allow),
             deny: nets(deny),
+            basic_auth: None,
         }
     }
 

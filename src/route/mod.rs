@@ -4,7 +4,9 @@
 //! does to the request and its answer (`rewrite`).
 
 pub mod access;
+pub mod basic_auth;
 pub mod explain;
+pub mod htpasswd;
 pub mod pattern;
 pub mod rewrite;
 pub mod served;

@@ -15,6 +15,8 @@ use crate::rate_limit::RateLimiter;
 #[derive(Debug)]
 pub struct Served {
     pub limiter: Option<RateLimiter>,
+    /// Its `access.basic_auth`, with the file in force.
+    pub basic_auth: Option<super::basic_auth::BasicAuth>,
     /// None for the implicit catch-all, which keeps no series.
     series: Option<Series>,
     /// Its match in words, for the dashboard.
@@ -79,6 +81,11 @@ impl Routes {
             .iter()
             .map(|r| Served {
                 limiter: r.rate_limit.as_ref().map(RateLimiter::new),
+                basic_auth: r
+                    .access
+                    .as_ref()
+                    .and_then(|a| a.basic_auth.as_deref())
+                    .map(|p| super::basic_auth::BasicAuth::load(p, &r.name)),
                 series: (!r.implicit).then(|| Series {
                     duration: metrics.route_duration_seconds.with_label_values(&[&r.name]),
                     codes: ByCode::new(&metrics.route_requests_total, &[&r.name]),
@@ -98,5 +105,10 @@ impl Routes {
 
     pub fn served(&self, i: usize) -> &Served {
         &self.served[i]
+    }
+
+    /// Every route's running parts.
+    pub fn all_served(&self) -> &[Served] {
+        &self.served
     }
 }

@@ -62,6 +62,24 @@ impl Checker<'_> {
     }
 
     /// A duration where zero means off.
+    /// The CIDRs (or single addresses) listed under `key`.
+    pub fn cidrs(&mut self, key: &str, raw: &[String]) -> Vec<ipnet::IpNet> {
+        let mut nets = Vec::new();
+        for (i, p) in raw.iter().enumerate() {
+            let parsed = p
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net),
+                Err(_) => self.fail(
+                    &format!("{key}[{i}]"),
+                    format!("`{p}` is not a CIDR or an IP address, e.g. 10.0.0.0/8"),
+                ),
+            }
+        }
+        nets
+    }
+
     pub fn duration_or_zero(&mut self, key: &str, text: &str) -> Duration {
         match humantime::parse_duration(text.trim()) {
             Ok(d) => d,

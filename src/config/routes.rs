@@ -237,8 +237,8 @@ pub(super) fn routes(
                     );
                 }
                 AccessConfig {
-                    allow: super::validate::cidrs(&format!("{key}.access.allow"), &a.allow, c),
-                    deny: super::validate::cidrs(&format!("{key}.access.deny"), &a.deny, c),
+                    allow: c.cidrs(&format!("{key}.access.allow"), &a.allow),
+                    deny: c.cidrs(&format!("{key}.access.deny"), &a.deny),
                     basic_auth: a.basic_auth.as_ref().map(|p| {
                         let path = std::path::PathBuf::from(p);
                         let read = std::fs::read_to_string(&path)

@@ -178,10 +178,10 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
                      a header from any other peer closes its connection",
                 );
             }
-            cidrs("lb.proxy_protocol.trusted", &p.trusted, c)
+            c.cidrs("lb.proxy_protocol.trusted", &p.trusted)
         }),
         tls: raw.tls.as_ref().map(|t| tls(t, c)),
-        trusted_proxies: cidrs("lb.trusted_proxies", &raw.trusted_proxies, c),
+        trusted_proxies: c.cidrs("lb.trusted_proxies", &raw.trusted_proxies),
         discovery: discovery(&raw.discovery, c),
         timeouts,
         pools,
@@ -277,22 +277,4 @@ fn discovery(d: &RawDiscovery, c: &mut Checker) -> DiscoveryConfig {
         c.fail("lb.discovery.refresh", "must be at least 100ms");
     }
     DiscoveryConfig { resolvers, refresh }
-}
-
-/// The CIDRs (or single addresses) listed under `key`.
-pub(super) fn cidrs(key: &str, raw: &[String], c: &mut Checker) -> Vec<ipnet::IpNet> {
-    let mut nets = Vec::new();
-    for (i, p) in raw.iter().enumerate() {
-        let parsed = p
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(net) => nets.push(net),
-            Err(_) => c.fail(
-                &format!("{key}[{i}]"),
-                format!("`{p}` is not a CIDR or an IP address, e.g. 10.0.0.0/8"),
-            ),
-        }
-    }
-    nets
 }

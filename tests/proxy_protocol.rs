@@ -97,6 +97,20 @@ async fn a_trusted_peers_header_names_the_client_for_every_request_on_the_connec
         "{answers}"
     );
 
+    // v1 in two writes, cut just after a separator.
+    let mut split = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let whole = format!(
+        "PROXY TCP4 203.0.113.9 127.0.0.1 51234 {}\r\n{ECHO_LAST}",
+        addr.port()
+    );
+    split.write_all(&whole.as_bytes()[..39]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    split.write_all(&whole.as_bytes()[39..]).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, split.read_to_end(&mut out)).await;
+    let answers = String::from_utf8_lossy(&out).into_owned();
+    assert_eq!(forwarded_for(&answers), ["203.0.113.9"], "{answers}");
+
     // v2, IPv6 client.
     let mut v2 = v2_header(
         Some("[2001:db8::7]:4000"),
@@ -112,7 +126,7 @@ async fn a_trusted_peers_header_names_the_client_for_every_request_on_the_connec
     let answers = exchange(addr, &local).await;
     assert_eq!(forwarded_for(&answers), ["127.0.0.1"], "{answers}");
 
-    assert_eq!(proxy_metric(&lb, "carried").await, 2.0);
+    assert_eq!(proxy_metric(&lb, "carried").await, 3.0);
     assert_eq!(proxy_metric(&lb, "local").await, 1.0);
     wait_for("the access log's lines", || {
         let log = log.clone();
@@ -232,8 +246,30 @@ async fn a_trusted_peer_without_a_valid_header_is_closed() {
         closed.is_ok() && out.is_empty(),
         "cut at the header timeout"
     );
+    // A header trickled a byte at a time is cut at the same deadline: the
+    // header must be whole within it, however it arrives.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let cut = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if s.write_all(b"\x01").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(std::time::Duration::from_millis(1), s.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            _ => {}
+        }
+        if started.elapsed() > DEADLINE {
+            break false;
+        }
+    };
+    assert!(cut, "a trickled header outlived the deadline");
     assert_eq!(proxy_metric(&lb, "invalid").await, 2.0);
-    assert_eq!(proxy_metric(&lb, "late").await, 1.0);
+    assert_eq!(proxy_metric(&lb, "late").await, 2.0);
     // The balancer goes on serving trusted peers that send one.
     let ok = format!(
         "PROXY TCP4 203.0.113.8 127.0.0.1 1 {}\r\n{ECHO_LAST}",

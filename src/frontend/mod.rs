@@ -28,7 +28,7 @@ mod run;
 mod stop;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,11 @@ pub struct Frontend {
     proxy_protocol: Option<Vec<ipnet::IpNet>>,
     /// `hlb_proxy_protocol_total{result}`.
     proxy_headers: IntCounterVec,
+    /// Trusted peers' connections whose header is being read (before
+    /// admission), at most `max_connections`: a trusted proxy gone wrong
+    /// cannot open more than the cap.
+    reading_headers: AtomicUsize,
+    max_connections: usize,
     /// Connections by listener kind and protocol.
     protocols: IntCounterVec,
     /// Set (and notified) once the listeners are closed and the connections
@@ -92,6 +97,8 @@ impl Frontend {
             h2c: state.config.lb.h2c,
             proxy_protocol: state.config.lb.proxy_protocol.clone(),
             proxy_headers: state.metrics.proxy_protocol_total.clone(),
+            reading_headers: AtomicUsize::new(0),
+            max_connections: limits.max_connections,
             protocols: state.metrics.downstream_connections_total.clone(),
             proxy: Arc::new(proxy),
             admission,
@@ -219,7 +226,16 @@ impl Frontend {
             connections::client_of(&stream).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
         });
         let stream = match trusted {
-            Some(true) => self.proxy_header(stream, true).await?,
+            Some(true) => {
+                if self.reading_headers.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+                    self.reading_headers.fetch_sub(1, Ordering::AcqRel);
+                    self.proxy_headers.with_label_values(&["full"]).inc();
+                    return None;
+                }
+                let read = self.proxy_header(stream, true).await;
+                self.reading_headers.fetch_sub(1, Ordering::AcqRel);
+                read?
+            }
             _ => stream,
         };
         let place = match connections::client_of(&stream).map(|ip| self.admission.admit(ip)) {

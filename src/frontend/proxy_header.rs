@@ -18,9 +18,13 @@ use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use ppp::{v1, v2, HeaderResult, PartialResult};
 use tokio::io::AsyncReadExt;
 
-/// The longest header read: v1's is at most 107 bytes, v2's 16 plus its
-/// addresses (216 for UNIX sockets) plus what TLVs a load balancer adds.
-const MAX_HEADER: usize = 1024;
+/// The longest v1 header (the protocol's own bound).
+const MAX_V1: usize = 107;
+/// The longest v2 header: 16 bytes and a 16-bit length of addresses and
+/// TLVs (a load balancer may add kilobytes of TLVs: certificates, ids).
+const MAX_HEADER: usize = 16 + 65_535;
+/// What is read at first; grown to a v2 header's declared length.
+const FIRST_READ: usize = 256;
 const V1_SIGNATURE: &[u8] = b"PROXY ";
 const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
@@ -38,7 +42,8 @@ pub enum Verdict {
     Untrusted,
     /// Closed: a trusted peer's header malformed, missing or cut off.
     Invalid,
-    /// Closed: no whole header within the header timeout.
+    /// Closed: no whole header within the header timeout, however it
+    /// trickled.
     Late,
     /// The peer closed before sending anything (a port check).
     Gone,
@@ -88,6 +93,15 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     if !begins(V1_SIGNATURE) && !begins(V2_SIGNATURE) {
         return Parsed::NotHeader;
     }
+    if begins(V1_SIGNATURE) && !bytes.windows(2).any(|w| w == b"\r\n") {
+        // A v1 header is parsed whole: cut after a field's separator, ppp
+        // would take the missing field for a bad one.
+        return if bytes.len() < MAX_V1 {
+            Parsed::Incomplete
+        } else {
+            Parsed::Invalid
+        };
+    }
     let result = HeaderResult::parse(bytes);
     if result.is_incomplete() {
         return if bytes.len() < MAX_HEADER {
@@ -111,6 +125,13 @@ pub fn parse(bytes: &[u8]) -> Parsed {
                 v1::Addresses::Unknown => None,
             },
         },
+        HeaderResult::V2(Ok(h))
+            if h.protocol == v2::Protocol::Datagram || h.tlvs().any(|t| t.is_err()) =>
+        {
+            // UDP addresses on a TCP connection, or a TLV running past the
+            // header: not a header to believe.
+            Parsed::Invalid
+        }
         HeaderResult::V2(Ok(h)) => Parsed::Header {
             len: h.len(),
             addresses: match (h.command, h.addresses) {
@@ -132,19 +153,35 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     }
 }
 
+/// How many bytes the header begun in `bytes` needs at least: a v2
+/// header's declared length once its first 16 bytes are in.
+fn needed(bytes: &[u8]) -> usize {
+    if bytes.len() >= 16 && bytes.starts_with(V2_SIGNATURE) {
+        16 + usize::from(u16::from_be_bytes([bytes[14], bytes[15]]))
+    } else {
+        0
+    }
+}
+
 /// Reads the start of `stream` (a just-accepted TCP connection) from a peer
-/// `trusted` to send a header or not, within `limit`. Whatever follows the
-/// header is put back to be read as the connection's first bytes.
+/// `trusted` to send a header or not; the whole header must be in within
+/// `limit`, however it trickles. Whatever follows the header is put back to
+/// be read as the connection's first bytes.
 pub async fn read(stream: Stream, trusted: bool, limit: Duration) -> (Option<Stream>, Verdict) {
     let mut l4: Box<L4Stream> = match stream.into_any().downcast() {
         Ok(l4) => l4,
         // Not a TCP stream of Pingora's own: nothing to read a header from.
         Err(_) => return (None, Verdict::Invalid),
     };
-    let mut buf = vec![0u8; MAX_HEADER];
+    let mut buf = vec![0u8; FIRST_READ];
     let mut filled = 0;
+    let deadline = tokio::time::Instant::now() + limit;
     let verdict = loop {
-        let n = match tokio::time::timeout(limit, l4.read(&mut buf[filled..])).await {
+        let want = needed(&buf[..filled]).max(filled + 1).min(MAX_HEADER);
+        if want > buf.len() {
+            buf.resize(want, 0);
+        }
+        let n = match tokio::time::timeout_at(deadline, l4.read(&mut buf[filled..])).await {
             Ok(Ok(n)) => n,
             Ok(Err(_)) => break Verdict::Invalid,
             Err(_) => break Verdict::Late,
@@ -259,12 +296,63 @@ mod tests {
     fn partial_headers_wait_for_more_and_anything_else_is_no_header() {
         assert_eq!(parse(b"PRO"), Parsed::Incomplete);
         assert_eq!(parse(b"PROXY TCP4 203.0.113.7"), Parsed::Incomplete);
+        // Cut after the separator before a port: still only a start.
+        assert_eq!(
+            parse(b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 "),
+            Parsed::Incomplete
+        );
         assert_eq!(parse(b"\r\n\r\n\0\r"), Parsed::Incomplete);
         let proxied = v2(v2::Command::Proxy, "198.51.100.9:4000", "10.0.0.1:8080");
         assert_eq!(parse(&proxied[..20]), Parsed::Incomplete);
         assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Parsed::NotHeader);
         assert_eq!(parse(&[0x16, 3, 1]), Parsed::NotHeader, "a TLS ClientHello");
         assert_eq!(parse(b"\r\n\r\nGET"), Parsed::NotHeader);
+    }
+
+    #[test]
+    fn long_v2_headers_are_read_and_lax_ones_refused() {
+        let addresses = (
+            "198.51.100.9:4000".parse::<SocketAddr>().unwrap(),
+            "10.0.0.1:8080".parse::<SocketAddr>().unwrap(),
+        );
+        let builder = || {
+            v2::Builder::with_addresses(
+                v2::Version::Two | v2::Command::Proxy,
+                v2::Protocol::Stream,
+                addresses,
+            )
+        };
+        // Kilobytes of TLVs, as a load balancer passing a certificate adds.
+        let long = builder()
+            .write_tlv(0xE0, &[7; 5000])
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(matches!(
+            parse(&long),
+            Parsed::Header {
+                addresses: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(needed(&long[..16]), long.len());
+        // A TLV claiming more than the header holds.
+        let mut overrun = builder().write_tlv(0xE0, &[7; 8]).unwrap().build().unwrap();
+        let tlv_len = overrun.len() - 10;
+        overrun[tlv_len] = 0xFF;
+        assert_eq!(parse(&overrun), Parsed::Invalid);
+        let udp = v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Datagram,
+            addresses,
+        )
+        .build()
+        .unwrap();
+        assert_eq!(
+            parse(&udp),
+            Parsed::Invalid,
+            "UDP addresses on a TCP connection"
+        );
     }
 
     #[test]
@@ -278,7 +366,7 @@ mod tests {
             Parsed::Invalid
         );
         let mut endless = b"PROXY TCP4 ".to_vec();
-        endless.resize(MAX_HEADER, b'1');
+        endless.resize(MAX_V1, b'1');
         assert_eq!(parse(&endless), Parsed::Invalid);
     }
 }

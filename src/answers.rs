@@ -102,21 +102,15 @@ pub async fn forbidden(session: &mut Session, request_id: &str) -> Result<()> {
 
 /// The 401 asking for a user and password of `realm` (the route's name).
 pub async fn unauthorized(session: &mut Session, realm: &str, request_id: &str) -> Result<()> {
-    let mut resp = ResponseHeader::build(401, Some(5))?;
-    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-    resp.insert_header("content-length", UNAUTHORIZED_BODY.len().to_string())?;
     let realm = realm.replace(['"', '\\'], "");
-    resp.insert_header(
-        "www-authenticate",
-        format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
-    )?;
-    if !request_id.is_empty() {
-        resp.insert_header(REQUEST_ID, request_id)?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(UNAUTHORIZED_BODY.as_bytes())), true)
-        .await
+    let challenge = format!("Basic realm=\"{realm}\", charset=\"UTF-8\"");
+    refusal_with(
+        session,
+        (401, UNAUTHORIZED_BODY),
+        Some(("www-authenticate", challenge)),
+        request_id,
+    )
+    .await
 }
 
 /// A 503 when passwords queue to be checked: the client comes back.
@@ -131,9 +125,22 @@ async fn refusal(
     body: &'static str,
     request_id: &str,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(code, Some(4))?;
+    refusal_with(session, (code, body), None, request_id).await
+}
+
+/// [`refusal`] with one more header.
+async fn refusal_with(
+    session: &mut Session,
+    (code, body): (u16, &'static str),
+    extra: Option<(&'static str, String)>,
+    request_id: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(code, Some(5))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", body.len().to_string())?;
+    if let Some((name, value)) = extra {
+        resp.insert_header(name, value)?;
+    }
     if !request_id.is_empty() {
         resp.insert_header(REQUEST_ID, request_id)?;
     }

@@ -21,13 +21,12 @@ pub struct Queue {
     /// Woken, one waiter at a time, as requests end; all at once when a
     /// limit rises.
     freed: Notify,
-    /// Refused for overload (at once or after waiting).
-    refused_total: AtomicU64,
     /// Served after waiting.
     waited_total: AtomicU64,
     /// `hlb_queue_wait_seconds{pool}`: how long each waiter waited.
     wait: Histogram,
-    /// `hlb_overload_refused_total{pool}`.
+    /// `hlb_overload_refused_total{pool}`: refused for overload, at once or
+    /// after waiting (the dashboard's count too).
     refused: IntCounter,
 }
 
@@ -55,7 +54,6 @@ impl Queue {
             timeout,
             waiting: AtomicUsize::new(0),
             freed: Notify::new(),
-            refused_total: AtomicU64::new(0),
             waited_total: AtomicU64::new(0),
             wait,
             refused,
@@ -119,7 +117,6 @@ impl Queue {
 
     /// A request was refused, after waiting `waited` (None: at once).
     pub fn refused(&self, waited: Option<Duration>) {
-        self.refused_total.fetch_add(1, Ordering::Relaxed);
         self.refused.inc();
         if let Some(w) = waited {
             self.wait.observe(w.as_secs_f64());
@@ -129,7 +126,7 @@ impl Queue {
     /// Refused, and served after waiting, since start.
     pub fn totals(&self) -> (u64, u64) {
         (
-            self.refused_total.load(Ordering::Relaxed),
+            self.refused.get(),
             self.waited_total.load(Ordering::Relaxed),
         )
     }

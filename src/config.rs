@@ -418,6 +418,8 @@ pub struct TlsConfig {
     pub min_version: TlsVersion,
     /// The plain listeners answer 308 to `https://`.
     pub redirect_http: bool,
+    /// Client certificates asked for, verified against a CA.
+    pub client_auth: Option<crate::tls::client_cert::ClientAuth>,
 }
 
 pub use crate::tls::pem::CertificatePaths;

@@ -127,8 +127,15 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
                 tls::rotation::RotationService::new(store.clone(), state.events.clone()),
             );
             state.set_certificates(store.clone());
+            let server = tls::server_config(store, conf).map_err(|e| {
+                pingora::Error::explain(
+                    pingora::ErrorType::InvalidCert,
+                    format!("lb.tls.client_auth.ca: {e}"),
+                )
+            })?;
             Some(tls::listener::TlsListener::new(
-                tls::server_config(store, conf),
+                server,
+                conf.client_auth.is_some(),
                 conf.listen.clone(),
                 state.metrics.tls_handshakes_total.clone(),
                 state.metrics.header_timeouts_total.clone(),

@@ -31,6 +31,9 @@ pub struct Metrics {
     /// Requests answered 503 because every upstream of the pool was at its
     /// concurrency limit.
     pub overload_refused_total: IntCounterVec,
+    /// Body bytes of compressed answers, by coding, before (`in`) and after
+    /// (`out`) compression: what `compress` saved.
+    pub compression_bytes_total: IntCounterVec,
     /// The typical response time of its health checks, seconds.
     pub upstream_probe_seconds: GaugeVec,
     /// 0 closed, 1 half-open, 2 open.
@@ -284,6 +287,14 @@ impl Metrics {
             &["pool"],
         )
         .expect("metric");
+        let compression_bytes_total = IntCounterVec::new(
+            Opts::new(
+                "hlb_compression_bytes_total",
+                "Body bytes of compressed answers before (in) and after (out) compression",
+            ),
+            &["coding", "stage"],
+        )
+        .expect("metric");
 
         let upstream_probe_seconds = GaugeVec::new(
             Opts::new(
@@ -328,6 +339,7 @@ impl Metrics {
             Box::new(upstream_concurrency_limit.clone()),
             Box::new(queue_wait_seconds.clone()),
             Box::new(overload_refused_total.clone()),
+            Box::new(compression_bytes_total.clone()),
             Box::new(upstream_probe_seconds.clone()),
             Box::new(upstream_breaker_state.clone()),
             Box::new(upstream_weight.clone()),
@@ -366,6 +378,7 @@ impl Metrics {
             upstream_concurrency_limit,
             queue_wait_seconds,
             overload_refused_total,
+            compression_bytes_total,
             upstream_probe_seconds,
             upstream_breaker_state,
             upstream_weight,

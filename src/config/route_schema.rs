@@ -27,6 +27,8 @@ pub(super) struct RawRoute {
     pub timeouts: Option<RawRouteTimeouts>,
     pub rate_limit: Option<RawRateLimit>,
     pub access: Option<RawAccess>,
+    #[serde(default)]
+    pub compress: bool,
 }
 
 /// A route's `access`: who may use it, by the client's address.

@@ -29,6 +29,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// Who may use it, by the client's address; None: anyone.
     pub access: Option<AccessConfig>,
+    /// Text answers compressed (gzip, br or zstd) for clients that accept it.
+    pub compress: bool,
     /// The catch-all of a file without `lb.routes`: it keeps no series of
     /// its own (they would repeat `hlb_requests_total`) and is not listed.
     pub implicit: bool,
@@ -258,6 +260,7 @@ pub(super) fn routes(
                     }),
                 }
             }),
+            compress: r.compress,
             implicit: false,
         };
         checked.push(route);
@@ -287,6 +290,7 @@ fn catch_all() -> RouteConfig {
         read_timeout: None,
         rate_limit: None,
         access: None,
+        compress: false,
         implicit: true,
     }
 }

@@ -471,6 +471,16 @@ pub(super) struct RawTls {
     pub min_version: TlsVersion,
     #[serde(default)]
     pub redirect_http: bool,
+    pub client_auth: Option<RawClientAuth>,
+}
+
+/// `lb.tls.client_auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientAuth {
+    pub ca: String,
+    #[serde(default = "default_true")]
+    pub required: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -242,12 +242,23 @@ fn tls(t: &RawTls, c: &mut Checker) -> TlsConfig {
         }
         certificates.push(paths);
     }
+    let client_auth = t.client_auth.as_ref().map(|a| {
+        let ca = std::path::PathBuf::from(a.ca.trim());
+        if let Err(why) = crate::tls::client_cert::check(&ca) {
+            c.fail("lb.tls.client_auth.ca", why);
+        }
+        crate::tls::client_cert::ClientAuth {
+            ca,
+            required: a.required,
+        }
+    });
     TlsConfig {
         listen,
         certificates,
         http2: t.http2,
         min_version: t.min_version,
         redirect_http: t.redirect_http,
+        client_auth,
     }
 }
 

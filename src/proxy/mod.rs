@@ -19,14 +19,15 @@
 //!   ├─ fail_to_connect ──── settle(ConnectFailed) ─► retry elsewhere? ─► upstream_peer
 //!   ├─ error_while_proxy ── settle(StalePooled | Reset | TimedOut | BrokeMidBody | Abandoned)
 //!   ▼                                              ─► retry? ─► upstream_peer
-//! upstream_request_filter ─ forwarding: X-Forwarded-* (Pingora strips hop-by-hop);
+//! upstream_request_filter ─ forwarding: X-Forwarded-* (Pingora strips hop-by-hop),
+//!                     X-Client-Cert-Subject (the verified client certificate's);
 //!                     the route's strip_prefix and request_headers
 //!   ▼
 //! upstream_response_filter ─ forwarding::check_response (a 101 unasked, an
 //!   ▼                        unknown coding: 502); settle(Answered(status))
 //!   ▼
-//! response_filter ─── the route's response_headers; draining: Connection:
-//!                     close; sticky Set-Cookie (the pool's cookie)
+//! response_filter ─── the route's response_headers and compression; draining:
+//!                     Connection: close; sticky Set-Cookie (the pool's cookie)
 //! fail_to_proxy ───── 503 (no upstream, connect failed), 502, 504, or the 4xx
 //! logging ─────────── settle what is still open (a break, a timeout, a client gone);
 //!                     the response's duration; the route's series
@@ -38,6 +39,8 @@
 //! [`RetryState`]. The pick is in `pick`, what an error says in `outcome`.
 
 mod admit;
+mod brotli_stream;
+mod compression;
 mod outcome;
 mod pick;
 mod record;
@@ -112,6 +115,8 @@ pub struct RequestCtx {
     /// What this request's connection has taught so far, carried from one
     /// request on it to the next.
     conn: ConnectionMemo,
+    /// The coding its answer is compressed with (the route's `compress`).
+    compressed: Option<crate::route::compress::Coding>,
     /// Its id, and what its log line needs.
     info: RequestInfo,
 }
@@ -131,6 +136,14 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx::default()
+    }
+
+    /// Pingora's compression module and our brotli, both off until a
+    /// route's `compress` turns one on for an answer.
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        modules
+            .add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(0));
+        modules.add_module(Box::new(brotli_stream::BrotliStreamBuilder));
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, e: &Error) -> bool {
@@ -396,6 +409,7 @@ impl ProxyHttp for Proxy {
         // before this filter runs.
         let scheme = if over_tls(session) { "https" } else { "http" };
         forwarding::set_forwarding(upstream_request, self.client(session, ctx), scheme)?;
+        crate::tls::client_cert::forward(session.as_downstream().digest(), upstream_request)?;
         // An upgrade's upstream connection may idle as a tunnel for long, so
         // the wait for its answer is bounded apart (see `answer_wait`).
         // (Over HTTP/1.1 only: an HTTP/2 connection carries other streams.)
@@ -464,6 +478,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         self.rewrite_response(ctx, response);
+        self.compress(session, ctx, response)?;
         if !ctx.info.request_id.is_empty() {
             response.insert_header(crate::trace::REQUEST_ID, ctx.info.request_id.header())?;
         }
@@ -547,6 +562,7 @@ impl ProxyHttp for Proxy {
             wait.lift();
         }
         self.settle_last(session, e, ctx);
+        self.count_compression(session, ctx);
         self.record(session, ctx);
     }
 }

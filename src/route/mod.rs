@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod basic_auth;
+pub mod compress;
 pub mod explain;
 pub mod htpasswd;
 pub mod pattern;

@@ -8,12 +8,18 @@ use std::time::Duration;
 
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::tls::server::handshake_with_callback;
 use pingora::protocols::Stream;
 use prometheus::{IntCounter, IntCounterVec};
 use rustls::ServerConfig;
 
+use super::client_cert;
+
 pub struct TlsListener {
     acceptor: Acceptor,
+    /// Client certificates are asked for: a verified one is put in the
+    /// connection's digest (`client_cert`).
+    client_certs: bool,
     /// The `lb.tls.listen` addresses.
     addrs: Vec<SocketAddr>,
     handshakes: IntCounterVec,
@@ -25,12 +31,14 @@ pub struct TlsListener {
 impl TlsListener {
     pub fn new(
         config: Arc<ServerConfig>,
+        client_certs: bool,
         addrs: Vec<SocketAddr>,
         handshakes: IntCounterVec,
         header_timeouts: IntCounter,
     ) -> Self {
         TlsListener {
             acceptor: Acceptor::from_server_config(config),
+            client_certs,
             addrs,
             handshakes,
             header_timeouts,
@@ -60,7 +68,14 @@ impl TlsListener {
                 return None;
             }
         };
-        match tokio::time::timeout(limit, self.acceptor.tls_handshake(l4)).await {
+        let handshake = async {
+            if self.client_certs {
+                handshake_with_callback(&self.acceptor, l4, &client_cert::Callbacks).await
+            } else {
+                self.acceptor.tls_handshake(l4).await
+            }
+        };
+        match tokio::time::timeout(limit, handshake).await {
             Ok(Ok(tls)) => {
                 let tls: Stream = Box::new(tls);
                 // Pingora names them `TLSv1_3`; the metric says `TLSv1.3`.

@@ -1,8 +1,10 @@
 //! TLS termination on rustls (Pingora's `rustls` backend): the certificate
 //! store, picking a certificate by SNI against the names each carries
 //! (wildcards too; the first is the default), and the server config built on
-//! it. `rotation` replaces a pair when its files change on disk.
+//! it. `rotation` replaces a pair when its files change on disk;
+//! `client_cert` asks clients for certificates (`client_auth`).
 
+pub mod client_cert;
 pub mod listener;
 pub mod pem;
 pub mod rotation;
@@ -93,24 +95,28 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// The rustls server config of the HTTPS listeners.
-pub fn server_config(store: Arc<CertStore>, conf: &TlsConfig) -> Arc<ServerConfig> {
+/// The rustls server config of the HTTPS listeners; Err when the client
+/// CA cannot be loaded.
+pub fn server_config(store: Arc<CertStore>, conf: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match conf.min_version {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .expect("ring supports TLS 1.2 and 1.3")
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+        .expect("ring supports TLS 1.2 and 1.3");
+    let builder = match &conf.client_auth {
+        Some(auth) => builder.with_client_cert_verifier(client_cert::verifier(auth, provider)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = if conf.http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
-    Arc::new(config)
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -192,8 +192,8 @@ fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
 /// The largest CA bundle read (the system's whole bundle is about 220 KiB).
 const MAX_CA_BYTES: u64 = 4 * 1024 * 1024;
 
-/// The CA certificates in the PEM file at `path`, as upstream peers take them.
-pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+/// The certificates in the PEM CA file at `path`, at least one.
+pub fn ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = read_ca_file(path)?;
     let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -201,6 +201,12 @@ pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, Stri
     if ders.is_empty() {
         return Err(format!("{} holds no certificate", path.display()));
     }
+    Ok(ders)
+}
+
+/// The CA certificates in the PEM file at `path`, as upstream peers take them.
+pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    let ders = ca_certificates(path)?;
     let certs: Vec<pingora::utils::tls::WrappedX509> = ders
         .into_iter()
         .map(|d| {

@@ -150,6 +150,44 @@ async fn refusal_with(
         .await
 }
 
+/// A route's `forward_auth` service could not say (`why`): 502.
+pub async fn auth_failed(session: &mut Session, why: &str, request_id: &str) -> Result<()> {
+    let body = format!("502 Bad Gateway: the authorization service failed: {why}\n");
+    let mut resp = ResponseHeader::build(502, Some(4))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, request_id)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
+}
+
+/// A route's `forward_auth` service's own answer, passed to the client.
+pub async fn passed(
+    session: &mut Session,
+    (status, headers, body): (http::StatusCode, http::HeaderMap, Bytes),
+    request_id: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
+    for (name, value) in &headers {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, request_id)?;
+    }
+    session
+        .write_response_header(Box::new(resp), body.is_empty())
+        .await?;
+    if !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
 /// A route's redirect to `location` with `status` (301, 302, 303, 307, 308).
 pub async fn redirect(
     session: &mut Session,

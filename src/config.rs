@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConfigError, Problem};
 use lines::LineIndex;
 pub use pools::{PoolConfig, DEFAULT_POOL};
-pub use routes::{AccessConfig, HeaderEdits, MatchConfig, RouteAction, RouteConfig};
+pub use routes::{
+    AccessConfig, ForwardAuthConfig, HeaderEdits, MatchConfig, RouteAction, RouteConfig,
+};
 
 /// Selection algorithm (`lb.algorithm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

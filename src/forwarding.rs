@@ -35,6 +35,18 @@ fn is_hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
         || name == TE
 }
 
+/// Whether `name` is about a connection or a message's framing rather than
+/// the request (hop-by-hop, `Connection`, `Upgrade`, `Content-Length`,
+/// `Transfer-Encoding`, `Host`): never copied from one exchange into another.
+pub fn is_framing_or_hop(name: &HeaderName) -> bool {
+    is_hop_by_hop(name, false)
+        || name == http::header::CONTENT_LENGTH
+        || name == http::header::TRANSFER_ENCODING
+        || name == http::header::HOST
+        || name == http::header::TRAILER
+        || name == http::header::EXPECT
+}
+
 /// Why a request is refused before anything else happens.
 pub fn check_request(
     req: &RequestHeader,

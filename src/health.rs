@@ -217,6 +217,16 @@ fn http_check(pool: &Pool, protocol: &UpstreamProtocol) -> Result<HttpHealthChec
     check.peer_template.options.connection_timeout = Some(hc_conf.timeout);
     check.peer_template.options.read_timeout = Some(hc_conf.timeout);
     check.peer_template.options.total_connection_timeout = Some(hc_conf.timeout);
+    if let Some(version) = pool.config().send_proxy {
+        // An upstream behind PROXY protocol refuses a connection without
+        // one: a check says it is the balancer's own (LOCAL).
+        crate::send_proxy::SendProxy::apply(
+            &mut check.peer_template,
+            version,
+            None,
+            hc_conf.timeout,
+        );
+    }
     check.consecutive_success = hc_conf.healthy_threshold;
     check.consecutive_failure = hc_conf.unhealthy_threshold;
     // Pingora passes only 200; like HAProxy, any 2xx or 3xx passes.

@@ -40,6 +40,7 @@ pub mod rate_limit;
 pub mod ready;
 pub mod retry_budget;
 pub mod route;
+pub mod send_proxy;
 pub mod state;
 pub mod sticky;
 pub mod tls;

@@ -34,6 +34,9 @@ pub struct Metrics {
     /// Body bytes of compressed answers, by coding, before (`in`) and after
     /// (`out`) compression: what `compress` saved.
     pub compression_bytes_total: IntCounterVec,
+    /// Requests put to a route's `access.forward_auth` service, by what it
+    /// said: `pass` (2xx), `answer` (passed to the client), `failed`.
+    pub forward_auth_total: IntCounterVec,
     /// The typical response time of its health checks, seconds.
     pub upstream_probe_seconds: GaugeVec,
     /// 0 closed, 1 half-open, 2 open.
@@ -295,6 +298,14 @@ impl Metrics {
             &["coding", "stage"],
         )
         .expect("metric");
+        let forward_auth_total = IntCounterVec::new(
+            Opts::new(
+                "hlb_forward_auth_total",
+                "Requests put to a route's forward_auth service, by its verdict",
+            ),
+            &["route", "result"],
+        )
+        .expect("metric");
 
         let upstream_probe_seconds = GaugeVec::new(
             Opts::new(
@@ -340,6 +351,7 @@ impl Metrics {
             Box::new(queue_wait_seconds.clone()),
             Box::new(overload_refused_total.clone()),
             Box::new(compression_bytes_total.clone()),
+            Box::new(forward_auth_total.clone()),
             Box::new(upstream_probe_seconds.clone()),
             Box::new(upstream_breaker_state.clone()),
             Box::new(upstream_weight.clone()),
@@ -379,6 +391,7 @@ impl Metrics {
             queue_wait_seconds,
             overload_refused_total,
             compression_bytes_total,
+            forward_auth_total,
             upstream_probe_seconds,
             upstream_breaker_state,
             upstream_weight,

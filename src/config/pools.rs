@@ -33,6 +33,8 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     pub timeouts: TimeoutsConfig,
     pub concurrency: ConcurrencyConfig,
+    /// Connections to its upstreams begin with a PROXY protocol header.
+    pub send_proxy: Option<crate::send_proxy::ProxyVersion>,
 }
 
 /// `lb`'s keys: those of its own pool, and the rest.
@@ -52,6 +54,7 @@ pub(super) fn split(raw: RawLb) -> (RawPool, RawLbRest) {
             retry_budget: raw.retry_budget,
             timeouts: raw.timeouts,
             concurrency: raw.concurrency,
+            proxy_protocol: None,
         },
         RawLbRest {
             listen: raw.listen,
@@ -137,6 +140,14 @@ pub(super) fn pool(
                 &raw.concurrency.queue_timeout,
             ),
         },
+        send_proxy: raw.proxy_protocol.as_deref().and_then(|v| match v.trim() {
+            "v1" => Some(crate::send_proxy::ProxyVersion::V1),
+            "v2" => Some(crate::send_proxy::ProxyVersion::V2),
+            _ => {
+                c.fail(&format!("{p}.proxy_protocol"), "must be v1 or v2");
+                None
+            }
+        }),
     }
 }
 

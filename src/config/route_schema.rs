@@ -40,6 +40,17 @@ pub(super) struct RawAccess {
     #[serde(default)]
     pub deny: Vec<String>,
     pub basic_auth: Option<String>,
+    pub forward_auth: Option<RawForwardAuth>,
+}
+
+/// `access.forward_auth`: a service asked about each request first.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawForwardAuth {
+    pub url: String,
+    #[serde(default)]
+    pub copy_headers: Vec<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

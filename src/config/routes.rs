@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 
 use super::check::Checker;
-use super::schema::{RawHeaderEdits, RawHeaderMatch, RawRoute};
+use super::schema::{RawForwardAuth, RawHeaderEdits, RawHeaderMatch, RawRoute};
 use super::RateLimitConfig;
 use crate::route::pattern::{self, HeaderCond, HostPattern};
 
@@ -44,6 +44,18 @@ pub struct AccessConfig {
     pub allow: Vec<ipnet::IpNet>,
     pub deny: Vec<ipnet::IpNet>,
     pub basic_auth: Option<std::path::PathBuf>,
+    pub forward_auth: Option<ForwardAuthConfig>,
+}
+
+/// `access.forward_auth`: each request is first put to `url` (its headers,
+/// no body); a 2xx lets it through with `copy_headers` taken from that
+/// answer, any other answer goes back to the client as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardAuthConfig {
+    pub url: String,
+    pub copy_headers: Vec<HeaderName>,
+    /// For the whole exchange with the service.
+    pub timeout: Duration,
 }
 
 /// What a matching request gets.
@@ -231,11 +243,15 @@ pub(super) fn routes(
                 .as_ref()
                 .map(|l| super::limits::rate_limit(&format!("{key}.rate_limit"), l, c)),
             access: r.access.as_ref().map(|a| {
-                if a.allow.is_empty() && a.deny.is_empty() && a.basic_auth.is_none() {
+                if a.allow.is_empty()
+                    && a.deny.is_empty()
+                    && a.basic_auth.is_none()
+                    && a.forward_auth.is_none()
+                {
                     c.fail(
                         &format!("{key}.access"),
                         "give `allow` (only these clients), `deny` (not these), `basic_auth` \
-                         (an htpasswd file), or some of them",
+                         (an htpasswd file), `forward_auth` (a service to ask), or some of them",
                     );
                 }
                 AccessConfig {
@@ -258,6 +274,10 @@ pub(super) fn routes(
                         }
                         path
                     }),
+                    forward_auth: a
+                        .forward_auth
+                        .as_ref()
+                        .map(|f| forward_auth(&format!("{key}.access.forward_auth"), f, c)),
                 }
             }),
             compress: r.compress,
@@ -276,6 +296,53 @@ pub(super) fn routes(
     }
     checked
 }
+
+fn forward_auth(key: &str, f: &RawForwardAuth, c: &mut Checker) -> ForwardAuthConfig {
+    let url = f.url.trim();
+    match url.parse::<http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {}
+        _ => c.fail(
+            &format!("{key}.url"),
+            "must be an http:// or https:// URL, e.g. http://127.0.0.1:4181/auth",
+        ),
+    }
+    let copy_headers = f
+        .copy_headers
+        .iter()
+        .enumerate()
+        .filter_map(
+            |(i, name)| match HeaderName::from_bytes(name.trim().as_bytes()) {
+                Ok(n) if !crate::forwarding::is_framing_or_hop(&n) => Some(n),
+                Ok(_) => {
+                    c.fail(
+                        &format!("{key}.copy_headers[{i}]"),
+                        format!("{name} is about the connection or its framing, not the request"),
+                    );
+                    None
+                }
+                Err(_) => {
+                    c.fail(
+                        &format!("{key}.copy_headers[{i}]"),
+                        format!("{name:?} is not a header name"),
+                    );
+                    None
+                }
+            },
+        )
+        .collect();
+    let timeout = f.timeout.as_deref().map_or(DEFAULT_AUTH_TIMEOUT, |t| {
+        c.duration(&format!("{key}.timeout"), t)
+    });
+    ForwardAuthConfig {
+        url: url.to_string(),
+        copy_headers,
+        timeout,
+    }
+}
+
+/// How long a request may wait on its forward-auth service, unless told.
+const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The route of a file without `lb.routes`: everything to `default`.
 fn catch_all() -> RouteConfig {

@@ -97,6 +97,9 @@ pub(super) struct RawPool {
     pub timeouts: RawTimeouts,
     #[serde(default)]
     pub concurrency: RawConcurrency,
+    /// A named pool's own (`lb.proxy_protocol` is the listeners'): the
+    /// PROXY protocol header its upstreams are sent, `v1` or `v2`.
+    pub proxy_protocol: Option<String>,
 }
 
 /// The policy keys a pool takes from `lb` when it does not give them.

@@ -314,7 +314,7 @@ impl ProxyHttp for Proxy {
             if let Some(a) = ctx.attempt.take() {
                 ctx.info.attempts += 1;
                 let a = a.again(now);
-                let peer = self.peer(ctx, &a.upstream, upgrade);
+                let peer = self.peer(session, ctx, &a.upstream, upgrade);
                 ctx.attempt = Some(a);
                 return Ok(peer);
             }
@@ -328,7 +328,7 @@ impl ProxyHttp for Proxy {
             Some(attempt) => attempt,
             None => self.attempt(session, ctx, now).await?,
         };
-        let peer = self.peer(ctx, &attempt.upstream, upgrade);
+        let peer = self.peer(session, ctx, &attempt.upstream, upgrade);
         ctx.retry.sent(attempt.upstream.clone());
         ctx.info.attempts += 1;
         ctx.attempt = Some(attempt);

@@ -172,9 +172,22 @@ impl Proxy {
     /// is the larger of `timeouts.read` and `limits.keepalive_timeout`: it
     /// bounds the wait for the 101 (a hung upstream cannot hold the request,
     /// and its failure counts), and a tunnel may idle that long.
-    pub(super) fn peer(&self, ctx: &RequestCtx, u: &Upstream, upgrade: bool) -> Box<HttpPeer> {
+    pub(super) fn peer(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        u: &Upstream,
+        upgrade: bool,
+    ) -> Box<HttpPeer> {
         let (connect, read) = self.timeouts(ctx);
         let mut peer = crate::peer::peer(u.addr, &u.protocol);
+        if let Some(version) = self.pool(ctx).config().send_proxy {
+            let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
+                a.and_then(|a| a.as_inet()).copied()
+            };
+            let addrs = inet(session.client_addr()).zip(inet(session.server_addr()));
+            crate::send_proxy::SendProxy::apply(&mut peer, version, addrs, connect);
+        }
         peer.options.connection_timeout = Some(connect);
         peer.options.read_timeout = Some(if upgrade {
             read.max(self.state.config.lb.limits.keepalive_timeout)

@@ -13,6 +13,7 @@ use crate::config::RouteAction;
 use crate::pool::Pool;
 use crate::rate_limit::Verdict;
 use crate::route::basic_auth::Verdict as BasicVerdict;
+use crate::route::forward_auth::{ForwardAuth, Verdict as AuthVerdict};
 use crate::route::{pattern, rewrite, RequestFacts};
 
 impl Proxy {
@@ -64,6 +65,11 @@ impl Proxy {
                 }
             }
         }
+        if let Some(auth) = &routes.served(index).forward_auth {
+            if self.forward_auth(session, ctx, index, auth).await? {
+                return Ok(true);
+            }
+        }
         match &route.action {
             RouteAction::Pool(pool) => ctx.pool = *pool,
             RouteAction::Redirect { to, status } => {
@@ -82,6 +88,64 @@ impl Proxy {
             }
         }
         Ok(false)
+    }
+
+    /// Puts the request to the route's forward-auth service: through, with
+    /// the headers it gave (a client's own of those names removed), or its
+    /// answer (or our 502) sent here. True when answered.
+    async fn forward_auth(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        index: usize,
+        auth: &ForwardAuth,
+    ) -> Result<bool> {
+        let scheme = if super::over_tls(session) {
+            "https"
+        } else {
+            "http"
+        };
+        let client = self.client(session, ctx).cloned();
+        let verdict = auth
+            .check(session.req_header(), client.as_ref(), scheme)
+            .await;
+        let counts = self.state.routes.served(index).auth_results.as_ref();
+        let count = |i: usize| {
+            if let Some(c) = counts {
+                c[i].inc();
+            }
+        };
+        match verdict {
+            AuthVerdict::Pass(set) => {
+                count(0);
+                let req = session.req_header_mut();
+                for name in auth.copied() {
+                    req.remove_header(name);
+                }
+                for (name, value) in set {
+                    req.append_header(name, value)?;
+                }
+                Ok(false)
+            }
+            AuthVerdict::Answer {
+                status,
+                headers,
+                body,
+            } => {
+                count(1);
+                answers::passed(session, (status, headers, body), &ctx.info.request_id).await?;
+                Ok(true)
+            }
+            AuthVerdict::Failed(why) => {
+                count(2);
+                log::warn!(
+                    "route {}: forward_auth: {why}",
+                    self.state.routes.route(index).name
+                );
+                answers::auth_failed(session, &why, &ctx.info.request_id).await?;
+                Ok(true)
+            }
+        }
     }
 
     /// The pool the request's route sends to.

@@ -26,7 +26,7 @@ mod tests {
         AccessConfig {
             allow: nets(allow),
             deny: nets(deny),
-            basic_auth: None,
+            ..AccessConfig::default()
         }
     }
 

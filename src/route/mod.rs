@@ -7,6 +7,7 @@ pub mod access;
 pub mod basic_auth;
 pub mod compress;
 pub mod explain;
+pub mod forward_auth;
 pub mod htpasswd;
 pub mod pattern;
 pub mod rewrite;

@@ -17,6 +17,10 @@ pub struct Served {
     pub limiter: Option<RateLimiter>,
     /// Its `access.basic_auth`, with the file in force.
     pub basic_auth: Option<super::basic_auth::BasicAuth>,
+    /// Its `access.forward_auth`, with its pooled connections.
+    pub forward_auth: Option<super::forward_auth::ForwardAuth>,
+    /// `hlb_forward_auth_total{route,result}` of it: pass, answer, failed.
+    pub auth_results: Option<[prometheus::IntCounter; 3]>,
     /// None for the implicit catch-all, which keeps no series.
     series: Option<Series>,
     /// Its match in words, for the dashboard.
@@ -68,6 +72,10 @@ impl Served {
     }
 }
 
+fn forward_auth(r: &RouteConfig) -> Option<&crate::config::ForwardAuthConfig> {
+    r.access.as_ref().and_then(|a| a.forward_auth.as_ref())
+}
+
 /// The route table and each route's running parts, by index.
 #[derive(Debug)]
 pub struct Routes {
@@ -86,6 +94,15 @@ impl Routes {
                     .as_ref()
                     .and_then(|a| a.basic_auth.as_deref())
                     .map(|p| super::basic_auth::BasicAuth::load(p, &r.name)),
+                forward_auth: forward_auth(r)
+                    .map(|f| super::forward_auth::ForwardAuth::new(f, r.connect_timeout)),
+                auth_results: forward_auth(r).map(|_| {
+                    ["pass", "answer", "failed"].map(|result| {
+                        metrics
+                            .forward_auth_total
+                            .with_label_values(&[&r.name, result])
+                    })
+                }),
                 series: (!r.implicit).then(|| Series {
                     duration: metrics.route_duration_seconds.with_label_values(&[&r.name]),
                     codes: ByCode::new(&metrics.route_requests_total, &[&r.name]),

@@ -363,13 +363,34 @@ function renderListeners(mix, certs) {
   body.replaceChildren(...certs.map((c) => {
     const tr = document.createElement("tr");
     tr.classList.toggle("expiring", c.expiring);
-    for (const text of [c.cert, c.names.join(", "), c.expires, c.expiring ? `${fmt(c.days_left)} ⚠ renew soon` : fmt(c.days_left)]) {
+    const days = c.days_left === null ? "–" : c.expiring ? `${fmt(c.days_left)} ⚠ renew soon` : fmt(c.days_left);
+    for (const text of [c.cert, c.names.join(", "), c.issuer || "–", c.expires || "not issued yet", days, renewal(c.acme)]) {
       const td = document.createElement("td");
       td.textContent = text;
       tr.appendChild(td);
     }
     return tr;
   }));
+}
+
+// An ACME certificate's renewal in words: when it is due, the last order's
+// result and, after a failure, why and when it is tried again.
+function renewal(acme) {
+  if (!acme) return "by file";
+  const at = (t) => new Date(t * 1000).toISOString().replace(/\.\d+Z$/, "Z");
+  const parts = [];
+  if (acme.renew_at) parts.push(`renews ${at(acme.renew_at)}`);
+  if (acme.last_result === "failed") {
+    parts.push(`last order failed: ${acme.last_error || "?"}`);
+    if (acme.retry_at) parts.push(`next try ${at(acme.retry_at)}`);
+  } else if (acme.last_result === "ok") {
+    parts.push(`last order ok ${acme.last_at ? at(acme.last_at) : ""}`.trim());
+  } else if (acme.last_result) {
+    parts.push(`${acme.last_result === "served" ? "renewed by another instance" : "from storage"}`);
+  } else {
+    parts.push("ordering…");
+  }
+  return parts.join(" · ");
 }
 
 function renderEvents(events) {

@@ -4,6 +4,7 @@
 //! The `Raw*` structs are the user's schema (serde, unknown keys refused); [`Config`]
 //! is the validated form the code uses. Every error names the key and its line.
 
+mod acme;
 mod check;
 mod error;
 mod etcd;
@@ -422,6 +423,8 @@ pub struct TlsConfig {
     pub redirect_http: bool,
     /// Client certificates asked for, verified against a CA.
     pub client_auth: Option<crate::tls::client_cert::ClientAuth>,
+    /// Certificates ordered and renewed by ACME.
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 pub use crate::tls::pem::CertificatePaths;

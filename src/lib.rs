@@ -5,6 +5,7 @@
 //! Pingora [`Server`]; `main.rs` only parses flags and the config.
 
 pub mod access_log;
+pub mod acme;
 pub mod answer_wait;
 pub mod answers;
 pub mod attempt;
@@ -128,6 +129,9 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
                 tls::rotation::RotationService::new(store.clone(), state.events.clone()),
             );
             state.set_certificates(store.clone());
+            if let Some(acme) = &conf.acme {
+                start_acme(acme, &state, &store, &mut housekeeping);
+            }
             let server = tls::server_config(store, conf).map_err(|e| {
                 pingora::Error::explain(
                     pingora::ErrorType::InvalidCert,
@@ -218,4 +222,37 @@ pub fn add_services(server: &mut Server, config: Config) -> pingora::Result<Arc<
         ));
     }
     Ok(state)
+}
+
+/// ACME's store, challenges and loop, with `lb.tls.acme`.
+fn start_acme(
+    conf: &acme::AcmeConfig,
+    state: &Arc<SharedState>,
+    certs: &Arc<tls::CertStore>,
+    housekeeping: &mut housekeeping::Housekeeping,
+) {
+    let store = Arc::new(match (&conf.storage, &state.config.lb.etcd) {
+        (acme::Storage::Dir(dir), _) => acme::store::Store::dir(dir),
+        (acme::Storage::Etcd, Some(etcd)) => acme::store::Store::etcd(etcd),
+        (acme::Storage::Etcd, None) => unreachable!("checked: etcd storage needs lb.etcd"),
+    });
+    let running = Arc::new(acme::service::Acme {
+        challenges: Arc::new(acme::challenges::Challenges::new(
+            certs.clone(),
+            store.clone(),
+        )),
+        status: Default::default(),
+    });
+    state.set_acme(running.clone());
+    housekeeping.add(
+        "acme",
+        acme::service::AcmeService::new(
+            conf.clone(),
+            store,
+            running,
+            certs.clone(),
+            state.events.clone(),
+            state.metrics.acme_orders_total.clone(),
+        ),
+    );
 }

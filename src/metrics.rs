@@ -37,6 +37,8 @@ pub struct Metrics {
     /// Requests put to a route's `access.forward_auth` service, by what it
     /// said: `pass` (2xx), `answer` (passed to the client), `failed`.
     pub forward_auth_total: IntCounterVec,
+    /// ACME orders by result: `ok`, `failed`.
+    pub acme_orders_total: IntCounterVec,
     /// The typical response time of its health checks, seconds.
     pub upstream_probe_seconds: GaugeVec,
     /// 0 closed, 1 half-open, 2 open.
@@ -306,6 +308,11 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("metric");
+        let acme_orders_total = IntCounterVec::new(
+            Opts::new("hlb_acme_orders_total", "ACME certificate orders by result"),
+            &["result"],
+        )
+        .expect("metric");
 
         let upstream_probe_seconds = GaugeVec::new(
             Opts::new(
@@ -352,6 +359,7 @@ impl Metrics {
             Box::new(overload_refused_total.clone()),
             Box::new(compression_bytes_total.clone()),
             Box::new(forward_auth_total.clone()),
+            Box::new(acme_orders_total.clone()),
             Box::new(upstream_probe_seconds.clone()),
             Box::new(upstream_breaker_state.clone()),
             Box::new(upstream_weight.clone()),
@@ -392,6 +400,7 @@ impl Metrics {
             overload_refused_total,
             compression_bytes_total,
             forward_auth_total,
+            acme_orders_total,
             upstream_probe_seconds,
             upstream_breaker_state,
             upstream_weight,

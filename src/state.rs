@@ -53,6 +53,8 @@ pub struct SharedState {
     pub fleet: Option<Arc<crate::discovery::etcd::Fleet>>,
     /// The HTTPS listeners' certificates, for the dashboard.
     certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
+    /// ACME's challenges and status, with `lb.tls.acme`.
+    acme: std::sync::OnceLock<Arc<crate::acme::service::Acme>>,
 }
 
 impl SharedState {
@@ -124,6 +126,7 @@ impl SharedState {
             draining: AtomicBool::new(false),
             draining_watch: tokio::sync::watch::channel(false).0,
             certificates: std::sync::OnceLock::new(),
+            acme: std::sync::OnceLock::new(),
         }
     }
 
@@ -135,6 +138,16 @@ impl SharedState {
     /// The HTTPS listeners' certificates, if there are any.
     pub fn certificates(&self) -> Option<&Arc<crate::tls::CertStore>> {
         self.certificates.get()
+    }
+
+    /// Records ACME's running parts.
+    pub fn set_acme(&self, acme: Arc<crate::acme::service::Acme>) {
+        let _ = self.acme.set(acme);
+    }
+
+    /// ACME's challenges and status, with `lb.tls.acme`.
+    pub fn acme(&self) -> Option<&Arc<crate::acme::service::Acme>> {
+        self.acme.get()
     }
 
     /// The pool `default` (`pools[0]`, always there): the unprefixed admin

@@ -475,6 +475,20 @@ pub(super) struct RawTls {
     #[serde(default)]
     pub redirect_http: bool,
     pub client_auth: Option<RawClientAuth>,
+    pub acme: Option<RawAcme>,
+}
+
+/// `lb.tls.acme`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAcme {
+    pub directory: Option<String>,
+    pub email: Option<String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    pub challenge: Option<String>,
+    pub storage: Option<String>,
+    pub directory_ca: Option<String>,
 }
 
 /// `lb.tls.client_auth`.

@@ -167,6 +167,7 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
     unique_across_pools(&pools, c);
     let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
     let routes = super::routes::routes(raw.routes.as_deref(), &names, c);
+    let tls = raw.tls.as_ref().map(|t| tls(t, &routes, etcd.is_some(), c));
     LbConfig {
         listen,
         h2c: raw.h2c,
@@ -180,7 +181,7 @@ fn validate_lb(raw: RawLb, c: &mut Checker) -> LbConfig {
             }
             c.cidrs("lb.proxy_protocol.trusted", &p.trusted)
         }),
-        tls: raw.tls.as_ref().map(|t| tls(t, c)),
+        tls,
         trusted_proxies: c.cidrs("lb.trusted_proxies", &raw.trusted_proxies),
         discovery: discovery(&raw.discovery, c),
         timeouts,
@@ -213,7 +214,7 @@ fn access_log(a: &RawAccessLog, c: &mut Checker) -> String {
     path.to_string()
 }
 
-fn tls(t: &RawTls, c: &mut Checker) -> TlsConfig {
+fn tls(t: &RawTls, routes: &[RouteConfig], etcd: bool, c: &mut Checker) -> TlsConfig {
     if t.listen.is_empty() {
         c.fail("lb.tls.listen", "needs at least one address");
     }
@@ -223,10 +224,14 @@ fn tls(t: &RawTls, c: &mut Checker) -> TlsConfig {
         .enumerate()
         .filter_map(|(i, a)| c.addr(&format!("lb.tls.listen[{i}]"), a))
         .collect();
-    if t.certificates.is_empty() {
+    let acme = t
+        .acme
+        .as_ref()
+        .map(|a| super::acme::acme(a, routes, etcd, c));
+    if t.certificates.is_empty() && acme.is_none() {
         c.fail(
             "lb.tls.certificates",
-            "needs at least one { cert, key } pair (PEM files)",
+            "needs at least one { cert, key } pair (PEM files), or `acme` to order them",
         );
     }
     let mut certificates = Vec::new();
@@ -259,6 +264,7 @@ fn tls(t: &RawTls, c: &mut Checker) -> TlsConfig {
         min_version: t.min_version,
         redirect_http: t.redirect_http,
         client_auth,
+        acme,
     }
 }
 

@@ -153,37 +153,66 @@ fn listener_mix(state: &SharedState) -> ListenerMix {
 /// A certificate in force on the HTTPS listeners.
 #[derive(Debug, Clone, Serialize)]
 pub struct CertificateSnapshot {
+    /// Its file, or `ACME` for one ordered.
     pub cert: String,
     pub names: Vec<String>,
-    /// When it expires (RFC 3339, UTC).
-    pub expires: String,
-    pub days_left: f64,
+    pub issuer: Option<String>,
+    /// When it expires (RFC 3339, UTC); None for an ACME certificate not
+    /// issued yet.
+    pub expires: Option<String>,
+    pub days_left: Option<f64>,
     /// Under [`EXPIRY_WARNING_DAYS`] days left.
     pub expiring: bool,
+    /// Ordered by ACME: its renewal and the last order's result.
+    pub acme: Option<crate::acme::Status>,
 }
 
 /// A certificate with fewer days left than this is flagged.
 pub const EXPIRY_WARNING_DAYS: f64 = 14.0;
 
-/// The certificates in force, as of `now` (Unix seconds).
+/// The certificates in force, as of `now` (Unix seconds): the files', then
+/// ACME's (one entry even before its first certificate is issued).
 pub fn certificates(state: &SharedState, now: f64) -> Vec<CertificateSnapshot> {
     let Some(store) = state.certificates() else {
         return Vec::new();
     };
-    store
+    let entry = |c: &crate::tls::Loaded, cert: String| {
+        let days_left = (c.not_after as f64 - now) / 86_400.0;
+        CertificateSnapshot {
+            cert,
+            names: c.names.clone(),
+            issuer: c.issuer.clone(),
+            expires: Some(crate::tls::rotation::expiry_text(c.not_after)),
+            days_left: Some((days_left * 10.0).round() / 10.0),
+            expiring: days_left < EXPIRY_WARNING_DAYS,
+            acme: None,
+        }
+    };
+    let mut out: Vec<CertificateSnapshot> = store
         .current()
         .iter()
-        .map(|c| {
-            let days_left = (c.not_after as f64 - now) / 86_400.0;
-            CertificateSnapshot {
-                cert: c.paths.cert.display().to_string(),
-                names: c.names.clone(),
-                expires: crate::tls::rotation::expiry_text(c.not_after),
-                days_left: (days_left * 10.0).round() / 10.0,
-                expiring: days_left < EXPIRY_WARNING_DAYS,
-            }
-        })
-        .collect()
+        .map(|c| entry(c, c.paths.cert.display().to_string()))
+        .collect();
+    if let Some(acme) = state.acme() {
+        let status = acme.status.lock().map(|s| s.clone()).unwrap_or_default();
+        let managed = store.managed();
+        match managed.first() {
+            Some(c) => out.push(CertificateSnapshot {
+                acme: Some(status),
+                ..entry(c, "ACME".into())
+            }),
+            None => out.push(CertificateSnapshot {
+                cert: "ACME".into(),
+                names: status.domains.clone(),
+                issuer: None,
+                expires: None,
+                days_left: None,
+                expiring: false,
+                acme: Some(status),
+            }),
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize)]

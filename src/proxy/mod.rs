@@ -4,7 +4,8 @@
 //! ```text
 //! on_connection_reuse ─ stop the frontend's header clock; the connection's memo
 //!   ▼                   (client address and trust, opened sticky cookie)
-//! request_filter ──── forwarding::check_request: framing, header and body size (400/431/413)
+//! request_filter ──── forwarding::check_request: framing, header and body size (400/431/413);
+//!   │                 an ACME HTTP-01 validation answered
 //!   │                 route: the first matching route (none: 404), its redirect,
 //!   ▼                 its rate limit; the route's pool serves the rest
 //! proxy_upstream_filter ─ with concurrency limits: the first try's upstream, or a
@@ -38,6 +39,7 @@
 //! place, `attempt::classify`; whether a retry is made, by the request's
 //! [`RetryState`]. The pick is in `pick`, what an error says in `outcome`.
 
+mod acme;
 mod admit;
 mod brotli_stream;
 mod compression;
@@ -216,6 +218,9 @@ impl ProxyHttp for Proxy {
         // A client (or an HTTP/2 stream of it) that stops reading is cut
         // after this long, which frees the upstream connection it holds.
         session.set_write_timeout(Some(limits.send_timeout));
+        if self.answer_acme(session).await? {
+            return Ok(true);
+        }
         // Each request holds a place among its client's, HTTP/2 streams
         // included: the connection's peer is the client that holds them.
         if let Some(peer) = self.client(session, ctx).map(|c| c.ip) {
@@ -568,7 +573,7 @@ impl ProxyHttp for Proxy {
 }
 
 /// Whether the client's connection is TLS.
-fn over_tls(session: &Session) -> bool {
+pub(super) fn over_tls(session: &Session) -> bool {
     session
         .as_downstream()
         .digest()

@@ -11,6 +11,7 @@ pub mod rotation;
 
 pub use pem::{from_pem, load, load_ca, CertificatePaths, LoadError, Loaded};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -53,10 +54,17 @@ pub fn pick<'a>(certs: impl IntoIterator<Item = &'a [String]> + Clone, sni: Opti
 }
 
 /// The certificates in force, replaced whole when one rotates.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct CertStore {
     certs: ArcSwap<Vec<Arc<Loaded>>>,
+    /// Certificates ACME ordered: before the files' for the names they carry.
+    managed: ArcSwap<Vec<Arc<Loaded>>>,
+    /// TLS-ALPN-01 challenge certificates, by the name being validated.
+    alpn: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
 }
+
+/// The ALPN protocol of an ACME server's TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 impl CertStore {
     /// Loads every configured pair (checked already when the config was).
@@ -67,6 +75,7 @@ impl CertStore {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CertStore {
             certs: ArcSwap::from_pointee(certs),
+            ..CertStore::default()
         })
     }
 
@@ -82,15 +91,54 @@ impl CertStore {
             self.certs.store(Arc::new(next));
         }
     }
+
+    /// The certificates ACME ordered.
+    pub fn managed(&self) -> Arc<Vec<Arc<Loaded>>> {
+        self.managed.load_full()
+    }
+
+    /// Serves `loaded` (ordered by ACME) from now on, in place of the one
+    /// before it for the same names.
+    pub fn set_managed(&self, loaded: Loaded) {
+        self.managed.store(Arc::new(vec![Arc::new(loaded)]));
+    }
+
+    /// Answers TLS-ALPN-01 for `name` with `cert` (None: no longer).
+    pub fn set_alpn(&self, name: &str, cert: Option<Arc<CertifiedKey>>) {
+        let mut next: HashMap<String, Arc<CertifiedKey>> = self.alpn.load().as_ref().clone();
+        match cert {
+            Some(c) => next.insert(name.to_string(), c),
+            None => next.remove(name),
+        };
+        self.alpn.store(Arc::new(next));
+    }
 }
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+        if hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+        {
+            // An ACME server's validation: its challenge certificate or none.
+            return self.alpn.load().get(sni.as_deref()?).cloned();
+        }
+        let managed = self.managed.load();
+        if let Some(host) = &sni {
+            let i = pick(managed.iter().map(|c| c.names.as_slice()), Some(host));
+            if let Some(c) = managed
+                .get(i)
+                .filter(|c| c.names.iter().any(|n| name_matches(n, host)))
+            {
+                return Some(c.key.clone());
+            }
+        }
         let certs = self.certs.load();
-        let i = pick(
-            certs.iter().map(|c| c.names.as_slice()),
-            hello.server_name(),
-        );
+        if certs.is_empty() {
+            return managed.first().map(|c| c.key.clone());
+        }
+        let i = pick(certs.iter().map(|c| c.names.as_slice()), sni.as_deref());
         certs.get(i).map(|c| c.key.clone())
     }
 }
@@ -116,6 +164,13 @@ pub fn server_config(store: Arc<CertStore>, conf: &TlsConfig) -> Result<Arc<Serv
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    if conf
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == crate::acme::Challenge::TlsAlpn01)
+    {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     Ok(Arc::new(config))
 }
 

@@ -61,6 +61,10 @@ pub struct Loaded {
     pub names: Vec<String>,
     /// When the leaf certificate expires, in seconds since the Unix epoch.
     pub not_after: i64,
+    /// When it became valid, likewise.
+    pub not_before: i64,
+    /// Its issuer's common name (else the whole name).
+    pub issuer: Option<String>,
     pub key: Arc<CertifiedKey>,
     /// The files' bytes, to tell when they change.
     pub cert_pem: Vec<u8>,
@@ -94,6 +98,7 @@ pub fn from_pem(
     };
     let (names, not_after) =
         leaf_facts(leaf).map_err(|e| LoadError::cert(format!("{cert_file}: {e}")))?;
+    let (not_before, issuer) = start_and_issuer(leaf);
     let key_file = paths.key.display();
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| LoadError::key(format!("{key_file} holds no PEM private key: {e}")))?;
@@ -109,10 +114,28 @@ pub fn from_pem(
         paths: paths.clone(),
         names,
         not_after,
+        not_before,
+        issuer,
         key: Arc::new(certified),
         cert_pem,
         key_pem,
     })
+}
+
+/// The leaf's start of validity and its issuer's common name.
+fn start_and_issuer(leaf: &CertificateDer<'_>) -> (i64, Option<String>) {
+    match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+        Ok((_, cert)) => (
+            cert.validity().not_before.timestamp(),
+            cert.issuer()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_string)
+                .or_else(|| Some(cert.issuer().to_string())),
+        ),
+        Err(_) => (0, None),
+    }
 }
 
 /// The leaf's DNS names and expiry.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod acme;
+pub mod etcd;
 pub mod nginx;
 
 use std::fs;

@@ -12,7 +12,7 @@ mod session;
 pub mod view;
 pub mod writer;
 
-pub use session::{read_at_start, EtcdService};
+pub use session::{connect, read_at_start, EtcdService};
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;

@@ -29,7 +29,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// How long the read at start may hold up serving.
 const AT_START: Duration = Duration::from_secs(3);
 
-async fn connect(conf: &EtcdConfig) -> Result<Client, etcd_client::Error> {
+pub async fn connect(conf: &EtcdConfig) -> Result<Client, etcd_client::Error> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT);

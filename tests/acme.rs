@@ -241,25 +241,60 @@ async fn with_the_acme_server_down_the_stored_certificate_serves_while_ordering_
     assert!(names(&leaf).contains(&"c.test".to_string()));
 }
 
+/// Which instance of a [`Fleet`] Pebble's validations reach.
+enum Reached {
+    A,
+    B,
+}
+
+/// Two balancers on one etcd under `prefix`, ordering with `acme_a` and
+/// `acme_b`, and the Pebble they order from.
+struct Fleet {
+    a: Lb,
+    b: Lb,
+    pebble: Pebble,
+    /// Their HTTPS ports.
+    tls: (u16, u16),
+    _etcd: common::etcd::Etcd,
+}
+
+impl Fleet {
+    async fn start(reached: Reached, prefix: &str, acme_a: &str, acme_b: &str) -> Fleet {
+        let etcd = common::etcd::Etcd::start().await;
+        let a_ports = (free_port(), free_port());
+        let b_ports = (free_port(), free_port());
+        let (plain, tls) = match reached {
+            Reached::A => a_ports,
+            Reached::B => b_ports,
+        };
+        let pebble = Pebble::start(plain, tls, 3600).await;
+        let fleet = |id: &str| {
+            format!(
+                "  etcd: {{ endpoints: [\"{}\"], prefix: \"{prefix}\", id: {id} }}\n",
+                etcd.endpoint()
+            )
+        };
+        let (fleet_a, fleet_b) = (fleet("a"), fleet("b"));
+        let (a, b) = tokio::join!(
+            balancer_with(&pebble, a_ports, acme_a, &fleet_a),
+            balancer_with(&pebble, b_ports, acme_b, &fleet_b),
+        );
+        Fleet {
+            a,
+            b,
+            pebble,
+            tls: (a_ports.1, b_ports.1),
+            _etcd: etcd,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_of_two_on_etcd_orders_once_and_both_serve() {
-    let etcd = common::etcd::Etcd::start().await;
-    let (plain_a, tls_a) = (free_port(), free_port());
-    let (plain_b, tls_b) = (free_port(), free_port());
     // Pebble's validations all reach instance a, whichever instance orders.
-    let pebble = Pebble::start(plain_a, tls_a, 3600).await;
-    let fleet = |id: &str| {
-        format!(
-            "  etcd: {{ endpoints: [\"{}\"], prefix: \"/acme-fleet/\", id: {id} }}\n",
-            etcd.endpoint()
-        )
-    };
     let acme = "challenge: http-01, domains: [a.test, b.test]";
-    let (fleet_a, fleet_b) = (fleet("a"), fleet("b"));
-    let (a, b) = tokio::join!(
-        balancer_with(&pebble, (plain_a, tls_a), acme, &fleet_a),
-        balancer_with(&pebble, (plain_b, tls_b), acme, &fleet_b),
-    );
+    let f = Fleet::start(Reached::A, "/acme-fleet/", acme, acme).await;
+    let (a, b, pebble, tls_a, tls_b) = (&f.a, &f.b, &f.pebble, f.tls.0, f.tls.1);
     let root = pebble.root().await;
     for tls in [tls_a, tls_b] {
         let addr = SocketAddr::from(([127, 0, 0, 1], tls));
@@ -276,9 +311,9 @@ async fn a_fleet_of_two_on_etcd_orders_once_and_both_serve() {
     }
     // Given time for a second order to show, were one made.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let ok = orders(&a, "ok").await + orders(&b, "ok").await;
+    let ok = orders(a, "ok").await + orders(b, "ok").await;
     assert_eq!(ok, 1.0, "exactly one order for the fleet");
-    let failed = orders(&a, "failed").await + orders(&b, "failed").await;
+    let failed = orders(a, "failed").await + orders(b, "failed").await;
     assert_eq!(
         failed,
         0.0,
@@ -298,26 +333,13 @@ async fn a_fleet_of_two_on_etcd_orders_once_and_both_serve() {
 /// Instance a orders for a.test; every validation reaches instance b (on
 /// its own order for c.test), which answers a's challenges from etcd.
 async fn validated_through_another_instance(challenge: &str) {
-    let etcd = common::etcd::Etcd::start().await;
-    let (plain_a, tls_a) = (free_port(), free_port());
-    let (plain_b, tls_b) = (free_port(), free_port());
-    let pebble = Pebble::start(plain_b, tls_b, 3600).await;
-    let fleet = |id: &str| {
-        format!(
-            "  etcd: {{ endpoints: [\"{}\"], prefix: \"/acme-{challenge}/\", id: {id} }}\n",
-            etcd.endpoint()
-        )
-    };
-    let (fleet_a, fleet_b) = (fleet("a"), fleet("b"));
     let acme_a = format!("challenge: {challenge}, domains: [a.test]");
     let acme_b = format!("challenge: {challenge}, domains: [c.test]");
-    let (a, b) = tokio::join!(
-        balancer_with(&pebble, (plain_a, tls_a), &acme_a, &fleet_a),
-        balancer_with(&pebble, (plain_b, tls_b), &acme_b, &fleet_b),
-    );
-    let (a_ref, b_ref) = (&a, &b);
+    let prefix = format!("/acme-{challenge}/");
+    let f = Fleet::start(Reached::B, &prefix, &acme_a, &acme_b).await;
+    let (a, b, pebble, tls_a) = (&f.a, &f.b, &f.pebble, f.tls.0);
     within("both orders done", Duration::from_secs(60), || async move {
-        orders(a_ref, "ok").await >= 1.0 && orders(b_ref, "ok").await >= 1.0
+        orders(a, "ok").await >= 1.0 && orders(b, "ok").await >= 1.0
     })
     .await;
     let root = pebble.root().await;

@@ -47,6 +47,28 @@ pub fn is_framing_or_hop(name: &HeaderName) -> bool {
         || name == http::header::EXPECT
 }
 
+/// Removes the headers named `names` from `req`, and any spelled with `_`
+/// for `-` (`X_Auth_User`): CGI, WSGI, PHP and Rack read both spellings as
+/// one variable, so either could pass for a header only we may set.
+pub fn remove_claims(req: &mut RequestHeader, names: &[HeaderName]) {
+    for name in names {
+        req.remove_header(name);
+    }
+    let spelled: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| {
+            let dashed = k.as_str().replace('_', "-");
+            names.iter().any(|n| n.as_str() == dashed)
+        })
+        .cloned()
+        .collect();
+    for name in spelled {
+        req.remove_header(&name);
+    }
+}
+
 /// Why a request is refused before anything else happens.
 pub fn check_request(
     req: &RequestHeader,

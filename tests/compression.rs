@@ -212,6 +212,19 @@ async fn short_binary_encoded_and_no_transform_answers_pass_untouched() {
     assert!(resp.headers().get("content-encoding").is_none());
     let len = s.json.len().to_string();
     assert_eq!(header(resp.headers(), "content-length"), Some(len.as_str()));
+    // An HTTP/1.0 client cannot take chunks: its answer stays whole.
+    let mut raw = tokio::net::TcpStream::connect(s.lb.proxy).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(b"GET /data.json HTTP/1.0\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    raw.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(text.ends_with(&s.json), "the document whole");
     // Several answers on one kept connection, compressed and not in turn,
     // each whole.
     let client = reqwest::Client::new();

@@ -38,6 +38,7 @@ async fn site() -> Site {
     let up = mock("up").await;
     let lb = Lb::start(&format!(
         "  upstreams:\n{}  routes:
+    - {{ name: limited, match: {{ path_prefix: /limited }}, pool: default, rate_limit: {{ requests_per_sec: 1, burst: 1 }}, access: {{ forward_auth: {{ url: \"http://127.0.0.1:{port}/check\" }} }} }}
     - {{ name: down, match: {{ path_prefix: /down }}, pool: default, access: {{ forward_auth: {{ url: \"http://{}/\", timeout: 2s }} }} }}
     - {{ name: shop, match: {{}}, pool: default, access: {{ forward_auth: {{ url: \"http://127.0.0.1:{port}/check\", copy_headers: [X-Auth-User, X-Auth-Saw] }} }} }}\n",
         upstreams_yaml(&[("up", up.addr(), 1)]),
@@ -64,6 +65,9 @@ async fn a_passed_request_carries_the_services_headers_upstream() {
         .header("host", "shop.example")
         .header("authorization", "Bearer good")
         .header("x-auth-user", "mallory")
+        .header("x_auth_user", "mallory")
+        // Naming them hop-by-hop must not strip what the service set.
+        .header("connection", "keep-alive, X-Auth-User, X-Auth-Saw")
         .send()
         .await
         .unwrap();
@@ -79,6 +83,10 @@ async fn a_passed_request_carries_the_services_headers_upstream() {
         "{h}"
     );
     assert_eq!(h["authorization"], "Bearer good");
+    assert!(
+        h.get("x_auth_user").is_none(),
+        "an underscore spelling passed: {h}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,6 +148,29 @@ async fn a_service_that_cannot_be_reached_is_a_502_and_the_balancer_serves_on() 
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_request_never_reaches_the_service() {
+    let s = site().await;
+    let client = reqwest::Client::new();
+    let mut limited = 0;
+    for _ in 0..6 {
+        let resp = client.get(s.lb.url("/limited/x")).send().await.unwrap();
+        if resp.status() == 429 {
+            limited += 1;
+        } else {
+            assert_eq!(resp.status(), 401, "the service's answer");
+        }
+    }
+    assert!(limited >= 3, "{limited}");
+    let metrics = s.lb.metrics().await;
+    let asked = metric_value(
+        &metrics,
+        "hlb_forward_auth_total{result=\"answer\",route=\"limited\"}",
+    )
+    .unwrap_or(0.0);
+    assert_eq!(asked, f64::from(6 - limited), "{metrics}");
 }
 
 #[test]

@@ -24,14 +24,20 @@ impl Proxy {
             return Ok(());
         };
         let req = session.req_header();
-        if !route.compress
-            || !compress::compressible(&req.method, &req.headers, resp.status, &resp.headers)
+        if !route.compress || !compress::varies(&req.headers, resp.status, &resp.headers) {
+            return Ok(());
+        }
+        // The answer depends on Accept-Encoding, whichever coding this
+        // client gets: a cache must not hand one client's to another.
+        add_vary(resp)?;
+        // Not for HEAD (no body) or a 304, nor for HTTP/1.0 clients (the
+        // length is not known ahead, and they cannot take chunks), as nginx's
+        // `gzip_http_version 1.1`.
+        if !compress::compressible(&req.method, &req.headers, resp.status, &resp.headers)
+            || req.version < http::Version::HTTP_11
         {
             return Ok(());
         }
-        // The answer now depends on Accept-Encoding, whichever coding this
-        // client gets: a cache must not hand one client's to another.
-        add_vary(resp)?;
         let Some(coding) = compress::negotiate(req.headers.get(http::header::ACCEPT_ENCODING))
         else {
             return Ok(());

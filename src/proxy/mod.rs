@@ -117,6 +117,8 @@ pub struct RequestCtx {
     /// What this request's connection has taught so far, carried from one
     /// request on it to the next.
     conn: ConnectionMemo,
+    /// What the route's forward-auth service set on the request.
+    auth_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// The coding its answer is compressed with (the route's `compress`).
     compressed: Option<crate::route::compress::Coding>,
     /// Its id, and what its log line needs.
@@ -415,6 +417,9 @@ impl ProxyHttp for Proxy {
         let scheme = if over_tls(session) { "https" } else { "http" };
         forwarding::set_forwarding(upstream_request, self.client(session, ctx), scheme)?;
         crate::tls::client_cert::forward(session.as_downstream().digest(), upstream_request)?;
+        for (name, value) in &ctx.auth_headers {
+            upstream_request.append_header(name.clone(), value.clone())?;
+        }
         // An upgrade's upstream connection may idle as a tunnel for long, so
         // the wait for its answer is bounded apart (see `answer_wait`).
         // (Over HTTP/1.1 only: an HTTP/2 connection carries other streams.)

@@ -18,8 +18,9 @@ use crate::route::{pattern, rewrite, RequestFacts};
 
 impl Proxy {
     /// Finds the request's route and answers it here when the route says so
-    /// (no route: 404; a client it does not admit: 403; a redirect; over the
-    /// route's rate limit: 429). True when answered.
+    /// (no route: 404; a client it does not admit: 403; over the route's
+    /// rate limit: 429, before any password is checked or service asked; a
+    /// refused credential; a redirect). True when answered.
     pub(super) async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let routes = &self.state.routes;
         let req = session.req_header();
@@ -46,6 +47,15 @@ impl Proxy {
             if !crate::route::access::permits(access, self.client_ip(session, ctx)) {
                 answers::forbidden(session, &ctx.info.request_id).await?;
                 return Ok(true);
+            }
+        }
+        if let Some(limiter) = &routes.served(index).limiter {
+            if let Some(ip) = self.client_ip(session, ctx) {
+                if let Verdict::Refuse { retry_after } = limiter.check(&ip) {
+                    self.state.metrics.rate_limited_total.inc();
+                    answers::too_many(session, retry_after, &ctx.info.request_id).await?;
+                    return Ok(true);
+                }
             }
         }
         if let Some(auth) = &routes.served(index).basic_auth {
@@ -78,15 +88,6 @@ impl Proxy {
                 return Ok(true);
             }
         }
-        if let Some(limiter) = &routes.served(index).limiter {
-            if let Some(ip) = self.client_ip(session, ctx) {
-                if let Verdict::Refuse { retry_after } = limiter.check(&ip) {
-                    self.state.metrics.rate_limited_total.inc();
-                    answers::too_many(session, retry_after, &ctx.info.request_id).await?;
-                    return Ok(true);
-                }
-            }
-        }
         Ok(false)
     }
 
@@ -106,8 +107,9 @@ impl Proxy {
             "http"
         };
         let client = self.client(session, ctx).cloned();
+        let digest = session.as_downstream().digest();
         let verdict = auth
-            .check(session.req_header(), client.as_ref(), scheme)
+            .check(session.req_header(), client.as_ref(), scheme, digest)
             .await;
         let counts = self.state.routes.served(index).auth_results.as_ref();
         let count = |i: usize| {
@@ -118,13 +120,11 @@ impl Proxy {
         match verdict {
             AuthVerdict::Pass(set) => {
                 count(0);
-                let req = session.req_header_mut();
-                for name in auth.copied() {
-                    req.remove_header(name);
-                }
-                for (name, value) in set {
-                    req.append_header(name, value)?;
-                }
+                // Set on the upstream request after Pingora's hop-by-hop
+                // pass, so a client's `Connection: X-Auth-User` cannot
+                // strip them; the client's own are removed now.
+                crate::forwarding::remove_claims(session.req_header_mut(), auth.copied());
+                ctx.auth_headers = set;
                 Ok(false)
             }
             AuthVerdict::Answer {

@@ -114,8 +114,19 @@ pub fn compressible(
     status: StatusCode,
     response: &HeaderMap,
 ) -> bool {
-    if *method == Method::HEAD
-        || !matches!(status.as_u16(), 200 | 403 | 404)
+    *method != Method::HEAD
+        && status != StatusCode::NOT_MODIFIED
+        && varies(request, status, response)
+}
+
+/// Whether the answer depends on `Accept-Encoding` (`Vary`): one that would
+/// be compressed for a GET (a HEAD's headers are the GET's), and a 304,
+/// whose 200 may have been.
+pub fn varies(request: &HeaderMap, status: StatusCode, response: &HeaderMap) -> bool {
+    if status == StatusCode::NOT_MODIFIED {
+        return !no_transform(request) && !no_transform(response);
+    }
+    if !matches!(status.as_u16(), 200 | 403 | 404)
         || response.contains_key(CONTENT_RANGE)
         || no_transform(request)
         || no_transform(response)
@@ -150,9 +161,10 @@ fn no_transform(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Text worth compressing: `text/*` but event streams (compressed, events
-/// would wait in the encoder), JSON, JavaScript, XML and their `+json` /
-/// `+xml` kinds (SVG among them).
+/// Text worth compressing: `text/*` but event streams, JSON, JavaScript,
+/// XML and their `+json` / `+xml` kinds (SVG among them). Not the streaming
+/// kinds (`text/event-stream`, NDJSON): the encoders hold what they are given
+/// until a block fills, so events would wait.
 fn text_type(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
@@ -176,7 +188,6 @@ fn text_type(content_type: &str) -> bool {
                             | "ecmascript"
                             | "x-javascript"
                             | "xml"
-                            | "x-ndjson"
                             | "graphql"
                             | "wasm"
                     ))
@@ -274,6 +285,7 @@ mod tests {
         ]));
         assert!(!ok(&[("content-type", "application/octet-stream")]));
         assert!(!ok(&[("content-type", "application/grpc")]));
+        assert!(!ok(&[("content-type", "application/x-ndjson")]));
         assert!(!ok(&[("content-type", "text/event-stream")]));
         assert!(!ok(&[("content-length", "20480")]));
         assert!(!ok(&[
@@ -319,6 +331,11 @@ mod tests {
             ));
         }
         assert!(!compressible(&Method::HEAD, &none, StatusCode::OK, &text));
+        assert!(
+            varies(&none, StatusCode::OK, &text),
+            "a HEAD says Vary as its GET"
+        );
+        assert!(varies(&none, StatusCode::NOT_MODIFIED, &HeaderMap::new()));
         let asks = response(&[("cache-control", "no-transform")]);
         assert!(!compressible(&Method::GET, &asks, StatusCode::OK, &text));
     }

@@ -45,6 +45,9 @@ impl ForwardAuth {
         let client = reqwest::Client::builder()
             // The service's redirect (to a login page) is for the client.
             .redirect(reqwest::redirect::Policy::none())
+            // Never through an `HTTP_PROXY` of the environment: the request
+            // carries the client's credentials.
+            .no_proxy()
             .connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(1)))
             .timeout(conf.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -67,8 +70,9 @@ impl ForwardAuth {
         req: &RequestHeader,
         client: Option<&Client>,
         scheme: &'static str,
+        digest: Option<&pingora::protocols::Digest>,
     ) -> Verdict {
-        let headers = match asked(req, client, scheme) {
+        let headers = match asked(req, client, scheme, digest) {
             Ok(h) => h,
             Err(e) => return Verdict::Failed(e.to_string()),
         };
@@ -122,15 +126,20 @@ fn asked(
     req: &RequestHeader,
     client: Option<&Client>,
     scheme: &'static str,
+    digest: Option<&pingora::protocols::Digest>,
 ) -> pingora::Result<HeaderMap> {
     let mut copy = req.clone();
+    // What says where the request was going is ours alone to say (nginx
+    // `auth_request` setups read `X-Original-URL`), and so is the client's
+    // certificate: the service sees what the upstream would.
+    forwarding::remove_claims(&mut copy, &ORIGINAL);
     forwarding::set_forwarding(&mut copy, client, scheme)?;
+    crate::tls::client_cert::forward(digest, &mut copy)?;
     let mut headers = copy.headers.clone();
     headers.retain_framing_free();
-    headers.insert(
-        "x-forwarded-method",
-        HeaderValue::from_str(req.method.as_str()).expect("a method is a valid value"),
-    );
+    let method = HeaderValue::from_str(req.method.as_str()).expect("a method is a valid value");
+    headers.insert("x-forwarded-method", method.clone());
+    headers.insert("x-original-method", method);
     let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
     if let Ok(uri) = HeaderValue::from_str(target) {
         headers.insert("x-forwarded-uri", uri);
@@ -150,8 +159,26 @@ fn asked(
             headers.insert("x-forwarded-host", v);
         }
     }
+    let host = headers
+        .get("x-forwarded-host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    if let Ok(url) = HeaderValue::from_str(&format!("{scheme}://{host}{target}")) {
+        headers.insert("x-original-url", url);
+    }
     Ok(headers)
 }
+
+/// Headers about the request's destination a client may not set for the
+/// service.
+const ORIGINAL: [HeaderName; 6] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-original-method"),
+    HeaderName::from_static("x-forwarded-method"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
 
 /// Removing what is about a connection or a message's framing.
 trait FramingFree {
@@ -201,7 +228,12 @@ mod tests {
             req.append_header(k, v).unwrap();
         }
         let client = Client::new("203.0.113.7".parse().unwrap(), &[]);
-        let h = asked(&req, Some(&client), "https").unwrap();
+        req.append_header("x-original-url", "https://evil/")
+            .unwrap();
+        req.append_header("x_forwarded_uri", "/forged").unwrap();
+        req.append_header("x-client-cert-subject", "CN=forged")
+            .unwrap();
+        let h = asked(&req, Some(&client), "https", None).unwrap();
         assert_eq!(h["authorization"], "Bearer t");
         assert_eq!(h["cookie"], "s=1");
         assert_eq!(h["x-forwarded-method"], "POST");
@@ -209,7 +241,17 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "shop.example");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-for"], "203.0.113.7");
-        for gone in ["host", "content-length", "connection", "x-secret", "te"] {
+        assert_eq!(h["x-original-url"], "https://shop.example/api/items?x=1");
+        assert_eq!(h["x-original-method"], "POST");
+        for gone in [
+            "host",
+            "content-length",
+            "connection",
+            "x-secret",
+            "te",
+            "x_forwarded_uri",
+            "x-client-cert-subject",
+        ] {
             assert!(!h.contains_key(gone), "{gone} was sent");
         }
     }

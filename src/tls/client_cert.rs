@@ -92,7 +92,7 @@ pub fn forward(
     digest: Option<&pingora::protocols::Digest>,
     req: &mut pingora::http::RequestHeader,
 ) -> pingora::Result<()> {
-    req.remove_header(HEADER);
+    crate::forwarding::remove_claims(req, &[http::HeaderName::from_static(HEADER)]);
     let cert = digest
         .and_then(|d| d.ssl_digest.as_ref())
         .and_then(|s| s.extension.get::<ClientCert>());
@@ -108,7 +108,7 @@ pub fn forward(
 /// ASCII written `\XX` (RFC 4514), so the value is always a valid header.
 pub fn describe(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let mut out = format!("Subject=\"{}\"", escape(&cert.subject().to_string()));
+    let mut out = format!("Subject=\"{}\"", escape(&rfc4514(cert.subject())?));
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
             let (kind, value) = match name {
@@ -132,6 +132,44 @@ pub fn describe(der: &[u8]) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// The name as RFC 4514 writes it: its RDNs last first, joined by `,`, an
+/// RDN's attributes by `+`, each value with `,` `+` `"` `\\` `<` `>` `;`
+/// (and a leading `#` or space, a trailing space) escaped, so no value can
+/// pass for another attribute.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
+    let registry = x509_parser::objects::oid_registry();
+    let mut rdns = Vec::new();
+    for rdn in name.iter_rdn() {
+        let mut parts = Vec::new();
+        for attr in rdn.iter() {
+            let oid = attr.attr_type();
+            let kind = x509_parser::objects::oid2abbrev(oid, registry)
+                .map(str::to_string)
+                .unwrap_or_else(|_| oid.to_id_string());
+            let value = attr.as_str().ok()?;
+            parts.push(format!("{kind}={}", escape_value(value)));
+        }
+        rdns.push(parts.join("+"));
+    }
+    rdns.reverse();
+    Some(rdns.join(","))
+}
+
+fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn escape(text: &str) -> String {
@@ -191,11 +229,28 @@ mod tests {
     }
 
     #[test]
+    fn a_value_cannot_pass_for_another_attribute() {
+        let two = describe(&cert("admin", vec![])).unwrap();
+        let one = describe(&cert("admin, O=Example Corp", vec![])).unwrap();
+        assert_ne!(one, two);
+        assert!(one.contains("CN=admin\\\\, O=Example Corp"), "{one}");
+    }
+
+    #[test]
     fn quotes_separators_and_other_scripts_cannot_break_the_header() {
         let told = describe(&cert("Zoë \"the\"; admin\\", vec![])).unwrap();
         assert!(http::HeaderValue::from_str(&told).is_ok(), "{told}");
         assert!(told.contains("Zo\\C3\\AB"), "{told}");
-        assert!(told.contains("\\\"the\\\"\\;"), "{told}");
+        // The quoted subject ends at the last character: no quote inside it
+        // is left unescaped.
+        let inner = told.strip_prefix("Subject=\"").unwrap();
+        let mut escaped = false;
+        let close = inner.char_indices().find_map(|(i, c)| {
+            let end = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            end.then_some(i)
+        });
+        assert_eq!(close, Some(inner.len() - 1), "{told}");
         assert_eq!(describe(b"not a certificate"), None);
     }
 }

@@ -159,6 +159,13 @@ pub fn server_config(store: Arc<CertStore>, conf: &TlsConfig) -> Result<Arc<Serv
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(store);
+    if conf.client_auth.is_some() {
+        // A resumed session would stand for the certificate it began with
+        // for as long as rustls's cache keeps it, past that certificate's
+        // expiry: with client certificates every connection verifies anew.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     config.alpn_protocols = if conf.http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {

@@ -21,8 +21,10 @@ const HTTP_KEYS: &str = "challenges/http/";
 const ALPN_KEYS: &str = "challenges/alpn/";
 
 pub struct Challenges {
-    /// Key authorizations by token.
+    /// Key authorizations by token, of this instance's orders.
     http: Mutex<HashMap<String, String>>,
+    /// Those of the fleet's other instances, as last read from etcd.
+    followed: Mutex<HashMap<String, String>>,
     /// Digests by name, as last published (so a certificate is made once).
     alpn: Mutex<HashMap<String, Vec<u8>>>,
     certs: Arc<CertStore>,
@@ -33,31 +35,19 @@ impl Challenges {
     pub fn new(certs: Arc<CertStore>, store: Arc<Store>) -> Self {
         Challenges {
             http: Mutex::default(),
+            followed: Mutex::default(),
             alpn: Mutex::default(),
             certs,
             store,
         }
     }
 
-    /// The key authorization for `token`, here or (in a fleet) stored by the
-    /// instance that ordered.
-    pub async fn http_answer(&self, token: &str) -> Option<String> {
-        if let Some(a) = self.http.lock().ok()?.get(token) {
-            return Some(a.clone());
-        }
-        let valid = !token.is_empty()
-            && token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid || !self.store.shared() {
-            return None;
-        }
-        let stored = self
-            .store
-            .get(&format!("{HTTP_KEYS}{token}"))
-            .await
-            .ok()??;
-        String::from_utf8(stored).ok()
+    /// The key authorization for `token`: published here, or (in a fleet)
+    /// by the instance that ordered, as last followed. Answered from memory
+    /// alone, so a request for a made-up token costs etcd nothing.
+    pub fn http_answer(&self, token: &str) -> Option<String> {
+        let own = self.http.lock().ok()?.get(token).cloned();
+        own.or_else(|| self.followed.lock().ok()?.get(token).cloned())
     }
 
     /// Answers HTTP-01 for `token` from now on.
@@ -116,12 +106,26 @@ impl Challenges {
         }
     }
 
-    /// In a fleet: takes up the TLS-ALPN-01 challenges another instance
-    /// stored (and drops those it withdrew), so a validation reaching this
-    /// instance's handshake is answered too.
+    /// In a fleet: takes up the challenges another instance stored (and
+    /// drops those it withdrew), so a validation reaching this instance is
+    /// answered too; the ordering instance gives them time to spread before
+    /// it tells the server.
     pub async fn follow(&self) -> Result<(), String> {
         if !self.store.shared() {
             return Ok(());
+        }
+        let tokens: HashMap<String, String> = self
+            .store
+            .list(HTTP_KEYS)
+            .await?
+            .into_iter()
+            .filter_map(|(key, v)| {
+                let token = key.strip_prefix(HTTP_KEYS)?.to_string();
+                Some((token, String::from_utf8(v).ok()?))
+            })
+            .collect();
+        if let Ok(mut m) = self.followed.lock() {
+            *m = tokens;
         }
         let stored = self.store.list(ALPN_KEYS).await?;
         let mut present = Vec::new();

@@ -26,7 +26,7 @@ pub struct Issued {
 /// its certificate.
 const WAIT: Duration = Duration::from_secs(90);
 /// In a fleet, how long a published challenge is given to reach the other
-/// instances (they read them every second) before the server is told.
+/// instances (they read them every half second) before the server is told.
 const SPREAD: Duration = Duration::from_millis(2500);
 
 fn retry() -> RetryPolicy {

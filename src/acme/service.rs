@@ -1,9 +1,9 @@
 //! The ACME loop, once a second: serve the certificate stored (ordered here
-//! earlier, or by another instance of the fleet), follow the fleet's
-//! challenges, and when the certificate is missing, lacks a name or is due
-//! for renewal, order one (under the fleet's lock, after looking again at
-//! what is stored). A failed order leaves the certificate in force serving,
-//! raises an event and waits longer before the next attempt.
+//! earlier, or by another instance of the fleet), and when the certificate
+//! is missing, lacks a name or is due for renewal, order one (under the
+//! fleet's lock, after looking again at what is stored). A failed order leaves the certificate in force serving,
+//! raises an event and waits longer before the next attempt. Beside it, in
+//! a fleet, the other instances' open challenges are followed.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +22,9 @@ use crate::events::{unix_time, Events};
 use crate::tls::{CertStore, CertificatePaths};
 
 const TICK: Duration = Duration::from_secs(1);
+/// How often the fleet's open challenges are read (an order waits 2.5 s for
+/// them to spread before the server is told).
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
 /// What the proxy and the dashboard reach of ACME.
 pub struct Acme {
@@ -192,9 +195,6 @@ impl AcmeService {
         if let Err(e) = self.serve_stored(run).await {
             log::warn!("acme: reading the stored certificate: {e}");
         }
-        if let Err(e) = self.acme.challenges.follow().await {
-            log::debug!("acme: following the fleet's challenges: {e}");
-        }
         let now = unix_time();
         let due = schedule::due(now as i64, run.dates, run.covers_all && run.exact);
         if !due || now < run.retry_at {
@@ -283,16 +283,27 @@ impl AcmeService {
 #[async_trait]
 impl BackgroundService for AcmeService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut run = Running::default();
-        loop {
-            tokio::select! {
-                _ = self.tick(&mut run) => {}
-                _ = shutdown.changed() => return,
+        let orders = async {
+            let mut run = Running::default();
+            loop {
+                self.tick(&mut run).await;
+                tokio::time::sleep(TICK).await;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                _ = shutdown.changed() => return,
+        };
+        // Apart from the orders, so that an instance waiting on etcd or
+        // ordering itself still takes up the fleet's challenges in time.
+        let follow = async {
+            loop {
+                if let Err(e) = self.acme.challenges.follow().await {
+                    log::debug!("acme: following the fleet's challenges: {e}");
+                }
+                tokio::time::sleep(FOLLOW_EVERY).await;
             }
+        };
+        tokio::select! {
+            _ = orders => {}
+            _ = follow => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

@@ -22,7 +22,7 @@ impl Proxy {
         if over_tls(session) {
             return Ok(false);
         }
-        let answer = acme.challenges.http_answer(token).await;
+        let answer = acme.challenges.http_answer(token);
         let (code, body) = match answer {
             Some(a) => (200, Bytes::from(a)),
             None => (404, Bytes::from_static(b"no such ACME challenge\n")),

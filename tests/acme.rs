@@ -65,6 +65,18 @@ async fn ordered(lb: &Lb, pebble: &Pebble) {
     }
 }
 
+/// The dashboard's entry for the ACME certificate.
+async fn acme_entry(lb: &Lb) -> serde_json::Value {
+    let state = lb.state().await;
+    state["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cert"] == "ACME")
+        .cloned()
+        .unwrap()
+}
+
 async fn orders(lb: &Lb, result: &str) -> f64 {
     metric_value(
         &lb.metrics().await,
@@ -89,14 +101,7 @@ async fn issued_and_served(challenge: &str) {
         assert_eq!(served, ["a.test", "b.test"]);
     }
     // The dashboard says who issued it and when it renews.
-    let state = lb.state().await;
-    let cert = state["certificates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["cert"] == "ACME")
-        .cloned()
-        .unwrap();
+    let cert = acme_entry(&lb).await;
     assert!(
         cert["issuer"]
             .as_str()
@@ -216,14 +221,7 @@ async fn with_the_acme_server_down_the_stored_certificate_serves_while_ordering_
     let (status, leaf) = https_get(addr, "a.test", &old_root).await.unwrap();
     assert_eq!(status, 200, "the stored certificate serves");
     assert!(!names(&leaf).contains(&"c.test".to_string()));
-    let state = lb.state().await;
-    let cert = state["certificates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["cert"] == "ACME")
-        .cloned()
-        .unwrap();
+    let cert = acme_entry(&lb).await;
     assert_eq!(cert["acme"]["last_result"], "failed", "{cert}");
     assert!(cert["acme"]["retry_at"].as_f64().is_some(), "{cert}");
 

@@ -96,9 +96,7 @@ pub fn from_pem(
     let Some(leaf) = chain.first() else {
         return Err(LoadError::cert(format!("{cert_file} holds no certificate")));
     };
-    let (names, not_after) =
-        leaf_facts(leaf).map_err(|e| LoadError::cert(format!("{cert_file}: {e}")))?;
-    let (not_before, issuer) = start_and_issuer(leaf);
+    let facts = leaf_facts(leaf).map_err(|e| LoadError::cert(format!("{cert_file}: {e}")))?;
     let key_file = paths.key.display();
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| LoadError::key(format!("{key_file} holds no PEM private key: {e}")))?;
@@ -112,34 +110,27 @@ pub fn from_pem(
     })?;
     Ok(Loaded {
         paths: paths.clone(),
-        names,
-        not_after,
-        not_before,
-        issuer,
+        names: facts.names,
+        not_after: facts.not_after,
+        not_before: facts.not_before,
+        issuer: facts.issuer,
         key: Arc::new(certified),
         cert_pem,
         key_pem,
     })
 }
 
-/// The leaf's start of validity and its issuer's common name.
-fn start_and_issuer(leaf: &CertificateDer<'_>) -> (i64, Option<String>) {
-    match x509_parser::parse_x509_certificate(leaf.as_ref()) {
-        Ok((_, cert)) => (
-            cert.validity().not_before.timestamp(),
-            cert.issuer()
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
-                .map(str::to_string)
-                .or_else(|| Some(cert.issuer().to_string())),
-        ),
-        Err(_) => (0, None),
-    }
+/// What a leaf certificate says of itself, read in one parse.
+struct LeafFacts {
+    names: Vec<String>,
+    not_before: i64,
+    not_after: i64,
+    issuer: Option<String>,
 }
 
-/// The leaf's DNS names and expiry.
-fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+/// The leaf's DNS names, validity and issuer's common name (else the whole
+/// issuer name).
+fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<LeafFacts, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| format!("unreadable certificate: {e}"))?;
     let mut names: Vec<String> = match cert.subject_alternative_name() {
@@ -161,7 +152,19 @@ fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
             .filter_map(|cn| cn.as_str().ok().map(str::to_ascii_lowercase))
             .collect();
     }
-    Ok((names, cert.validity().not_after.timestamp()))
+    let issuer = cert
+        .issuer()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string)
+        .or_else(|| Some(cert.issuer().to_string()));
+    Ok(LeafFacts {
+        names,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        issuer,
+    })
 }
 
 /// Refuses a `ca` file whose certificate for `sni` is the upstream's own,
@@ -180,7 +183,7 @@ pub fn check_pinned(path: &Path, sni: &str) -> Result<(), String> {
             .ok()
             .flatten()
             .is_some_and(|b| b.value.ca);
-        let names = leaf_facts(&der).map(|(n, _)| n).unwrap_or_default();
+        let names = leaf_facts(&der).map(|f| f.names).unwrap_or_default();
         if self_signed && is_ca && names.iter().any(|n| n.eq_ignore_ascii_case(sni)) {
             return Err(format!(
                 "{} is {sni}'s own self-signed certificate, marked CA:TRUE (as `openssl req \
